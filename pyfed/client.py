@@ -1,0 +1,175 @@
+"""FL_Client: connects (retrying until the server is up), trains each round, sends weights back.
+
+The data never leaves this process: only weights, example counts and metric histories travel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from . import messages
+from .errors import (ConfigurationError, HandshakeError, ModelMismatchError, NetworkError,
+                     ProtocolError, RemoteError)
+from .logs import RUN_MARKER, RunLogger
+from .models import FitOutcome, as_adapter
+from .protocol import VERSION, Role
+from .spec import spec_hash
+from .transport import Channel, connect
+
+logger = logging.getLogger("pyfed")
+
+
+class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
+    """A federated client holding private ``data`` and ``target``.
+
+    ``FL_Client(name, data, target, server_ip="127.0.0.1", server_port=54321, **options)``
+
+    Options (keyword only, all optional):
+        model: bring your own model (Keras, or a :class:`pyfed.models.ModelAdapter`); its spec
+            hash is checked at the handshake. By default the server's architecture is used.
+        connect_timeout: seconds to keep retrying until the server is up (default 60).
+        verbose: Keras' ``fit`` verbosity ("auto", 0, 1, 2); default "auto".
+        logdir: where this machine's TensorBoard logs go (default ``pyfed_logs``). A client on
+            the server's machine leaves its curves to the server, so none is written twice.
+        timeout: seconds to wait for the server's next message (default: no limit).
+    """
+
+    def __init__(self, name: str, data: Any, target: Any, server_ip: str = "127.0.0.1",
+                 server_port: int = 54321, *, model: Any = None, connect_timeout: float = 60.0,
+                 verbose: Any = "auto", logdir: str | os.PathLike = "pyfed_logs",
+                 timeout: float | None = None):
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"name must be a non-empty string; received {name!r}")
+        if data is not None and target is not None and len(data) != len(target):
+            raise ConfigurationError(
+                f"data and target must have the same length; received {len(data)} and {len(target)}")
+        self.name = name
+        self.data = data
+        self.target = target
+        self.server_ip = server_ip
+        self.server_port = int(server_port)
+        self.adapter = as_adapter(model) if model is not None else None
+        self.model = model
+        self.connect_timeout = connect_timeout
+        self.verbose = verbose
+        self.logdir = Path(logdir)
+        self.timeout = timeout
+        self.rounds_trained = 0
+        self.final_reason: str | None = None
+
+    # ------------------------------------------------------------------------------------------
+
+    def train(self, epochs: int = 1, batch_size: int = 32, lr: float | None = None,
+              loss: Any = None, optimizer: Any = None, metrics: Any = None):
+        """Take part in every round until the server says FINISH. Returns the final model."""
+        channel = self._connect()
+        try:
+            welcome = self._handshake(channel)
+            self._prepare_model(welcome, loss, optimizer, lr, metrics)
+            tb = self._local_logger(welcome)
+            defaults = {"epochs": epochs, "batch_size": batch_size, "verbose": self.verbose}
+            try:
+                self._serve(channel, defaults, tb)
+            finally:
+                if tb is not None:
+                    tb.close()
+        finally:
+            channel.close()
+        return self.model
+
+    # ------------------------------------------------------------------------------------------
+
+    def _connect(self) -> Channel:
+        deadline = time.monotonic() + self.connect_timeout
+        delay = 0.1
+        announced = False
+        while True:
+            try:
+                sock = connect(self.server_ip, self.server_port, timeout=10)
+                return Channel(sock, Role.CLIENT, peer=f"server {self.server_ip}:{self.server_port}")
+            except NetworkError as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NetworkError(
+                        f"{self.name}: could not reach the PyFed server at {self.server_ip}:"
+                        f"{self.server_port} within {self.connect_timeout:g} s ({exc}). Is the "
+                        "server running, and are server_ip and server_port right?") from None
+                if not announced:
+                    logger.info("%s: waiting for the server at %s:%d (%s)", self.name,
+                                self.server_ip, self.server_port, exc)
+                    announced = True
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 2.0)
+
+    def _handshake(self, channel: Channel) -> messages.Welcome:
+        own_hash = spec_hash(self.adapter.spec()) if self.adapter is not None else None
+        channel.send(messages.Hello(client_name=self.name, protocol_version=VERSION,
+                                    spec_hash=own_hash))
+        reply = channel.receive(timeout=60)
+        if isinstance(reply, messages.Error):
+            error = ModelMismatchError if reply.code == "model_mismatch" else HandshakeError
+            raise error(f"{self.name}: the server at {self.server_ip}:{self.server_port} refused "
+                        f"the connection: {reply.reason}")
+        if not isinstance(reply, messages.Welcome):
+            raise ProtocolError(f"expected WELCOME, received {reply.KIND.name}")
+        return reply
+
+    def _prepare_model(self, welcome: messages.Welcome, loss, optimizer, lr, metrics) -> None:
+        if self.adapter is None:
+            kind = welcome.model.get("kind")
+            if kind != "keras":
+                raise ConfigurationError(
+                    f"the server trains a {kind!r} model that cannot be rebuilt from the network; "
+                    "pass your own model to FL_Client(model=...)")
+            from .models.keras_adapter import model_from_description
+
+            self.model = model_from_description(welcome.model)
+            self.adapter = as_adapter(self.model)
+            if spec_hash(self.adapter.spec()) != welcome.spec_hash:
+                raise ModelMismatchError(
+                    f"{self.name}: the rebuilt model's spec hash differs from the server's "
+                    f"({welcome.spec_hash[:16]}...)")
+        if hasattr(self.adapter, "compile"):
+            self.adapter.compile(loss=loss, optimizer=optimizer, lr=lr, metrics=metrics)
+
+    def _local_logger(self, welcome: messages.Welcome) -> RunLogger | None:
+        """This client's own curves on its own machine, unless the server writes them here."""
+        server_run_dir = Path(welcome.config.get("run_dir", ""))
+        marker = server_run_dir / RUN_MARKER
+        try:
+            same_machine = marker.read_text() == welcome.run_id
+        except OSError:
+            same_machine = False
+        if same_machine:
+            return None
+        run_dir = self.logdir / welcome.run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return RunLogger(run_dir)
+
+    def _serve(self, channel: Channel, defaults: dict, tb: RunLogger | None) -> None:
+        while True:
+            message = channel.receive(timeout=self.timeout)
+            if isinstance(message, messages.Fit):
+                config = {**defaults, **message.config, "round": message.round}
+                self.adapter.set_weights(message.weights)
+                outcome: FitOutcome = self.adapter.fit(self.data, self.target, config)
+                channel.send(messages.FitResult(
+                    round=message.round, weights=tuple(self.adapter.get_weights()),
+                    num_examples=int(outcome.num_examples), metrics=outcome.metrics,
+                    history=outcome.history, first_epoch=outcome.first_epoch))
+                self.rounds_trained += 1
+                if tb is not None and outcome.history:
+                    tb.client_history(self.name, outcome.history, outcome.first_epoch)
+            elif isinstance(message, messages.Finish):
+                self.adapter.set_weights(message.weights)
+                self.final_reason = message.reason
+                logger.info("%s: training finished (%s)", self.name, message.reason)
+                return
+            elif isinstance(message, messages.Error):
+                if message.fatal:
+                    raise RemoteError(f"{self.name}: the server ended the session: {message.reason}")
+                logger.warning("%s: %s", self.name, message.reason)

@@ -1,0 +1,51 @@
+"""One exception hierarchy for all of PyFed.
+
+Every error a user can see derives from :class:`PyFedError`, so ``except PyFedError`` catches
+anything the framework raises on purpose. Low-level exceptions (``OSError``, ``ssl.SSLError``,
+``json.JSONDecodeError``) are mapped to these once, at the boundary where they happen
+(transport for sockets, protocol for bytes), as httpcore does.
+"""
+
+
+class PyFedError(Exception):
+    """Base class of every error PyFed raises on purpose."""
+
+
+class ConfigurationError(PyFedError, ValueError):
+    """An argument or option has a value PyFed cannot use."""
+
+
+class ProtocolError(PyFedError):
+    """Bytes or messages that break the wire format or the conversation's state table."""
+
+
+class NetworkError(PyFedError):
+    """A socket failed: refused, reset, timed out, or closed by the peer."""
+
+
+class ConnectionClosed(NetworkError):
+    """The peer closed the connection (cleanly or mid-frame)."""
+
+
+class AuthenticationError(PyFedError):
+    """The shared-token challenge failed in either direction."""
+
+
+class HandshakeError(PyFedError):
+    """The peer refused this connection during the handshake (e.g. duplicate name)."""
+
+
+class ModelMismatchError(HandshakeError):
+    """The client's model does not have the architecture the server trains."""
+
+
+class RemoteError(PyFedError):
+    """The peer sent an ERROR message; its reason is the message of this exception."""
+
+
+class RoundError(PyFedError):
+    """A federated round could not complete (too few clients answered)."""
+
+
+class DatasetUnavailableError(PyFedError):
+    """A dataset could not be loaded (offline, or the local file is missing)."""

@@ -1,0 +1,1 @@
+class FL_Experiment: pass

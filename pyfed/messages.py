@@ -1,0 +1,156 @@
+"""The typed messages PyFed peers exchange. Frozen dataclasses; arrays travel in the body.
+
+Scalar fields go to the frame's JSON header and are type-checked on decode against these
+annotations; the one field named by ``ARRAY_FIELD`` travels as raw arrays in the body.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+VERSION = 1
+
+
+class MessageKind(enum.IntEnum):
+    HELLO = 1
+    CHALLENGE = 2
+    AUTH = 3
+    WELCOME = 4
+    FIT = 5
+    FIT_RESULT = 6
+    EVALUATE = 7
+    EVALUATE_RESULT = 8
+    FINISH = 9
+    ERROR = 10
+    PING = 11
+
+
+Weights = tuple  # tuple[np.ndarray, ...]; a tuple so frozen messages stay hashable-ish and immutable
+
+
+@dataclass(frozen=True)
+class Message:
+    KIND: ClassVar[MessageKind]
+    # Name of the field that carries arrays in the body (None: header only).
+    ARRAY_FIELD: ClassVar[str | None] = None
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Client -> server: who I am, which protocol I speak, and (optionally) my model's spec hash."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.HELLO
+    client_name: str
+    protocol_version: int = VERSION
+    spec_hash: str | None = None
+    nonce: str | None = None
+
+
+@dataclass(frozen=True)
+class Challenge(Message):
+    """Server -> client: prove you hold the token (and here is my proof that I do)."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.CHALLENGE
+    nonce: str
+    proof: str
+
+
+@dataclass(frozen=True)
+class Auth(Message):
+    """Client -> server: the answer to the server's challenge."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.AUTH
+    proof: str
+
+
+@dataclass(frozen=True)
+class Welcome(Message):
+    """Server -> client: accepted; the run's shape, the model to build and the training config."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.WELCOME
+    client_id: str
+    rounds: int
+    run_name: str
+    run_id: str
+    model: dict = field(default_factory=dict)
+    spec_hash: str = ""
+    config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fit(Message):
+    """Server -> client: train these global weights for this round."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.FIT
+    ARRAY_FIELD: ClassVar[str | None] = "weights"
+    round: int
+    weights: Weights = ()
+    config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitResult(Message):
+    """Client -> server: trained weights, how many examples they saw, and per-epoch history."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.FIT_RESULT
+    ARRAY_FIELD: ClassVar[str | None] = "weights"
+    round: int
+    weights: Weights = ()
+    num_examples: int = 0
+    metrics: dict = field(default_factory=dict)
+    # Per-epoch training curves {"loss": [..], "accuracy": [..]} starting at global epoch
+    # ``first_epoch``; the server writes them to TensorBoard for clients on other machines.
+    history: dict = field(default_factory=dict)
+    first_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Evaluate(Message):
+    KIND: ClassVar[MessageKind] = MessageKind.EVALUATE
+    ARRAY_FIELD: ClassVar[str | None] = "weights"
+    round: int
+    weights: Weights = ()
+    config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluateResult(Message):
+    KIND: ClassVar[MessageKind] = MessageKind.EVALUATE_RESULT
+    round: int
+    num_examples: int
+    loss: float
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finish(Message):
+    """Server -> client: training is over; these are the final global weights."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.FINISH
+    ARRAY_FIELD: ClassVar[str | None] = "weights"
+    weights: Weights = ()
+    reason: str = "completed"
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """Either side: something was wrong. ``fatal`` closes the conversation."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.ERROR
+    reason: str
+    code: str = "error"
+    fatal: bool = True
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    KIND: ClassVar[MessageKind] = MessageKind.PING
+
+
+MESSAGE_TYPES: dict[MessageKind, type[Message]] = {
+    cls.KIND: cls
+    for cls in (Hello, Challenge, Auth, Welcome, Fit, FitResult, Evaluate, EvaluateResult,
+                Finish, Error, Ping)
+}

@@ -1,0 +1,62 @@
+"""The ModelAdapter protocol: what PyFed needs from a model, whatever its library.
+
+Implement these five methods (plus ``describe``) and any numpy-parameterised model federates.
+Adapters for Keras and plain numpy ship with PyFed; :func:`as_adapter` picks one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import ConfigurationError
+from ..spec import TensorSpec
+
+
+@dataclass
+class FitOutcome:
+    """What local training produced, besides the weights."""
+
+    num_examples: int
+    metrics: dict = field(default_factory=dict)       # final-epoch values, e.g. {"loss": .., "accuracy": ..}
+    history: dict = field(default_factory=dict)       # per-epoch curves, e.g. {"loss": [..], ...}
+    first_epoch: int = 0                               # global epoch index of history[...][0]
+
+
+@runtime_checkable
+class ModelAdapter(Protocol):
+    def get_weights(self) -> list[np.ndarray]: ...
+
+    def set_weights(self, weights: list[np.ndarray]) -> None: ...
+
+    def fit(self, data: Any, target: Any, config: dict) -> FitOutcome: ...
+
+    def evaluate(self, data: Any, target: Any, config: dict) -> tuple[float, int, dict]: ...
+
+    def spec(self) -> list[TensorSpec]: ...
+
+    def describe(self) -> dict:
+        """How a client rebuilds this model from WELCOME (``{"kind": ...}``), no pickle."""
+        ...
+
+
+def is_keras_model(model: Any) -> bool:
+    # Checked by module name so that recognising a non-Keras model never imports TensorFlow.
+    return any(cls.__module__.split(".")[0] in ("keras", "tf_keras", "tensorflow")
+               for cls in type(model).__mro__)
+
+
+def as_adapter(model: Any) -> ModelAdapter:
+    """Wrap ``model`` in the adapter that fits it, or return it if it already is one."""
+    if is_keras_model(model):
+        from .keras_adapter import KerasAdapter
+
+        return KerasAdapter(model)
+    if isinstance(model, ModelAdapter):
+        return model
+    raise ConfigurationError(
+        f"cannot federate a {type(model).__module__}.{type(model).__name__}; expected a Keras "
+        "model or an object implementing pyfed.models.ModelAdapter "
+        "(get_weights, set_weights, fit, evaluate, spec, describe)")

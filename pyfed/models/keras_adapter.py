@@ -1,0 +1,116 @@
+"""Keras models: compile once, keep the optimizer, ``set_weights`` every round.
+
+TensorFlow/Keras is imported lazily, inside functions, so that numpy-only processes never pay
+for it. Architectures travel as Keras JSON and are rebuilt in Keras' safe mode (no Lambda
+bytecode); custom layers must be registered Keras serializables on the client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError, ModelMismatchError
+from ..spec import TensorSpec
+from .base import FitOutcome
+
+
+def _keras():
+    import keras  # noqa: PLC0415  (lazy on purpose: see module docstring)
+
+    return keras
+
+
+def make_optimizer(optimizer: Any, lr: float | None):
+    """Accept what PyFed users pass: a class (``tf.optimizers.Adam``), an instance, or a string."""
+    keras = _keras()
+    if optimizer is None:
+        optimizer = "adam"
+    if isinstance(optimizer, str):
+        instance = keras.optimizers.get(optimizer)
+        return type(instance)(learning_rate=lr) if lr is not None else instance
+    if isinstance(optimizer, type):
+        return optimizer(learning_rate=lr) if lr is not None else optimizer()
+    if lr is not None:
+        optimizer.learning_rate = lr
+    return optimizer
+
+
+def model_from_description(description: dict):
+    """Rebuild the server's model from WELCOME's ``{"kind": "keras", "json": ...}``, safely."""
+    keras = _keras()
+    try:
+        config = json.loads(description["json"])
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as exc:  # Keras raises many types here; the cause is what matters
+        raise ModelMismatchError(
+            f"cannot rebuild the server's Keras model: {type(exc).__name__}: {exc}. Custom layers "
+            "must be registered with @keras.saving.register_keras_serializable on the client") from exc
+    return model
+
+
+class KerasAdapter:
+    def __init__(self, model):
+        self.model = model
+        self._compiled_with: tuple | None = None
+        self._ensure_built()
+
+    def _ensure_built(self) -> None:
+        if not self.model.built or not self.model.weights:
+            raise ConfigurationError(
+                "the Keras model has no weights yet; give it an input shape "
+                "(keras.Input or InputLayer) so PyFed can send its weights")
+
+    # -- weights ----------------------------------------------------------------------------
+
+    def get_weights(self) -> list[np.ndarray]:
+        return self.model.get_weights()
+
+    def set_weights(self, weights) -> None:
+        self.model.set_weights(list(weights))
+
+    def spec(self) -> list[TensorSpec]:
+        return [TensorSpec(name=v.name, shape=tuple(int(d) for d in v.shape),
+                           dtype=np.dtype(v.dtype).str, path=getattr(v, "path", v.name))
+                for v in self.model.weights]
+
+    def describe(self) -> dict:
+        return {"kind": "keras", "json": self.model.to_json()}
+
+    # -- training ---------------------------------------------------------------------------
+
+    def compile(self, loss=None, optimizer=None, lr=None, metrics=None) -> None:
+        """Compile once; later calls with the same settings keep the optimizer and its state."""
+        key = (repr(loss), repr(optimizer), lr, repr(metrics))
+        if self._compiled_with == key:
+            return
+        if loss is None:
+            if getattr(self.model, "loss", None) is None:
+                raise ConfigurationError("no loss given and the model is not compiled; pass loss=")
+            self._compiled_with = key
+            return
+        self.model.compile(loss=loss, optimizer=make_optimizer(optimizer, lr),
+                           metrics=list(metrics or []))
+        self._compiled_with = key
+
+    def fit(self, data, target, config: dict) -> FitOutcome:
+        epochs = int(config.get("epochs", 1))
+        server_round = int(config.get("round", 1))
+        # The global epoch makes each client's TensorBoard curve continuous across rounds.
+        first_epoch = (server_round - 1) * epochs
+        result = self.model.fit(
+            data, target, batch_size=int(config.get("batch_size", 32)),
+            epochs=first_epoch + epochs, initial_epoch=first_epoch,
+            verbose=config.get("verbose", "auto"), shuffle=True)
+        history = {name: [float(v) for v in values] for name, values in result.history.items()}
+        metrics = {name: values[-1] for name, values in history.items() if values}
+        return FitOutcome(num_examples=len(data), metrics=metrics, history=history,
+                          first_epoch=first_epoch)
+
+    def evaluate(self, data, target, config: dict) -> tuple[float, int, dict]:
+        results = self.model.evaluate(data, target, batch_size=int(config.get("batch_size", 128)),
+                                      verbose=0, return_dict=True)
+        results = {name: float(value) for name, value in results.items()}
+        return results.pop("loss", float("nan")), len(data), results

@@ -1,0 +1,71 @@
+"""The Strategy interface, after Flower's ``server/strategy``: small, with streaming aggregation.
+
+The server calls, each round::
+
+    plan = strategy.configure_fit(round, parameters, clients)   # who trains, with what config
+    strategy.begin(round, parameters)
+    strategy.add(result)            # once per arriving result, as it arrives
+    parameters, metrics = strategy.finish()
+
+``add`` folds a result into running state and must not keep a reference to ``result.weights``:
+those arrays live in a pooled receive buffer that is reused as soon as ``add`` returns.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One client's contribution to a round, as the strategy sees it."""
+
+    client: str
+    weights: tuple
+    num_examples: int
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    client: str
+    num_examples: int
+    loss: float
+    metrics: dict = field(default_factory=dict)
+
+
+class Strategy(ABC):
+    """Base class of every aggregation strategy. Subclass it to plug in your own."""
+
+    @abstractmethod
+    def configure_fit(self, server_round: int, parameters: list[np.ndarray],
+                      clients: list[str]) -> list[tuple[str, dict]]:
+        """Choose this round's participants; return ``[(client_name, fit_config), ...]``."""
+
+    @abstractmethod
+    def begin(self, server_round: int, parameters: list[np.ndarray]) -> None:
+        """Start aggregating a round whose global weights are ``parameters``."""
+
+    @abstractmethod
+    def add(self, result: FitResult) -> None:
+        """Fold one result in. Copy anything you keep: ``result.weights`` is reused afterwards."""
+
+    @abstractmethod
+    def finish(self) -> tuple[list[np.ndarray], dict]:
+        """Close the round: the new global weights and the aggregated fit metrics."""
+
+    def configure_evaluate(self, server_round: int, parameters: list[np.ndarray],
+                           clients: list[str]) -> list[tuple[str, dict]]:
+        """Federated evaluation plan; none by default."""
+        return []
+
+    def aggregate_evaluate(self, server_round: int,
+                           results: list[EvaluateResult]) -> tuple[float | None, dict]:
+        return None, {}
+
+    def evaluate(self, server_round: int, parameters: list[np.ndarray]) -> tuple[float, dict] | None:
+        """Centralized (server-side) evaluation; none by default."""
+        return None

@@ -1,0 +1,267 @@
+"""Sockets: whole PyFed messages over TCP, with no copies of the arrays.
+
+Sending hands the protocol's buffer list (header, then memoryviews of the arrays) to
+``sendmsg``: the kernel gathers them, so big arrays are never concatenated. Receiving reads the
+prefix and header into small buffers, checks them, and only then ``recv_into``s the body into one
+buffer sized to the (already capped) length; the arrays are ``np.frombuffer`` views of it.
+
+Socket exceptions are mapped to :mod:`pyfed.errors` here, once (as httpcore does), so the
+orchestration layers only ever see ``NetworkError``/``ConnectionClosed``/``ProtocolError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from . import protocol
+from .errors import ConnectionClosed, NetworkError, ProtocolError
+from .protocol import Conversation, FrameLimits, Message, Role
+
+# sendmsg takes at most IOV_MAX buffers per call.
+_IOV_MAX = min(getattr(os, "sysconf", lambda _: 1024)("SC_IOV_MAX") or 1024, 1024)
+# Larger kernel buffers let one sendmsg/recv_into move more per syscall on fast links.
+_SOCKET_BUFFER_BYTES = 4 << 20
+
+Allocator = Callable[[int], "np.ndarray | bytearray | memoryview"]
+
+
+def _default_allocator(nbytes: int) -> np.ndarray:
+    # np.empty does not zero-fill: the kernel writes every byte via recv_into anyway.
+    return np.empty(nbytes, dtype=np.uint8)
+
+
+def tune_socket(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_BUFFER_BYTES)
+
+
+class Channel:
+    """One framed, state-checked connection. Not thread-safe: one thread owns a channel."""
+
+    def __init__(self, sock: socket.socket, role: Role, limits: FrameLimits = FrameLimits(),
+                 peer: str | None = None):
+        self.sock = sock
+        self.conversation = Conversation(role)
+        self.limits = limits
+        self.peer = peer or _peer_name(sock)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._closed = False
+        tune_socket(sock)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, message: Message, timeout: float | None = None) -> int:
+        """Send one message; returns the frame's size in bytes."""
+        self.conversation.send(message)
+        buffers = protocol.encode(message)
+        with self._mapped_errors("sending " + message.KIND.name, timeout):
+            sent = _send_buffers(self.sock, buffers)
+        self.bytes_sent += sent
+        return sent
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def receive(self, timeout: float | None = None,
+                allocate: Allocator = _default_allocator) -> Message:
+        """Receive one whole message. ``allocate(nbytes)`` supplies the body buffer (a pool)."""
+        with self._mapped_errors("receiving a message", timeout):
+            prefix_bytes = self._recv_exactly(bytearray(protocol.PREFIX_SIZE))
+            prefix = protocol.parse_prefix(prefix_bytes, self.limits)
+            header = self._recv_exactly(bytearray(prefix.header_length))
+            fields, descriptors = protocol.decode_header(prefix, header)
+            body = allocate(prefix.body_length) if prefix.body_length else b""
+            if prefix.body_length:
+                self._recv_exactly(memoryview(body).cast("B"))
+        self.bytes_received += protocol.PREFIX_SIZE + prefix.header_length + prefix.body_length
+        message = protocol.decode_body(prefix, fields, descriptors, body)
+        self.conversation.receive(message)
+        return message
+
+    def _recv_exactly(self, buffer):
+        view = memoryview(buffer)
+        total = len(view)
+        while len(view):
+            received = self.sock.recv_into(view)
+            if received == 0:
+                got = total - len(view)
+                raise ConnectionClosed(
+                    f"{self.peer} closed the connection" + (f" mid-frame ({got} of {total} bytes)"
+                                                            if got else ""))
+            view = view[received:]
+        return buffer
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _mapped_errors(self, doing: str, timeout: float | None):
+        self.sock.settimeout(timeout)
+        try:
+            yield
+        except (ProtocolError, ConnectionClosed):
+            raise
+        except socket.timeout:
+            raise NetworkError(f"timed out after {timeout:g} s {doing} with {self.peer}") from None
+        except ssl.SSLError as exc:
+            raise NetworkError(f"TLS error {doing} with {self.peer}: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise ConnectionClosed(f"connection to {self.peer} failed {doing}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _send_buffers(sock: socket.socket, buffers: list) -> int:
+    views = [memoryview(b).cast("B") for b in buffers if len(b)]
+    total = sum(v.nbytes for v in views)
+    if isinstance(sock, ssl.SSLSocket):  # SSL sockets have no sendmsg; each sendall still avoids a join
+        for view in views:
+            sock.sendall(view)
+        return total
+    index = 0
+    while index < len(views):
+        sent = sock.sendmsg(views[index:index + _IOV_MAX])
+        while sent:
+            head = views[index]
+            if sent >= head.nbytes:
+                sent -= head.nbytes
+                index += 1
+            else:
+                views[index] = head[sent:]
+                sent = 0
+    return total
+
+
+def _peer_name(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "peer"
+
+
+# ---------------------------------------------------------------------------------------------
+# Receive-buffer pool
+# ---------------------------------------------------------------------------------------------
+
+
+class BufferPool:
+    """A bounded set of reusable receive buffers.
+
+    The server receives each client's update into a buffer from here, folds it into the running
+    aggregate, and gives the buffer back. At most ``size`` buffers ever exist, so server memory is
+    O(model x size) however many clients send at once: the others wait in ``acquire`` (their bytes
+    wait in the kernel's socket buffers, which is TCP's own back-pressure).
+    """
+
+    def __init__(self, size: int = 2):
+        if size < 1:
+            raise ValueError(f"buffer pool size must be at least 1; received {size}")
+        self.size = size
+        self._free: list[np.ndarray] = []
+        self._created = 0
+        self._in_use = 0
+        self.peak_in_use = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int, timeout: float | None = None) -> np.ndarray:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i, buf in enumerate(self._free):
+                    if buf.nbytes >= nbytes:
+                        self._free.pop(i)
+                        return self._lend(buf, nbytes)
+                if self._created < self.size:
+                    self._created += 1
+                    return self._lend(np.empty(nbytes, dtype=np.uint8), nbytes)
+                if self._free:  # every idle buffer is too small: replace one
+                    self._free.pop(0)
+                    return self._lend(np.empty(nbytes, dtype=np.uint8), nbytes)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise NetworkError(f"no receive buffer free after {timeout:g} s")
+                self._cond.wait(remaining)
+
+    def _lend(self, buf: np.ndarray, nbytes: int) -> np.ndarray:
+        self._in_use += 1
+        self.peak_in_use = max(self.peak_in_use, self._in_use)
+        # Hand out an exact-size view; release() finds the owner through .base.
+        return buf[:nbytes]
+
+    def release(self, view: np.ndarray) -> None:
+        owner = view.base if view.base is not None else view
+        with self._cond:
+            self._in_use -= 1
+            self._free.append(owner)
+            self._cond.notify()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+
+# ---------------------------------------------------------------------------------------------
+# Connecting and listening
+# ---------------------------------------------------------------------------------------------
+
+
+def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
+    try:
+        sock = socket.create_server((host, port), backlog=backlog, reuse_port=False)
+    except OSError as exc:
+        raise NetworkError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def connect(host: str, port: int, timeout: float) -> socket.socket:
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except socket.timeout:
+        raise NetworkError(f"timed out connecting to {host}:{port}") from None
+    except OSError as exc:
+        raise NetworkError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+
+
+def local_addresses() -> list[str]:
+    """This machine's IPv4 interface addresses, read locally (no packet is sent anywhere)."""
+    addresses: list[str] = []
+    try:
+        import fcntl
+        import struct
+
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for _, name in socket.if_nameindex():
+                request = struct.pack("256s", name.encode()[:15])
+                with contextlib.suppress(OSError):
+                    reply = fcntl.ioctl(probe.fileno(), 0x8915, request)  # SIOCGIFADDR
+                    addresses.append(socket.inet_ntoa(reply[20:24]))
+        finally:
+            probe.close()
+    except (ImportError, OSError):
+        with contextlib.suppress(OSError):
+            addresses = socket.gethostbyname_ex(socket.gethostname())[2]
+    return list(dict.fromkeys(addresses))

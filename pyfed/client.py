@@ -16,7 +16,7 @@ from .errors import (ConfigurationError, HandshakeError, ModelMismatchError, Net
                      ProtocolError, RemoteError)
 from .logs import RUN_MARKER, RunLogger
 from .models import FitOutcome, as_adapter
-from .protocol import VERSION, Role
+from .protocol import DEFAULT_MAX_MESSAGE_BYTES, VERSION, FrameLimits, Role
 from .spec import spec_hash
 from .transport import Channel, connect
 
@@ -36,12 +36,14 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         logdir: where this machine's TensorBoard logs go (default ``pyfed_logs``). A client on
             the server's machine leaves its curves to the server, so none is written twice.
         timeout: seconds to wait for the server's next message (default: no limit).
+        max_message_bytes: cap on a received body (default 4 GiB).
     """
 
     def __init__(self, name: str, data: Any, target: Any, server_ip: str = "127.0.0.1",
                  server_port: int = 54321, *, model: Any = None, connect_timeout: float = 60.0,
                  verbose: Any = "auto", logdir: str | os.PathLike = "pyfed_logs",
-                 timeout: float | None = None):
+                 timeout: float | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"name must be a non-empty string; received {name!r}")
         if data is not None and target is not None and len(data) != len(target):
@@ -58,6 +60,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         self.verbose = verbose
         self.logdir = Path(logdir)
         self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
         self.rounds_trained = 0
         self.final_reason: str | None = None
 
@@ -90,7 +93,9 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         while True:
             try:
                 sock = connect(self.server_ip, self.server_port, timeout=10)
-                return Channel(sock, Role.CLIENT, peer=f"server {self.server_ip}:{self.server_port}")
+                # No body may arrive before WELCOME (the header may: WELCOME carries the model JSON).
+                return Channel(sock, Role.CLIENT, FrameLimits(max_body_bytes=0),
+                               peer=f"server {self.server_ip}:{self.server_port}")
             except NetworkError as exc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -116,6 +121,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                         f"the connection: {reply.reason}")
         if not isinstance(reply, messages.Welcome):
             raise ProtocolError(f"expected WELCOME, received {reply.KIND.name}")
+        channel.limits = FrameLimits(max_body_bytes=self.max_message_bytes)
         return reply
 
     def _prepare_model(self, welcome: messages.Welcome, loss, optimizer, lr, metrics) -> None:

@@ -1,1 +1,206 @@
-class FL_Experiment: pass
+"""FL_Experiment: a whole federated run on one machine, every party a real process.
+
+The parent spawns one server process and one process per client (``spawn``, so each child is
+a fresh interpreter, as on separate machines). What a child needs (the model's JSON and
+weights, data, and a user's loss/optimizer/metric objects, which may be custom functions) is
+handed over with cloudpickle: this local parent-to-child handoff is the only place PyFed uses
+it. Nothing comes back pickled: the server child writes the final weights as ``.npz`` (read with
+``allow_pickle=False``) and reports over a pipe in JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from .errors import ConfigurationError, PyFedError
+from .history import History
+
+logger = logging.getLogger("pyfed")
+
+FINAL_WEIGHTS = "final_weights.npz"
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _server_main(payload: bytes, report) -> None:
+    """Server child: train, save the final weights in the run folder, report as JSON."""
+    _quiet_tensorflow()
+    spec = cloudpickle.loads(payload)
+    try:
+        from .models.keras_adapter import model_from_description
+        from .server import FL_Server
+
+        model = model_from_description({"json": spec["model_json"]})
+        model.set_weights(spec["weights"])
+        server = FL_Server(model, spec["num_clients"], spec["rounds"], port=spec["port"],
+                           **spec["server_options"])
+        server.start()
+        report.send_bytes(json.dumps({"event": "listening", "port": server.port,
+                                      "run_dir": str(server.run_dir)}).encode())
+        history = server.train()
+        weights_file = server.run_dir / FINAL_WEIGHTS
+        np.savez(weights_file, *model.get_weights())
+        report.send_bytes(json.dumps({"event": "done", "history": history.to_dict(),
+                                      "weights": str(weights_file)}).encode())
+    except BaseException as exc:  # report every failure, then let the exit code say it too
+        report.send_bytes(json.dumps({"event": "error",
+                                      "error": f"{type(exc).__name__}: {exc}"}).encode())
+        raise
+
+
+def _client_main(payload: bytes) -> None:
+    _quiet_tensorflow()
+    spec = cloudpickle.loads(payload)
+    from .client import FL_Client
+
+    client = FL_Client(spec["name"], spec["data"], spec["target"], server_ip=spec["host"],
+                       server_port=spec["port"], **spec["client_options"])
+    client.train(**spec["train"])
+
+
+class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
+    """Run a server and ``num_clients`` clients as separate processes on this machine.
+
+    ``FL_Experiment(num_clients, clients_data, clients_target, server_data, server_target,
+    port=54321)`` then ``.run(model, rounds, epochs, batch_size, lr, optimizer, loss, metrics)``,
+    which returns ``(trained_model, history)`` and reports the test accuracy on the server data.
+    """
+
+    def __init__(self, num_clients: int, clients_data, clients_target, server_data, server_target,
+                 port: int = 54321, *, logdir: str | os.PathLike = "pyfed_logs",
+                 run_name: str | None = None, verbose: int = 1, client_verbose: Any = 0,
+                 host: str = "127.0.0.1", launch_tensorboard: bool = False,
+                 timeout: float | None = None):
+        if len(clients_data) != num_clients or len(clients_target) != num_clients:
+            raise ConfigurationError(
+                f"expected data and targets for {num_clients} clients; received "
+                f"{len(clients_data)} data and {len(clients_target)} target arrays")
+        self.num_clients = num_clients
+        self.clients_data = clients_data
+        self.clients_target = clients_target
+        self.server_data = server_data
+        self.server_target = server_target
+        self.port = port
+        self.logdir = Path(logdir)
+        self.run_name = run_name
+        self.verbose = verbose
+        self.client_verbose = client_verbose
+        self.host = host
+        self.launch_tensorboard = launch_tensorboard
+        self.timeout = timeout
+        self.history: History | None = None
+        self.test_results: dict | None = None
+        self.run_dir: Path | None = None
+        self.model = None
+
+    def run(self, model, rounds: int, epochs: int = 1, batch_size: int = 32, lr: float | None = None,
+            optimizer: Any = None, loss: Any = "sparse_categorical_crossentropy",
+            metrics: Any = ("accuracy",)):
+        context = multiprocessing.get_context("spawn")
+        receive_report, send_report = context.Pipe(duplex=False)
+        server_payload = cloudpickle.dumps({
+            "model_json": model.to_json(), "weights": model.get_weights(),
+            "num_clients": self.num_clients, "rounds": rounds, "port": self.port,
+            "server_options": {"host": self.host, "logdir": str(self.logdir),
+                               "run_name": self.run_name, "verbose": self.verbose,
+                               "launch_tensorboard": self.launch_tensorboard}})
+        server = context.Process(target=_server_main, args=(server_payload, send_report),
+                                 name="pyfed-server")
+        children = [server]
+        try:
+            server.start()
+            send_report.close()  # so a dead server shows up as EOF on our end
+            listening = self._next_report(receive_report, children, "start listening")
+            self.run_dir = Path(listening["run_dir"])
+            train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
+                     "optimizer": optimizer, "metrics": list(metrics) if metrics else None}
+            for index in range(self.num_clients):
+                payload = cloudpickle.dumps({
+                    "name": f"client_{index + 1}", "data": self.clients_data[index],
+                    "target": self.clients_target[index], "host": self.host,
+                    "port": listening["port"], "train": train,
+                    "client_options": {"verbose": self.client_verbose, "logdir": str(self.logdir)}})
+                client = context.Process(target=_client_main, args=(payload,),
+                                         name=f"pyfed-client_{index + 1}")
+                client.start()
+                children.append(client)
+            done = self._next_report(receive_report, children, "finish training")
+            for child in children:
+                child.join(timeout=30)
+        finally:
+            _end(children)
+            receive_report.close()
+
+        with np.load(done["weights"], allow_pickle=False) as archive:
+            model.set_weights([archive[f"arr_{i}"] for i in range(len(archive.files))])
+        self.model = model
+        self.history = History.from_dict(done["history"])
+        failed = [f"{c.name} (exit code {c.exitcode})" for c in children[1:] if c.exitcode != 0]
+        if failed:
+            # The server may finish without a crashed client, but an experiment that silently
+            # lost a party is not the experiment that was asked for: say so, loudly.
+            raise PyFedError(f"{', '.join(failed)} failed during the experiment (see its output "
+                             "above); the server finished with the remaining clients. The partial "
+                             "history is in FL_Experiment.history")
+        self.test_results = self._test(model, loss, optimizer, lr, metrics)
+        if self.verbose:
+            print(f"logs: {self.run_dir}  (open with: tensorboard --logdir {self.logdir})", flush=True)
+        return model, self.history
+
+    def _next_report(self, reports, children, what: str) -> dict:
+        """Wait for the server's next report, failing fast if any party dies first."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            if reports.poll(0.2):
+                try:
+                    report = json.loads(reports.recv_bytes())
+                except EOFError:
+                    report = {"event": "error", "error": "the server process exited"}
+                if report["event"] == "error":
+                    raise PyFedError(f"the server failed to {what}: {report['error']}")
+                return report
+            for child in children:
+                if child.exitcode not in (None, 0):
+                    raise PyFedError(f"{child.name} exited with code {child.exitcode} before the "
+                                     f"server could {what}; see its output above")
+            if deadline is not None and time.monotonic() > deadline:
+                raise PyFedError(f"the experiment did not {what} within {self.timeout:g} s")
+
+    def _test(self, model, loss, optimizer, lr, metrics) -> dict | None:
+        if self.server_data is None or len(self.server_data) == 0:
+            return None
+        from .models.keras_adapter import KerasAdapter
+
+        adapter = KerasAdapter(model)
+        adapter.compile(loss=loss, optimizer=optimizer, lr=lr, metrics=list(metrics or []))
+        test_loss, count, results = adapter.evaluate(self.server_data, self.server_target, {})
+        results = {"loss": test_loss, **results}
+        if self.verbose:
+            shown = " · ".join(f"{k} {v:.4f}" for k, v in results.items())
+            print(f"test on {count} server examples · {shown}", flush=True)
+        return results
+
+
+def _end(children) -> None:
+    """Stop every child we started that is still running, and reap them all."""
+    for child in children:
+        if child.pid is not None and child.is_alive():
+            child.terminate()
+    for child in children:
+        if child.pid is None:
+            continue
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=10)

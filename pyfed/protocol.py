@@ -209,7 +209,7 @@ def decode_header(prefix: FramePrefix, header: bytes | bytearray | memoryview) -
     kind = prefix.kind
     try:
         parsed = json.loads(bytes(header).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting -> RecursionError
         raise ProtocolError(f"{kind.name} header is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(parsed, dict) or set(parsed) != {"fields", "arrays"}:
         raise ProtocolError(f"{kind.name} header must be an object with 'fields' and 'arrays'")
@@ -255,6 +255,10 @@ def _validate_descriptors(kind: MessageKind, descriptors: list, body_length: int
         for label, value in (("offset", offset), ("nbytes", nbytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ProtocolError(f"{where}: {label} {value!r} must be a non-negative integer")
+        # numpy's own rule: the non-zero dimensions times the item size must fit in intp, even
+        # for an empty array (a shape like [0, 10**30] would otherwise pass the nbytes check).
+        if math.prod(s for s in shape if s) * int(dtype[2:]) > np.iinfo(np.intp).max:
+            raise ProtocolError(f"{where}: shape {shape} is too large for an array")
         expected_nbytes = math.prod(shape) * int(dtype[2:])
         if nbytes != expected_nbytes:
             raise ProtocolError(

@@ -1,0 +1,364 @@
+"""The ``pyfed`` command: ``experiment``, ``server``, ``client`` and ``partition``.
+
+Expected failures (a :class:`~pyfed.errors.PyFedError`, a missing data file) print one line to
+stderr and exit with status 2, like argparse's own usage errors; only bugs show a traceback.
+TensorFlow is imported only by the subcommands that train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import ConfigurationError, PyFedError
+
+# TensorFlow reads this when it is first imported, which happens after argument parsing.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
+DEFAULT_LOSS = "sparse_categorical_crossentropy"
+DEFAULT_MODELS = {"digits": "pyfed.data:digits_model", "mnist": "pyfed.cli:mnist_model"}
+DEFAULT_LR = {"digits": 0.005, "mnist": 3e-4}
+
+
+def mnist_model():
+    """The MLP of PyFed's README, for 784-pixel MNIST images."""
+    import keras
+
+    model = keras.Sequential([keras.Input((784,))])
+    for units in (500, 1000, 2000, 1000, 500):
+        model.add(keras.layers.Dense(units, activation="relu"))
+    model.add(keras.layers.Dense(10, activation="softmax"))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the subcommands
+# ---------------------------------------------------------------------------------------------
+
+def load_object(reference: str) -> Callable:
+    """``package.module:function`` or ``path/to/file.py:function``, as uvicorn and gunicorn do."""
+    module_name, sep, attribute = reference.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"--model must look like module:function; received {reference!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise ConfigurationError(f"model file {path} does not exist (from --model {reference!r})")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        # A console script does not put the working directory on sys.path; `python -m` does.
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                raise ConfigurationError(f"cannot import module {module_name!r} (from --model "
+                                         f"{reference!r}); is it on PYTHONPATH?") from None
+            raise
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r} "
+                                 f"(from --model {reference!r})") from None
+    if not callable(target):
+        raise ConfigurationError(f"{reference!r} is not callable; --model names a function that "
+                                 "returns a model")
+    return target
+
+
+def build_model(reference: str):
+    return load_object(reference)()
+
+
+def load_array(path: str, what: str):
+    """An array from a .npy file, never unpickling anything (DESIGN.md: no pickle, ever)."""
+    import numpy as np
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} file not found: {file}")
+    try:
+        array = np.load(file, allow_pickle=False)
+    except ValueError as exc:
+        raise ConfigurationError(f"cannot load {what} file {file}: {exc} (PyFed reads plain .npy "
+                                 "arrays and never unpickles)") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise ConfigurationError(f"{what} file {file} is an .npz archive; pass one .npy array")
+    return array
+
+
+def parse_metrics(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip() and name.strip() != "none"]
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; received {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535]; received {text}")
+    return value
+
+
+def keras_verbosity(text: str):
+    if text == "auto":
+        return text
+    if text in ("0", "1", "2"):
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be auto, 0, 1 or 2; received {text}")
+
+
+def logs_line(run_dir, logdir) -> str:
+    """Where this run's TensorBoard logs are, and the command that opens them."""
+    tensorboard = "tensorboard"
+    if shutil.which(tensorboard) is None:  # e.g. a venv that is not activated
+        beside = Path(sys.executable).with_name("tensorboard")
+        if beside.is_file():
+            tensorboard = str(beside)
+    return f"TensorBoard logs: {run_dir}  (open them with: {tensorboard} --logdir {logdir})"
+
+
+def configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    root = logging.getLogger()
+    if not any(getattr(h, "_pyfed_cli", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                               "%H:%M:%S"))
+        handler._pyfed_cli = True
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("pyfed").setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+# ---------------------------------------------------------------------------------------------
+
+def cmd_experiment(args) -> int:
+    from .data import load_dataset, split_for_clients
+    from .experiment import FL_Experiment
+
+    model_ref = args.model or DEFAULT_MODELS[args.dataset]
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.dataset]
+    x, y = load_dataset(args.dataset, args.mnist_path)
+    clients_data, clients_target, server_data, server_target = split_for_clients(
+        x, y, args.clients, seed=args.seed)
+    print(f"PyFed experiment: {args.dataset}, {args.clients} clients, {args.rounds} rounds of "
+          f"{args.epochs} epochs, batch size {args.batch_size}, lr {lr:g}", flush=True)
+    print(f"data: {len(clients_target[0])} examples per client, {len(server_target)} held out "
+          "for the server's test", flush=True)
+
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
+    model = build_model(model_ref)
+    experiment = FL_Experiment(args.clients, clients_data, clients_target, server_data,
+                               server_target, args.port, logdir=args.logdir,
+                               run_name=args.run_name, launch_tensorboard=args.launch_tensorboard)
+    started = time.monotonic()
+    experiment.run(model=model, rounds=args.rounds, epochs=args.epochs,
+                   batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,
+                   loss=args.loss, metrics=parse_metrics(args.metrics))
+    results = getattr(experiment, "test_results", None) or {}
+    elapsed = f"{time.monotonic() - started:.1f} s"
+    if "accuracy" in results:
+        print(f"final test accuracy: {results['accuracy']:.4f} ({elapsed})", flush=True)
+    else:
+        print(f"finished in {elapsed}", flush=True)
+    print(logs_line(getattr(experiment, "run_dir", None) or args.logdir, args.logdir), flush=True)
+    return EXIT_OK
+
+
+def cmd_server(args) -> int:
+    if (args.test_data is None) != (args.test_target is None):
+        raise ConfigurationError("--test-data and --test-target go together; pass both or neither")
+    test = None
+    if args.test_data is not None:  # fail on a bad path before anyone connects
+        test = load_array(args.test_data, "test data"), load_array(args.test_target, "test target")
+    from .components import FL_Server
+
+    model = build_model(args.model)
+    server = FL_Server(model, args.clients, args.rounds, port=args.port,
+                       multi_system=args.multi_system, host=args.host, logdir=args.logdir,
+                       run_name=args.run_name, launch_tensorboard=args.launch_tensorboard,
+                       wait_timeout=args.wait_timeout, round_timeout=args.round_timeout)
+    server.train()
+    if test is not None:
+        server.test(test[0], test[1], args.loss, parse_metrics(args.metrics))
+    print(logs_line(server.run_dir, args.logdir), flush=True)
+    return EXIT_OK
+
+
+def cmd_client(args) -> int:
+    data = load_array(args.data, "data")
+    target = load_array(args.target, "target")
+    from .components import FL_Client
+
+    client = FL_Client(args.name, data, target, server_ip=args.server_ip, server_port=args.port,
+                       connect_timeout=args.connect_timeout, verbose=args.keras_verbose,
+                       logdir=args.logdir)
+    print(f"{args.name}: {len(target)} examples; connecting to {args.server_ip}:{args.port}",
+          flush=True)
+    client.train(args.epochs, args.batch_size, args.lr, args.loss, args.optimizer,
+                 parse_metrics(args.metrics))
+    print(f"{args.name}: trained {client.rounds_trained} rounds; server said "
+          f"{client.final_reason or 'nothing'}", flush=True)
+    return EXIT_OK
+
+
+def cmd_partition(args) -> int:
+    from .data import load_dataset, save_partitions, split_for_clients
+
+    x, y = load_dataset(args.dataset, args.mnist_path)
+    parts = split_for_clients(x, y, args.clients, seed=args.seed)
+    import numpy as np
+
+    for path in save_partitions(args.out, *parts):
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+        print(f"wrote {path}  {array.dtype} {tuple(array.shape)}", flush=True)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Show a default only where there is one worth showing (not None, False or suppressed)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("(default" not in text and action.option_strings and default not in (None, False)
+                and default is not argparse.SUPPRESS):
+            text = f"{text} (default: %(default)s)".lstrip()
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="log INFO to stderr (-vv: DEBUG); default WARNING")
+    parser = argparse.ArgumentParser(
+        prog="pyfed", parents=[common],
+        description="Federated learning between real Python processes over TCP sockets.",
+        epilog="Results: tensorboard --logdir pyfed_logs")
+    parser.add_argument("--version", action="version", version=f"pyfed {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name, help_text, func):
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text,
+                           formatter_class=_HelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    def training_options(p, lr_help):
+        p.add_argument("--epochs", type=positive_int, default=2, help="local epochs per round")
+        p.add_argument("--batch-size", type=positive_int, default=32)
+        p.add_argument("--lr", type=float, default=None, help=lr_help)
+        p.add_argument("--optimizer", default="adam", help="a Keras optimizer name")
+        p.add_argument("--loss", default=DEFAULT_LOSS, help="a Keras loss name")
+        p.add_argument("--metrics", default="accuracy", help="comma-separated Keras metric names")
+
+    p = add("experiment", "Run a whole federated experiment here: a server and N clients as "
+                          "separate processes on 127.0.0.1.", cmd_experiment)
+    p.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
+                   help="digits ships with scikit-learn; mnist needs --mnist-path or a network")
+    p.add_argument("--mnist-path", help="local MNIST .npz with arrays x and y")
+    p.add_argument("--clients", type=positive_int, default=3)
+    p.add_argument("--rounds", type=positive_int, default=5)
+    training_options(p, "learning rate (default: 0.005 for digits, 3e-4 for mnist)")
+    p.add_argument("--model", help="module:function returning a Keras model (default: "
+                                   "pyfed.data:digits_model, or the README MLP for mnist)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split and the model")
+    p.add_argument("--port", type=port_number, default=54321)
+    p.add_argument("--logdir", default="pyfed_logs", help="TensorBoard root")
+    p.add_argument("--run-name", help="this run's folder under --logdir (default: a timestamp)")
+    p.add_argument("--launch-tensorboard", action="store_true",
+                   help="start TensorBoard in the background when training ends")
+
+    p = add("server", "Run a federated server that waits for --clients clients.", cmd_server)
+    p.add_argument("--model", required=True, help="module:function returning a Keras model")
+    p.add_argument("--clients", type=positive_int, required=True)
+    p.add_argument("--rounds", type=positive_int, required=True)
+    p.add_argument("--port", type=port_number, default=54321)
+    p.add_argument("--multi-system", action="store_true",
+                   help="listen on every interface, for clients on other machines")
+    p.add_argument("--host", help="address to bind (default: 127.0.0.1, or all with "
+                                  "--multi-system)")
+    p.add_argument("--logdir", default="pyfed_logs", help="TensorBoard root")
+    p.add_argument("--run-name", help="this run's folder under --logdir (default: a timestamp)")
+    p.add_argument("--test-data", help=".npy features to test the final model on")
+    p.add_argument("--test-target", help=".npy labels to test the final model on")
+    p.add_argument("--loss", default=DEFAULT_LOSS, help="a Keras loss name, for the test")
+    p.add_argument("--metrics", default="accuracy", help="comma-separated metrics, for the test")
+    p.add_argument("--wait-timeout", type=float, default=None,
+                   help="seconds to wait for all clients to connect (default: forever)")
+    p.add_argument("--round-timeout", type=float, default=None,
+                   help="seconds a client may take per round (default: no limit)")
+    p.add_argument("--launch-tensorboard", action="store_true",
+                   help="start TensorBoard in the background when training ends")
+
+    p = add("client", "Run a federated client on local .npy data.", cmd_client)
+    p.add_argument("--name", required=True, help="this client's unique name")
+    p.add_argument("--data", required=True, help=".npy features")
+    p.add_argument("--target", required=True, help=".npy labels")
+    p.add_argument("--server-ip", default="127.0.0.1")
+    p.add_argument("--port", type=port_number, default=54321, help="the server's port")
+    training_options(p, "learning rate (default: the optimizer's own)")
+    p.add_argument("--logdir", default="pyfed_logs",
+                   help="TensorBoard root on this machine (used when the server is elsewhere)")
+    p.add_argument("--connect-timeout", type=float, default=60.0,
+                   help="seconds to keep retrying until the server is up")
+    p.add_argument("--keras-verbose", type=keras_verbosity, default=2,
+                   help="Keras fit verbosity: auto, 0, 1 (progress bar) or 2 (a line per epoch)")
+
+    p = add("partition", "Split a dataset into PyFed's per-client .npy files "
+                         "(data_client_<i>.npy, target_client_<i>.npy, data_server.npy, ...).",
+            cmd_partition)
+    p.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+    p.add_argument("--mnist-path", help="local MNIST .npz with arrays x and y")
+    p.add_argument("--clients", type=positive_int, default=3)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheme", choices=["iid"], default="iid",
+                   help="how to split: iid shuffles, then cuts equal parts")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(getattr(args, "verbose", 0))
+    try:
+        return args.func(args)
+    except (PyFedError, FileNotFoundError) as exc:
+        print(f"pyfed {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"pyfed {args.command}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

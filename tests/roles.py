@@ -1,0 +1,74 @@
+"""Entry points the end-to-end tests run as real processes: ``python roles.py server|client``.
+
+The server prints one ``RESULT {json}`` line at the end; each client prints ``CLIENT {json}``.
+Both include a hash of the final weights so tests can check every party holds the same model.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+
+import numpy as np
+
+from pyfed import data
+from pyfed.components import FL_Client, FL_Server
+
+
+def weights_hash(weights) -> str:
+    digest = hashlib.sha256()
+    for array in weights:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def digits_split(num_clients):
+    x, y = data.load_digits()
+    return data.split_for_clients(x, y, num_clients, seed=0)
+
+
+def server(args) -> None:
+    _, _, test_x, test_y = digits_split(args.clients)
+    model = data.digits_model()
+    srv = FL_Server(model, args.clients, args.rounds, port=args.port, logdir=args.logdir,
+                    run_name=args.run_name, multi_system=args.multi_system)
+    history = srv.train()
+    results = srv.test(test_x, test_y, "sparse_categorical_crossentropy", ["accuracy"])
+    print("RESULT " + json.dumps({"history": history.to_dict(), "test": results,
+                                  "run_dir": str(srv.run_dir), "weights": weights_hash(model.get_weights())}),
+          flush=True)
+
+
+def client(args) -> None:
+    xs, ys, _, _ = digits_split(args.clients)
+    i = args.index
+    c = FL_Client(f"client_{i}", xs[i - 1], ys[i - 1], server_ip=args.server_ip,
+                  server_port=args.port, logdir=args.logdir, verbose=2,
+                  connect_timeout=args.connect_timeout)
+    model = c.train(args.epochs, 32, 0.005, "sparse_categorical_crossentropy", "adam", ["accuracy"])
+    print("CLIENT " + json.dumps({"name": c.name, "rounds": c.rounds_trained,
+                                  "weights": weights_hash(model.get_weights())}), flush=True)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["server", "client"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--index", type=int, default=1)
+    parser.add_argument("--logdir", default="pyfed_logs")
+    parser.add_argument("--run-name", default=None)
+    parser.add_argument("--server-ip", default="127.0.0.1")
+    parser.add_argument("--multi-system", action="store_true")
+    parser.add_argument("--connect-timeout", type=float, default=60)
+    args = parser.parse_args()
+    (server if args.role == "server" else client)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""FL_Experiment end to end: it spawns a real server process and real client processes."""
+
+import multiprocessing
+
+import numpy as np
+import pytest
+
+from pyfed import data
+from pyfed.errors import ConfigurationError, PyFedError
+from pyfed.experiment import FINAL_WEIGHTS, FL_Experiment
+
+
+def digits_parts(num_clients=3):
+    x, y = data.load_digits()
+    return data.split_for_clients(x, y, num_clients, seed=1)
+
+
+def test_experiment_trains_and_returns_the_global_model(tmp_path, capfd):
+    clients_x, clients_y, test_x, test_y = digits_parts()
+    experiment = FL_Experiment(3, clients_x, clients_y, test_x, test_y, port=0,
+                               logdir=tmp_path / "logs")
+    model = data.digits_model()
+    before = [w.copy() for w in model.get_weights()]
+    trained, history = experiment.run(model, rounds=4, epochs=2, batch_size=32, lr=0.005,
+                                      optimizer="adam", loss="sparse_categorical_crossentropy",
+                                      metrics=["accuracy"])
+    assert trained is model
+    assert any(not np.array_equal(a, b) for a, b in zip(before, trained.get_weights()))
+    assert history.rounds == [1, 2, 3, 4]
+    assert history.history["participants"] == [3, 3, 3, 3]
+    assert experiment.test_results["accuracy"] >= 0.90
+    # The returned model really is the server's final model: same accuracy when re-evaluated.
+    predictions = trained.predict(test_x, verbose=0).argmax(axis=1)
+    assert abs((predictions == test_y).mean() - experiment.test_results["accuracy"]) < 1e-6
+    assert (experiment.run_dir / FINAL_WEIGHTS).is_file()
+    assert sorted(p.name for p in (experiment.run_dir / "clients").iterdir()) == \
+        ["client_1", "client_2", "client_3"]
+    out = capfd.readouterr().out
+    assert "round 4/4 · 3 clients" in out and "test on" in out and "accuracy" in out
+    assert multiprocessing.active_children() == []  # every child was reaped
+
+
+def test_a_failing_client_stops_the_experiment_with_its_name(tmp_path):
+    clients_x, clients_y, test_x, test_y = digits_parts(2)
+    clients_x[1] = clients_x[1][:, :10]  # wrong feature count: Keras fails inside client_2
+    experiment = FL_Experiment(2, clients_x, clients_y, test_x, test_y, port=0,
+                               logdir=tmp_path / "logs", verbose=0, timeout=240)
+    with pytest.raises(PyFedError, match=r"pyfed-client_2 (exited with code 1|\(exit code 1\) failed)"):
+        experiment.run(data.digits_model(), rounds=2, epochs=1, batch_size=32, lr=0.005,
+                       optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    assert multiprocessing.active_children() == []
+
+
+def test_experiment_checks_its_arguments():
+    with pytest.raises(ConfigurationError, match="for 3 clients; received 2 data and 2 target"):
+        FL_Experiment(3, [1, 2], [1, 2], None, None)

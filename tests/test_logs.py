@@ -1,0 +1,80 @@
+"""TensorBoard output, read back with TensorBoard's own EventAccumulator."""
+
+import os
+import sys
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pyfed.logs import ScalarWriter, new_run_dir, round_line, safe_name
+
+SERVER_TAGS = {"fit/loss", "fit/accuracy", "round/participants", "round/seconds",
+               "round/bytes_in", "round/bytes_out"}
+
+
+def scalars(directory):
+    accumulator = EventAccumulator(str(directory))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+def test_one_run_folder_with_server_and_every_client(digits_run):
+    runs = [p for p in digits_run["logdir"].iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs  # clients on the server's machine add no second run folder
+    run = runs[0]
+    assert sorted(p.name for p in (run / "clients").iterdir()) == ["client_1", "client_2", "client_3"]
+    assert (run / "server").is_dir()
+
+
+def test_server_scalars_per_round(digits_run):
+    run = next(p for p in digits_run["logdir"].iterdir() if p.is_dir())
+    server = scalars(run / "server")
+    assert SERVER_TAGS <= set(server), sorted(server)
+    for tag in SERVER_TAGS:
+        assert [step for step, _ in server[tag]] == [1, 2, 3, 4, 5], tag
+    assert [value for _, value in server["round/participants"]] == [3.0] * 5
+    history = digits_run["result"]["history"]["history"]
+    assert [round(v, 5) for _, v in server["fit/loss"]] == [round(v, 5) for v in history["fit_loss"]]
+
+
+def test_client_curves_are_continuous_in_global_epochs(digits_run):
+    run = next(p for p in digits_run["logdir"].iterdir() if p.is_dir())
+    for name in ("client_1", "client_2", "client_3"):
+        directory = run / "clients" / name
+        # One event file per client on this machine: no curve is written twice.
+        assert len([f for f in os.listdir(directory) if "tfevents" in f]) == 1
+        curves = scalars(directory)
+        assert {"epoch_loss", "epoch_accuracy"} <= set(curves), curves.keys()
+        # 5 rounds x 2 epochs: steps 0..9, each exactly once.
+        assert [step for step, _ in curves["epoch_loss"]] == list(range(10)), name
+        assert curves["epoch_accuracy"][-1][1] > 0.8
+
+
+def test_run_folders_never_replace_older_ones(tmp_path):
+    first = new_run_dir(tmp_path, "exp")
+    (first / "keep.txt").write_text("old")
+    second = new_run_dir(tmp_path, "exp")
+    third = new_run_dir(tmp_path, "exp")
+    assert [first.name, second.name, third.name] == ["exp", "exp-2", "exp-3"]
+    assert (first / "keep.txt").read_text() == "old"
+
+
+def test_writer_needs_no_tensorflow(tmp_path):
+    writer = ScalarWriter(tmp_path / "w")
+    writer.scalars({"a": 1.5, "b": 2}, step=7)
+    writer.close()
+    assert scalars(tmp_path / "w") == {"a": [(7, 1.5)], "b": [(7, 2.0)]}
+    # Importing pyfed and writing logs must not have pulled TensorFlow in (if nothing else did).
+    if "keras" not in sys.modules:
+        assert "tensorflow" not in sys.modules
+
+
+def test_names_from_the_network_stay_inside_the_run_folder():
+    assert safe_name("../../etc") == "_.._etc"
+    assert safe_name("client 1/x") == "client_1_x"
+    assert safe_name("..") == "client"
+
+
+def test_round_line_format():
+    line = round_line(3, 5, 3, {"accuracy": 0.94, "loss": 0.21}, 1.8, 64_800_000, 64_800_000)
+    assert line == "round 3/5 · 3 clients · fit loss 0.21 acc 0.94 · 1.8 s · 64.8 MB in / 64.8 MB out"

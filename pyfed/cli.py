@@ -12,11 +12,10 @@ import importlib
 import importlib.util
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from . import __version__
 from .errors import ConfigurationError, PyFedError
@@ -127,16 +126,6 @@ def keras_verbosity(text: str):
     raise argparse.ArgumentTypeError(f"must be auto, 0, 1 or 2; received {text}")
 
 
-def logs_line(run_dir, logdir) -> str:
-    """Where this run's TensorBoard logs are, and the command that opens them."""
-    tensorboard = "tensorboard"
-    if shutil.which(tensorboard) is None:  # e.g. a venv that is not activated
-        beside = Path(sys.executable).with_name("tensorboard")
-        if beside.is_file():
-            tensorboard = str(beside)
-    return f"TensorBoard logs: {run_dir}  (open them with: {tensorboard} --logdir {logdir})"
-
-
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     root = logging.getLogger()
@@ -174,7 +163,8 @@ def cmd_experiment(args) -> int:
     model = build_model(model_ref)
     experiment = FL_Experiment(args.clients, clients_data, clients_target, server_data,
                                server_target, args.port, logdir=args.logdir,
-                               run_name=args.run_name, launch_tensorboard=args.launch_tensorboard)
+                               run_name=args.run_name, launch_tensorboard=args.launch_tensorboard,
+                               seed=args.seed)
     started = time.monotonic()
     experiment.run(model=model, rounds=args.rounds, epochs=args.epochs,
                    batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,
@@ -185,11 +175,12 @@ def cmd_experiment(args) -> int:
         print(f"final test accuracy: {results['accuracy']:.4f} ({elapsed})", flush=True)
     else:
         print(f"finished in {elapsed}", flush=True)
-    print(logs_line(getattr(experiment, "run_dir", None) or args.logdir, args.logdir), flush=True)
-    return EXIT_OK
+    return EXIT_OK  # FL_Experiment already said where the logs are
 
 
 def cmd_server(args) -> int:
+    from .logs import logs_line
+
     if (args.test_data is None) != (args.test_target is None):
         raise ConfigurationError("--test-data and --test-target go together; pass both or neither")
     test = None

@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,21 +24,26 @@ import numpy as np
 
 from .errors import ConfigurationError, PyFedError
 from .history import History
+from .logs import logs_line
 
 logger = logging.getLogger("pyfed")
 
 FINAL_WEIGHTS = "final_weights.npz"
 
 
-def _quiet_tensorflow() -> None:
+def _child_setup(seed: int | None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if seed is not None:  # each party gets its own stream, reproducibly
+        import keras
+
+        keras.utils.set_random_seed(seed)
 
 
 def _server_main(payload: bytes, report) -> None:
     """Server child: train, save the final weights in the run folder, report as JSON."""
-    _quiet_tensorflow()
     spec = cloudpickle.loads(payload)
     try:
+        _child_setup(spec["seed"])
         from .models.keras_adapter import model_from_description
         from .server import FL_Server
 
@@ -53,15 +59,17 @@ def _server_main(payload: bytes, report) -> None:
         np.savez(weights_file, *model.get_weights())
         report.send_bytes(json.dumps({"event": "done", "history": history.to_dict(),
                                       "weights": str(weights_file)}).encode())
-    except BaseException as exc:  # report every failure, then let the exit code say it too
-        report.send_bytes(json.dumps({"event": "error",
-                                      "error": f"{type(exc).__name__}: {exc}"}).encode())
+    except PyFedError as exc:  # expected failures: one clear line, no traceback
+        report.send_bytes(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}).encode())
+        sys.exit(1)
+    except BaseException as exc:  # a bug: report it, then let the traceback show it
+        report.send_bytes(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}).encode())
         raise
 
 
 def _client_main(payload: bytes) -> None:
-    _quiet_tensorflow()
     spec = cloudpickle.loads(payload)
+    _child_setup(spec["seed"])
     from .client import FL_Client
 
     client = FL_Client(spec["name"], spec["data"], spec["target"], server_ip=spec["host"],
@@ -81,7 +89,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                  port: int = 54321, *, logdir: str | os.PathLike = "pyfed_logs",
                  run_name: str | None = None, verbose: int = 1, client_verbose: Any = 0,
                  host: str = "127.0.0.1", launch_tensorboard: bool = False,
-                 timeout: float | None = None):
+                 timeout: float | None = None, seed: int | None = None):
         if len(clients_data) != num_clients or len(clients_target) != num_clients:
             raise ConfigurationError(
                 f"expected data and targets for {num_clients} clients; received "
@@ -99,6 +107,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
         self.host = host
         self.launch_tensorboard = launch_tensorboard
         self.timeout = timeout
+        self.seed = seed
         self.history: History | None = None
         self.test_results: dict | None = None
         self.run_dir: Path | None = None
@@ -111,7 +120,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
         receive_report, send_report = context.Pipe(duplex=False)
         server_payload = cloudpickle.dumps({
             "model_json": model.to_json(), "weights": model.get_weights(),
-            "num_clients": self.num_clients, "rounds": rounds, "port": self.port,
+            "num_clients": self.num_clients, "rounds": rounds, "port": self.port, "seed": self.seed,
             "server_options": {"host": self.host, "logdir": str(self.logdir),
                                "run_name": self.run_name, "verbose": self.verbose,
                                "launch_tensorboard": self.launch_tensorboard}})
@@ -130,6 +139,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                     "name": f"client_{index + 1}", "data": self.clients_data[index],
                     "target": self.clients_target[index], "host": self.host,
                     "port": listening["port"], "train": train,
+                    "seed": None if self.seed is None else self.seed + index + 1,
                     "client_options": {"verbose": self.client_verbose, "logdir": str(self.logdir)}})
                 client = context.Process(target=_client_main, args=(payload,),
                                          name=f"pyfed-client_{index + 1}")
@@ -155,7 +165,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                              "history is in FL_Experiment.history")
         self.test_results = self._test(model, loss, optimizer, lr, metrics)
         if self.verbose:
-            print(f"logs: {self.run_dir}  (open with: tensorboard --logdir {self.logdir})", flush=True)
+            print(logs_line(self.run_dir, self.logdir), flush=True)
         return model, self.history
 
     def _next_report(self, reports, children, what: str) -> dict:

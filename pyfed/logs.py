@@ -126,6 +126,18 @@ def safe_name(name: str) -> str:
     return cleaned or "client"
 
 
+def logs_line(run_dir, logdir) -> str:
+    """Where this run's TensorBoard logs are, and the command that opens them."""
+    import shutil
+
+    tensorboard = "tensorboard"
+    if shutil.which(tensorboard) is None:  # e.g. a venv that is not activated
+        beside = Path(sys.executable).with_name("tensorboard")
+        if beside.is_file():
+            tensorboard = str(beside)
+    return f"TensorBoard logs: {run_dir}  (open them with: {tensorboard} --logdir {logdir})"
+
+
 def launch_tensorboard(logdir: str | os.PathLike, port: int = 6006) -> subprocess.Popen:
     """Start TensorBoard in the background (it outlives training on purpose) and say where."""
     process = subprocess.Popen(

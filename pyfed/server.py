@@ -101,6 +101,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.run_dir: Path | None = None
         self.run_id = uuid.uuid4().hex
         self.tb: RunLogger | None = None
+        self.tensorboard_process = None  # set by launch_tensorboard=True; it outlives train()
 
     # ------------------------------------------------------------------------------------------
     # Public API
@@ -131,7 +132,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         finally:
             self._shutdown()
         if self.launch_tensorboard:
-            launch_tensorboard(self.logdir, self.tensorboard_port)
+            self.tensorboard_process = launch_tensorboard(self.logdir, self.tensorboard_port)
         return self.history
 
     def test(self, data, target, loss=None, *args, metrics=None, optimizer=None, lr=None,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Round overhead of PyFed against a raw loopback-socket floor, for the README's model.
 
-    .venv/bin/python scripts/bench.py                      # 3 clients, 5 rounds (+1 warm-up)
+    .venv/bin/python scripts/bench.py                      # 3 clients, 15 rounds (+1 warm-up)
     .venv/bin/python scripts/bench.py --clients 3 10 --rounds 5 --json bench.json
 
 The model is the README's dense net, 784-500-1000-2000-1000-500-10 with biases (5,402,010
@@ -17,14 +17,18 @@ float32 parameters, 21.6 MB). For each client count N it measures, in the same r
   weighted sum (``acc += w * x``) and casts the mean to float32. It runs once with one thread
   per client (as PyFed does) and once sequentially; the faster median is the floor.
 
-Each side runs 1 warm-up round plus ``--rounds`` measured rounds, and the sides take turns
-round by round (the PyFed server waits for a "go" from this script before each round), so
-background load on a small machine hits both alike. The table gives the median [min-max]. It also reports the PyFed server's peak RSS above its idle baseline (VmHWM minus
-VmRSS read from /proc/<pid>/status before any client connected) and a numpy-only client's
-start-up time. Every process it starts is a child it ends by PID in a ``finally``; sockets bind
-127.0.0.1 only; every wait is bounded.
+Each side runs 1 warm-up round plus ``--rounds`` measured rounds, and the sides take turns round
+by round (the PyFed server waits for a "go" from this script before each round), so background
+load on a small machine hits both alike. The table gives the median [min-max] and the ratio of
+the medians. Also reported: CPU time and minor page faults per round on each side (less
+sensitive to other load than wall time), the PyFed server's peak RSS above its idle baseline
+(VmHWM minus the VmRSS it read from /proc/self/status before any client connected, with VmHWM
+reset there), and a numpy-only client's start-up time.
 
-Internally the same file is also the child program: ``bench.py _pyfed_server ...`` etc.
+Every process it starts is a child it ends by PID in a ``finally``; sockets bind 127.0.0.1 only;
+every wait is bounded (``--timeout`` per client count). No TensorFlow anywhere: the children
+check ``sys.modules`` and report. Internally this file is also the child program
+(``bench.py _pyfed_server ...``, ``_pyfed_client``, ``_floor_client``).
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ import math
 import os
 import socket
 import statistics
-import subprocess
 import queue
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,7 +55,8 @@ import numpy as np
 HOST = "127.0.0.1"
 LAYERS = (784, 500, 1000, 2000, 1000, 500, 10)
 TARGET_RATIO = 1.5
-REPO = Path(__file__).resolve().parent.parent
+SCRIPT = Path(__file__).resolve()
+REPO = SCRIPT.parent.parent
 STARTUP_COMMAND = "import pyfed.client, pyfed.models"
 
 
@@ -324,7 +330,7 @@ class Children:
         env["PYTHONPATH"] = child_pythonpath()
         stderr = open(self.workdir / f"{label}.stderr", "wb")
         try:
-            proc = subprocess.Popen([sys.executable, __file__, role, *args], cwd=self.workdir,
+            proc = subprocess.Popen([sys.executable, str(SCRIPT), role, *args], cwd=self.workdir,
                                     stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE if pipes else stderr,
                                     stderr=stderr, env=env)
@@ -367,13 +373,16 @@ class Children:
             if proc.poll() is None:
                 with contextlib.suppress(OSError):
                     proc.terminate()
-        for _, proc in self.procs:
+        for label, proc in self.procs:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(OSError):
                     proc.kill()
-                proc.wait(timeout=5)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    print(f"warning: {label} (pid {proc.pid}) survived SIGKILL", file=sys.stderr)
         for _, proc in self.procs:
             for stream in (proc.stdin, proc.stdout):
                 if stream is not None:
@@ -629,6 +638,8 @@ def analyse(num_clients: int, pyfed: dict, floors: list[dict], model_bytes: int)
     best = min(floor_by_mode.values(), key=lambda f: f["summary"]["median"])
     pyfed_summary = summary(measured)
     ratio = pyfed_summary["median"] / best["summary"]["median"]
+    # Rounds taken in turn: the median of round-by-round ratios is steadier under drifting load.
+    paired = statistics.median(a / b for a, b in zip(measured, best["round_seconds"]))
     peak_above = server["status"]["VmHWM"] - server["baseline"]["VmRSS"]
     hello = [c["hello_s"] for c in pyfed["clients"] if c["hello_s"] is not None]
     tf_anywhere = (server["tensorflow_imported"] or any(c["tensorflow_imported"] for c in pyfed["clients"])
@@ -671,7 +682,8 @@ def analyse(num_clients: int, pyfed: dict, floors: list[dict], model_bytes: int)
                   "buffer_pool_peak_in_use": server["pool_peak_in_use"]},
         "floor": {mode: {"round_seconds": f["round_seconds"], "warmup_seconds": f["warmup_seconds"],
                          "summary": f["summary"]} for mode, f in floor_by_mode.items()},
-        "floor_mode": best["mode"], "ratio": ratio, "target": TARGET_RATIO,
+        "floor_mode": best["mode"], "ratio": ratio, "paired_ratio_median": paired,
+        "target": TARGET_RATIO,
         "meets_target": ratio <= TARGET_RATIO,
         "server_rss": {"baseline_bytes": server["baseline"]["VmRSS"],
                        "peak_bytes": server["status"]["VmHWM"], "peak_above_baseline_bytes": peak_above,
@@ -679,6 +691,7 @@ def analyse(num_clients: int, pyfed: dict, floors: list[dict], model_bytes: int)
                        "hwm_reset_at_baseline": server["hwm_reset"]},
         "per_round_costs_median": costs,
         "client_hello_seconds": hello,
+        "client_imported_seconds": [c["imported_s"] for c in pyfed["clients"]],
         "tensorflow_imported": tf_anywhere,
         "problems": problems,
     }
@@ -686,48 +699,54 @@ def analyse(num_clients: int, pyfed: dict, floors: list[dict], model_bytes: int)
 
 def print_report(results: dict) -> None:
     model = results["model"]
+    med = statistics.median
     print(f"model: {model['params']:,} params, {model['bytes'] / 1e6:.1f} MB (float32), "
-          f"layers {'-'.join(map(str, LAYERS))}; {results['rounds']} rounds after 1 warm-up; "
-          f"pyfed from {results['runs'][0]['pyfed_package']}")
-    header = (f"{'clients':<8} {'pyfed median [min-max] s':<27} {'floor median [min-max] s':<27} "
-              f"{'ratio':<6} {'target':<7} floor mode")
-    print(header)
+          f"{'-'.join(map(str, LAYERS))} dense; {results['rounds']} rounds after 1 warm-up, "
+          "PyFed and floor rounds interleaved")
+    print(f"{'clients':<8} {'pyfed median [min-max] s':<26} {'floor median [min-max] s':<26} "
+          f"{'ratio':<6} {'target':<13} paired")
     for r in results["runs"]:
         floor = r["floor"][r["floor_mode"]]["summary"]
         verdict = "ok" if r["meets_target"] else "MISSED"
-        print(f"{r['clients']:<8} {fmt_range(r['pyfed']['summary']):<27} {fmt_range(floor):<27} "
-              f"{r['ratio']:<6.2f} {'<= ' + format(r['target'], 'g'):<7} {r['floor_mode']} ({verdict})")
-    for r in results["runs"]:
-        other = ", ".join(f"{mode} {fmt_range(f['summary'])}" for mode, f in sorted(r["floor"].items()))
-        b = r["pyfed"]["breakdown_median_seconds"]
-        print(f"  {r['clients']} clients: floor by mode: {other}; pyfed incl. get_weights + "
-              f"TensorBoard write: {fmt_range(r['pyfed']['full_round_summary'])}; pyfed medians: "
-              + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in b.items()))
-    for r in results["runs"]:
-        parts = []
-        for side, c in r["per_round_costs_median"].items():
-            parts.append(f"{side.replace('_', ' ')} {c['server_cpu_s'] * 1e3:.0f} + "
-                         f"{c['clients_cpu_s'] * 1e3:.0f} ms ({c['server_faults'] / 1e3:.1f}k + "
-                         f"{c['clients_faults'] / 1e3:.1f}k faults)")
-        print(f"  {r['clients']} clients: CPU per round, server + all clients (minor page faults): "
-              + "; ".join(parts))
+        print(f"{r['clients']:<8} {fmt_range(r['pyfed']['summary']):<26} {fmt_range(floor):<26} "
+              f"{r['ratio']:<6.2f} {f'<= {r[chr(116) + "arget"]:g} {verdict}':<13} "
+              f"{r['paired_ratio_median']:.2f}")
+    print("(ratio: of the medians; paired: median of the round-by-round ratios, steadier when "
+          "other load comes and goes)")
     rss = "; ".join(f"{r['clients']} clients {r['server_rss']['peak_above_baseline_bytes'] / 1e6:.0f} MB "
                     f"({r['server_rss']['peak_above_baseline_x_model']:.1f}x model)"
                     for r in results["runs"])
     print(f"server peak RSS above baseline: {rss}")
     s = results["startup"]
-    hello = [h for r in results["runs"] for h in r["client_hello_seconds"]]
     first = results["runs"][0]
-    line = (f"numpy-only client start-up: import {statistics.median(s['import_seconds']):.2f} s "
-            f"(median of {len(s['import_seconds'])} runs of {s['command']}; bare python "
-            f"{statistics.median(s['bare_python_seconds']):.2f} s, python -c \"import numpy\" "
-            f"{statistics.median(s['numpy_seconds']):.2f} s)")
+    line = (f"numpy-only client start-up: import {med(s['import_seconds']):.2f} s "
+            f"({s['command']}, median of {len(s['import_seconds'])}; bare python "
+            f"{med(s['bare_python_seconds']):.2f} s, numpy alone {med(s['numpy_seconds']):.2f} s)")
     if first["client_hello_seconds"]:
-        line += (f"; process start -> HELLO sent {statistics.median(first['client_hello_seconds']):.2f} s "
+        line += (f"; process start -> imports done {med(first['client_imported_seconds']):.2f} s "
+                 f"-> HELLO sent {med(first['client_hello_seconds']):.2f} s "
                  f"(median of {first['clients']} clients started together)")
     print(line)
-    tf = any(r["tensorflow_imported"] for r in results["runs"])
-    print(f"tensorflow imported by any child: {'YES' if tf else 'no'}")
+    print("details (medians per measured round):")
+    for r in results["runs"]:
+        pad = " " * (len(str(r["clients"])) + 12)
+        modes = ", ".join(f"{mode} {fmt_range(f['summary'])}" for mode, f in sorted(r["floor"].items()))
+        print(f"  {r['clients']} clients: floor by mode: {modes}; round-by-round ratio "
+              f"{r['paired_ratio_median']:.2f}")
+        b = r["pyfed"]["breakdown_median_seconds"]
+        print(f"{pad}pyfed round incl. get_weights + TensorBoard write "
+              f"{r['pyfed']['full_round_summary']['median']:.3f} s; "
+              + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in b.items()))
+        costs = r["per_round_costs_median"]
+        print(f"{pad}CPU ms (server + all clients): " + ", ".join(
+            f"{side.replace('_', ' ')} {c['server_cpu_s'] * 1e3:.0f} + {c['clients_cpu_s'] * 1e3:.0f}"
+            for side, c in costs.items())
+              + "; minor page faults: " + ", ".join(
+            f"{side.replace('_', ' ')} {c['server_faults']:.0f} + {c['clients_faults']:.0f}"
+            for side, c in costs.items()))
+    tf = any(r["tensorflow_imported"] for r in results["runs"]) or "tensorflow" in sys.modules
+    print(f"tensorflow imported by any process: {'YES' if tf else 'no'}; "
+          f"pyfed package: {first['pyfed_package']}")
     for r in results["runs"]:
         for problem in r["problems"]:
             print(f"PROBLEM ({r['clients']} clients): {problem}")
@@ -740,8 +759,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[3],
                         help="client counts to measure, e.g. --clients 3 10 (default 3)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="measured rounds per run, after 1 warm-up (default 5, minimum 5)")
+    parser.add_argument("--rounds", type=int, default=15,
+                        help="measured rounds per client count, after 1 warm-up (default 15, "
+                             "minimum 5)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds allowed for each phase before its processes are killed")
@@ -783,4 +803,10 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in CHILDREN:
         CHILDREN[sys.argv[1]](sys.argv[2:])
     else:
-        sys.exit(main())
+        # A plain `kill` must still run the finally blocks that end and reap the children.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        try:
+            sys.exit(main())
+        except (RuntimeError, TimeoutError, OSError) as exc:  # children are already reaped
+            print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            sys.exit(3)

@@ -51,11 +51,46 @@ def client(args) -> None:
                                   "weights": weights_hash(model.get_weights())}), flush=True)
 
 
+def numpy_weights(shapes):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+
+
+def parse_shapes(text):
+    """"3x4,4" -> [(3, 4), (4,)]"""
+    return [tuple(int(d) for d in part.split("x")) for part in text.split(",")]
+
+
+def numpy_server(args) -> None:
+    from pyfed.models import NumpyModel
+
+    srv = FL_Server(NumpyModel(numpy_weights(parse_shapes(args.shapes))), args.clients, args.rounds,
+                    port=args.port, logdir=args.logdir, launch_tensorboard=args.launch_tensorboard,
+                    tensorboard_port=args.tensorboard_port)
+    history = srv.train()
+    print("RESULT " + json.dumps({"history": history.to_dict(), "run_dir": str(srv.run_dir),
+                                  "tensorboard_pid": getattr(srv.tensorboard_process, "pid", None)}),
+          flush=True)
+
+
+def numpy_client(args) -> None:
+    from pyfed.models import NumpyModel
+
+    c = FL_Client(f"client_{args.index}", None, None, server_port=args.port, logdir=args.logdir,
+                  model=NumpyModel(numpy_weights(parse_shapes(args.shapes))),
+                  connect_timeout=args.connect_timeout)
+    c.train()
+    print("CLIENT " + json.dumps({"name": c.name, "rounds": c.rounds_trained}), flush=True)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["server", "client"])
+    parser.add_argument("role", choices=["server", "client", "numpy-server", "numpy-client"])
+    parser.add_argument("--shapes", default="3x4,4")
+    parser.add_argument("--launch-tensorboard", action="store_true")
+    parser.add_argument("--tensorboard-port", type=int, default=6006)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
@@ -67,7 +102,9 @@ def main() -> None:
     parser.add_argument("--multi-system", action="store_true")
     parser.add_argument("--connect-timeout", type=float, default=60)
     args = parser.parse_args()
-    (server if args.role == "server" else client)(args)
+    roles = {"server": server, "client": client, "numpy-server": numpy_server,
+             "numpy-client": numpy_client}
+    roles[args.role](args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cliprocs import PYFED_SCRIPT, PYTHON, Processes, free_port
-from pyfed.cli import build_parser, load_object
+from pyfed.cli import build_parser, load_object, mnist_model
 from pyfed.errors import ConfigurationError
 from pyfed.experiment import FL_Experiment
 
@@ -84,6 +84,8 @@ def test_expected_errors_exit_2_without_traceback(tmp_path):
                           "1"], "--model must look like module:function"),
         "pickle": ([*PYFED, "client", "--name", "c", "--data", "objects.npy", "--target", "y.npy"],
                    "never unpickles"),
+        "mnist_file": ([*PYFED, "experiment", "--dataset", "mnist", "--mnist-path", "mnist.npz"],
+                       "MNIST file mnist.npz does not exist"),
         "half_test": ([*PYFED, "server", "--model", "pyfed.data:digits_model", "--clients", "1",
                        "--rounds", "1", "--test-data", "y.npy"], "--test-data and --test-target"),
     }
@@ -122,6 +124,12 @@ def test_load_object_imports_module_function_and_files(tmp_path):
         load_object("pyfed.data:nope")
 
 
+def test_default_mnist_model_is_the_readme_mlp():
+    model = mnist_model()
+    assert model.input_shape == (None, 784)
+    assert [layer.units for layer in model.layers] == [500, 1000, 2000, 1000, 500, 10]
+
+
 @pytest.mark.skipif(not hasattr(FL_Experiment, "run"), reason="FL_Experiment is not implemented yet")
 def test_experiment_command_runs_and_prints_test_accuracy(tmp_path):
     with Processes(tmp_path / "procs") as procs:
@@ -131,7 +139,7 @@ def test_experiment_command_runs_and_prints_test_accuracy(tmp_path):
         assert procs.wait("experiment", TF_START + 90) == 0, procs.dump()
         out = procs.out("experiment")
     assert re.search(r"^round 2/2 · 2 clients · fit loss", out, re.M), out
-    accuracy = float(re.search(r"^final test accuracy: ([\d.]+)$", out, re.M).group(1))
+    accuracy = float(re.search(r"^final test accuracy: ([\d.]+) \([\d.]+ s\)$", out, re.M).group(1))
     assert 0.5 < accuracy <= 1.0, out
-    assert "tensorboard --logdir logs" in out
+    assert "TensorBoard logs: logs/exp" in out and "tensorboard --logdir logs" in out
     assert list((tmp_path / "logs" / "exp" / "server").glob("events.out.tfevents.*"))

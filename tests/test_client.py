@@ -38,3 +38,25 @@ def test_refused_connection_names_the_address():
 def test_client_rejects_mismatched_data_and_target():
     with pytest.raises(ConfigurationError, match="same length; received 3 and 2"):
         FL_Client("c", [[1], [2], [3]], [0, 1])
+
+
+def test_a_client_with_a_different_model_is_refused_at_the_handshake(tmp_path):
+    from conftest import tagged
+    from procs import ProcessGroup
+
+    port = free_port()
+    with ProcessGroup(tmp_path / "procs") as group:
+        group.role("server", "numpy-server", "--port", port, "--clients", 1, "--rounds", 1,
+                   "--shapes", "3x4,4", "--logdir", tmp_path / "logs")
+        group.role("wrong", "numpy-client", "--port", port, "--index", 9, "--shapes", "3x5,5",
+                   "--logdir", tmp_path / "logs")
+        assert group.wait("wrong", timeout=60) != 0
+        wrong = group.output("wrong")
+        assert "ModelMismatchError" in wrong and "model mismatch" in wrong, wrong[-2000:]
+        assert "spec hash" in wrong
+        # The server keeps serving: a matching client still trains.
+        group.role("right", "numpy-client", "--port", port, "--index", 1, "--shapes", "3x4,4",
+                   "--logdir", tmp_path / "logs")
+        assert group.wait("right", timeout=60) == 0, group.dump()
+        assert group.wait("server", timeout=60) == 0, group.dump()
+        assert tagged(group.output("right"), "CLIENT")["rounds"] == 1

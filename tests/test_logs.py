@@ -78,3 +78,49 @@ def test_names_from_the_network_stay_inside_the_run_folder():
 def test_round_line_format():
     line = round_line(3, 5, 3, {"accuracy": 0.94, "loss": 0.21}, 1.8, 64_800_000, 64_800_000)
     assert line == "round 3/5 · 3 clients · fit loss 0.21 acc 0.94 · 1.8 s · 64.8 MB in / 64.8 MB out"
+
+
+def test_launch_tensorboard_serves_the_logdir_without_blocking(tmp_path):
+    import json
+    import os
+    import signal
+    import time
+    import urllib.request
+
+    from conftest import tagged
+    from procs import ProcessGroup, free_port
+
+    port, tb_port = free_port(), free_port()
+    pid = None
+    try:
+        with ProcessGroup(tmp_path / "procs") as group:
+            group.role("server", "numpy-server", "--port", port, "--clients", 1, "--rounds", 2,
+                       "--logdir", tmp_path / "logs", "--launch-tensorboard",
+                       "--tensorboard-port", tb_port)
+            group.role("client", "numpy-client", "--port", port, "--logdir", tmp_path / "logs")
+            # train() returns (the server exits) while TensorBoard keeps running.
+            assert group.wait("server", timeout=60) == 0, group.dump()
+            output = group.output("server")
+            pid = tagged(output, "RESULT")["tensorboard_pid"]
+            assert f"TensorBoard: http://localhost:{tb_port}/ (pid {pid})" in output
+        body = None
+        for _ in range(60):  # bounded: TensorBoard takes a few seconds to start
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{tb_port}/data/runs", timeout=2) as r:
+                    body = json.loads(r.read())
+                    if body:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert body and any(run.endswith("server") for run in body), body
+    finally:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(50):  # reap: it is not our child, so poll until it is gone
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -126,6 +126,63 @@ def keras_verbosity(text: str):
     raise argparse.ArgumentTypeError(f"must be auto, 0, 1 or 2; received {text}")
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number > 0; received {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0; received {text}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1); received {text}")
+    return value
+
+
+# Which partition option belongs to which scheme; None means "not given on the command line".
+_SCHEME_OPTIONS = {"alpha": ("--alpha", "dirichlet", 0.5),
+                   "min_size": ("--min-size", "dirichlet", 10),
+                   "shards_per_client": ("--shards-per-client", "shards", 2)}
+
+
+def split_data(args, x, y, scheme: str | None, scheme_flag: str):
+    """The split `experiment` and `partition` share, so the same options give the same files.
+
+    No scheme, or iid: PyFed's equal split (``split_for_clients``), exactly as before. Otherwise
+    ``pyfed.data.split``, holding out 1/(clients+1) for the server unless --server-fraction.
+    """
+    from .data import split, split_for_clients
+
+    options = {}
+    for dest, (flag, owner, default) in _SCHEME_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is not None and scheme != owner:
+            # A forgotten --scheme would otherwise run a whole experiment on the wrong split.
+            raise ConfigurationError(f"{flag} applies to {scheme_flag} {owner} only; received "
+                                     f"{flag} {value} with {scheme_flag} {scheme or 'not given'}")
+        options[dest] = default if value is None else value
+    if scheme in (None, "iid"):
+        return split_for_clients(x, y, args.clients, seed=args.seed,
+                                 server_fraction=args.server_fraction)
+    fraction = args.server_fraction if args.server_fraction is not None else 1 / (args.clients + 1)
+    return split(x, y, args.clients, scheme, server_fraction=fraction, seed=args.seed, **options)
+
+
+def print_split(clients_target, server_target) -> None:
+    from .data import summary
+
+    rows = {f"client_{i}": t for i, t in enumerate(clients_target, start=1)}
+    print(summary({**rows, "server": server_target}, print_it=False), flush=True)
+
+
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     root = logging.getLogger()
@@ -144,18 +201,24 @@ def configure_logging(verbosity: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def cmd_experiment(args) -> int:
-    from .data import load_dataset, split_for_clients
+    from .data import load_dataset
     from .experiment import FL_Experiment
 
     model_ref = args.model or DEFAULT_MODELS[args.dataset]
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.dataset]
     x, y = load_dataset(args.dataset, args.mnist_path)
-    clients_data, clients_target, server_data, server_target = split_for_clients(
-        x, y, args.clients, seed=args.seed)
+    clients_data, clients_target, server_data, server_target = split_data(
+        args, x, y, args.partition, "--partition")
     print(f"PyFed experiment: {args.dataset}, {args.clients} clients, {args.rounds} rounds of "
           f"{args.epochs} epochs, batch size {args.batch_size}, lr {lr:g}", flush=True)
-    print(f"data: {len(clients_target[0])} examples per client, {len(server_target)} held out "
-          "for the server's test", flush=True)
+    if args.partition is None:
+        print(f"data: {len(clients_target[0])} examples per client, {len(server_target)} held "
+              "out for the server's test", flush=True)
+    else:
+        sizes = [len(t) for t in clients_target]
+        print(f"data: {args.partition} partition, {min(sizes)} to {max(sizes)} examples per "
+              f"client, {len(server_target)} held out for the server's test", flush=True)
+        print_split(clients_target, server_target)
 
     import keras
 
@@ -218,15 +281,18 @@ def cmd_client(args) -> int:
 
 
 def cmd_partition(args) -> int:
-    from .data import load_dataset, save_partitions, split_for_clients
+    from .data import load_dataset, save_partitions
 
     x, y = load_dataset(args.dataset, args.mnist_path)
-    parts = split_for_clients(x, y, args.clients, seed=args.seed)
+    parts = split_data(args, x, y, args.scheme, "--scheme")
     import numpy as np
 
     for path in save_partitions(args.out, *parts):
         array = np.load(path, allow_pickle=False, mmap_mode="r")
         print(f"wrote {path}  {array.dtype} {tuple(array.shape)}", flush=True)
+    print(f"{args.scheme} partition of {args.dataset}, seed {args.seed}: labels per client",
+          flush=True)
+    print_split(parts[1], parts[3])
     return EXIT_OK
 
 
@@ -287,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="this run's folder under --logdir (default: a timestamp)")
     p.add_argument("--launch-tensorboard", action="store_true",
                    help="start TensorBoard in the background when training ends")
+    p.add_argument("--partition", choices=PARTITION_SCHEMES, metavar="SCHEME",
+                   help="split the clients' data by SCHEME: " + ", ".join(PARTITION_SCHEMES)
+                        + " (default: PyFed's equal IID split)")
+    partition_options(p, "--partition")
 
     p = add("server", "Run a federated server that waits for --clients clients.", cmd_server)
     p.add_argument("--model", required=True, help="module:function returning a Keras model")
@@ -332,9 +402,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=positive_int, default=3)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheme", choices=["iid"], default="iid",
-                   help="how to split: iid shuffles, then cuts equal parts")
+    p.add_argument("--scheme", choices=PARTITION_SCHEMES, default="iid",
+                   help="how to split: iid shuffles, then cuts equal parts; dirichlet skews each "
+                        "client's labels (see --alpha); shards gives each client "
+                        "--shards-per-client label-sorted shards; by_label gives each client "
+                        "whole classes")
+    partition_options(p, "--scheme")
     return parser
+
+
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "by_label")  # pyfed.partition.SCHEMES
+
+
+def partition_options(p, scheme_flag: str) -> None:
+    """Options of the non-IID schemes; None when not given, so split_data can tell."""
+    p.add_argument("--alpha", type=positive_float,
+                   help=f"with {scheme_flag} dirichlet: the concentration; 0.1 gives each client "
+                        "few classes, 100 is near IID (default: 0.5)")
+    p.add_argument("--shards-per-client", type=positive_int,
+                   help=f"with {scheme_flag} shards: shards per client, so at most this many "
+                        "classes each (default: 2)")
+    p.add_argument("--min-size", type=non_negative_int,
+                   help=f"with {scheme_flag} dirichlet: redraw until every client has at least "
+                        "this many examples (default: 10)")
+    p.add_argument("--server-fraction", type=open_fraction,
+                   help="share of the data held out as the server's test set (default: "
+                        "1/(clients+1), the size PyFed's equal split gives it)")
 
 
 def main(argv: list[str] | None = None) -> int:

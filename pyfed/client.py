@@ -37,21 +37,24 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
             the server's machine leaves its curves to the server, so none is written twice.
         timeout: seconds to wait for the server's next message (default: no limit).
         max_message_bytes: cap on a received body (default 4 GiB).
+        validation_split: fraction of ``data`` (the last part, as in Keras) held out to evaluate
+            the global model when the server asks (federated evaluation).
+        val_data: ``(x, y)`` to use for that instead.
     """
 
     def __init__(self, name: str, data: Any, target: Any, server_ip: str = "127.0.0.1",
                  server_port: int = 54321, *, model: Any = None, connect_timeout: float = 60.0,
                  verbose: Any = "auto", logdir: str | os.PathLike = "pyfed_logs",
                  timeout: float | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 validation_split: float = 0.0, val_data: tuple | None = None):
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"name must be a non-empty string; received {name!r}")
         if data is not None and target is not None and len(data) != len(target):
             raise ConfigurationError(
                 f"data and target must have the same length; received {len(data)} and {len(target)}")
         self.name = name
-        self.data = data
-        self.target = target
+        self.data, self.target, self.val_data = _hold_out(data, target, validation_split, val_data)
         self.server_ip = server_ip
         self.server_port = int(server_port)
         self.adapter = as_adapter(model) if model is not None else None
@@ -111,9 +114,11 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                 delay = min(delay * 2, 2.0)
 
     def _handshake(self, channel: Channel) -> messages.Welcome:
-        own_hash = spec_hash(self.adapter.spec()) if self.adapter is not None else None
+        # An unfitted estimator brought by the client takes the server's shapes after WELCOME.
+        ready = self.adapter is not None and getattr(self.adapter, "initialized", True)
+        own_hash = spec_hash(self.adapter.spec()) if ready else None
         channel.send(messages.Hello(client_name=self.name, protocol_version=VERSION,
-                                    spec_hash=own_hash))
+                                    spec_hash=own_hash, evaluates=self.val_data is not None))
         reply = channel.receive(timeout=60)
         if isinstance(reply, messages.Error):
             error = ModelMismatchError if reply.code == "model_mismatch" else HandshakeError
@@ -125,16 +130,17 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         return reply
 
     def _prepare_model(self, welcome: messages.Welcome, loss, optimizer, lr, metrics) -> None:
+        if self.adapter is not None and not getattr(self.adapter, "initialized", True):
+            self.adapter.initialize_like(welcome.model)
+            if spec_hash(self.adapter.spec()) != welcome.spec_hash:
+                raise ModelMismatchError(
+                    f"{self.name}: this client's model has a different architecture from the "
+                    f"server's (spec hash {welcome.spec_hash[:16]}...)")
         if self.adapter is None:
-            kind = welcome.model.get("kind")
-            if kind != "keras":
-                raise ConfigurationError(
-                    f"the server trains a {kind!r} model that cannot be rebuilt from the network; "
-                    "pass your own model to FL_Client(model=...)")
-            from .models.keras_adapter import model_from_description
+            from .models import adapter_from_description
 
-            self.model = model_from_description(welcome.model)
-            self.adapter = as_adapter(self.model)
+            self.adapter = adapter_from_description(welcome.model)
+            self.model = getattr(self.adapter, "model", self.adapter)
             if spec_hash(self.adapter.spec()) != welcome.spec_hash:
                 raise ModelMismatchError(
                     f"{self.name}: the rebuilt model's spec hash differs from the server's "
@@ -170,6 +176,12 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                 self.rounds_trained += 1
                 if tb is not None and outcome.history:
                     tb.client_history(self.name, outcome.history, outcome.first_epoch)
+            elif isinstance(message, messages.Evaluate):
+                self.adapter.set_weights(message.weights)
+                loss, count, metrics = self.adapter.evaluate(
+                    *self.val_data, {**defaults, **message.config, "round": message.round})
+                channel.send(messages.EvaluateResult(round=message.round, num_examples=int(count),
+                                                     loss=float(loss), metrics=metrics))
             elif isinstance(message, messages.Finish):
                 self.adapter.set_weights(message.weights)
                 self.final_reason = message.reason
@@ -179,3 +191,21 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                 if message.fatal:
                     raise RemoteError(f"{self.name}: the server ended the session: {message.reason}")
                 logger.warning("%s: %s", self.name, message.reason)
+
+
+def _hold_out(data, target, validation_split: float, val_data):
+    """Split off the evaluation data: ``val_data`` as given, or Keras' ``validation_split``."""
+    if val_data is not None:
+        if len(val_data) != 2 or len(val_data[0]) != len(val_data[1]):
+            raise ConfigurationError("val_data must be (x, y) of the same length")
+        return data, target, tuple(val_data)
+    if not 0.0 <= validation_split < 1.0:
+        raise ConfigurationError(f"validation_split must be in [0, 1); received {validation_split}")
+    if validation_split == 0.0 or data is None:
+        return data, target, None
+    keep = len(data) - int(len(data) * validation_split)
+    if keep < 1 or keep == len(data):
+        raise ConfigurationError(
+            f"validation_split={validation_split} leaves no training or no validation data "
+            f"out of {len(data)} examples")
+    return data[:keep], target[:keep], (data[keep:], target[keep:])

@@ -1,5 +1,8 @@
 """Built-in datasets and partitioners. Defaults work offline: scikit-learn ships digits.
 
+The partitioners (``iid``, ``dirichlet``, ``shards``, ``by_label``, ``partition``, ``split``,
+``summary``) live in :mod:`pyfed.partition` and are re-exported here.
+
 ``load_mnist`` reads a local file, or asks ``fetch_openml`` when online; offline, it fails with
 a :class:`~pyfed.errors.DatasetUnavailableError` that says what to do instead.
 """
@@ -12,6 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigurationError, DatasetUnavailableError
+from .partition import (SCHEMES, by_label, dirichlet, iid, partition, partition_data, shards,
+                        split, summary)
+
+__all__ = ["load_digits", "load_mnist", "split_for_clients", "load_dataset", "save_partitions",
+           "digits_model", "SCHEMES", "iid", "dirichlet", "shards", "by_label", "partition",
+           "partition_data", "split", "summary"]
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -34,13 +43,24 @@ def load_mnist(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.nd
         if not file.is_file():
             raise DatasetUnavailableError(f"MNIST file {file} does not exist; expected an .npz "
                                           "with arrays x and y (or data and target)")
-        with np.load(file, allow_pickle=False) as archive:
+        try:
+            archive = np.load(file, allow_pickle=False)
+        except (ValueError, OSError) as exc:  # a pickle, or not numpy at all: never unpickled
+            raise DatasetUnavailableError(f"cannot read MNIST file {file}: {exc}; expected an "
+                                          ".npz with arrays x and y (or data and target)") from None
+        if isinstance(archive, np.ndarray):
+            raise DatasetUnavailableError(f"MNIST file {file} is a single .npy array; expected an "
+                                          ".npz with arrays x and y (or data and target)")
+        with archive:
             keys = ("x", "y") if "x" in archive else ("data", "target")
             try:
                 x, y = archive[keys[0]], archive[keys[1]]
             except KeyError:
                 raise DatasetUnavailableError(
                     f"{file} holds {sorted(archive.files)}; expected x and y (or data and target)") from None
+            except ValueError as exc:  # an object array: reading it would mean unpickling
+                raise DatasetUnavailableError(f"cannot read MNIST file {file}: {exc}; PyFed never "
+                                              "unpickles, so save plain numeric arrays") from None
     else:
         try:
             from sklearn.datasets import fetch_openml

@@ -44,11 +44,12 @@ def _server_main(payload: bytes, report) -> None:
     spec = cloudpickle.loads(payload)
     try:
         _child_setup(spec["seed"])
-        from .models.keras_adapter import model_from_description
+        from .models import adapter_from_description
         from .server import FL_Server
 
-        model = model_from_description({"json": spec["model_json"]})
-        model.set_weights(spec["weights"])
+        adapter = adapter_from_description(spec["model"])
+        adapter.set_weights(spec["weights"])
+        model = getattr(adapter, "model", adapter)
         server = FL_Server(model, spec["num_clients"], spec["rounds"], port=spec["port"],
                            **spec["server_options"])
         server.start()
@@ -56,7 +57,7 @@ def _server_main(payload: bytes, report) -> None:
                                       "run_dir": str(server.run_dir)}).encode())
         history = server.train()
         weights_file = server.run_dir / FINAL_WEIGHTS
-        np.savez(weights_file, *model.get_weights())
+        np.savez(weights_file, *server.adapter.get_weights())
         report.send_bytes(json.dumps({"event": "done", "history": history.to_dict(),
                                       "weights": str(weights_file)}).encode())
     except PyFedError as exc:  # expected failures: one clear line, no traceback
@@ -83,13 +84,30 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
     ``FL_Experiment(num_clients, clients_data, clients_target, server_data, server_target,
     port=54321)`` then ``.run(model, rounds, epochs, batch_size, lr, optimizer, loss, metrics)``,
     which returns ``(trained_model, history)`` and reports the test accuracy on the server data.
+
+    Options: ``strategy`` (any :class:`pyfed.strategy.Strategy`, handed to the server process),
+    ``partition="dirichlet"`` with ``partition_options={"alpha": 0.3}`` (pools the clients' data
+    and re-splits it: iid, dirichlet, shards, by_label), ``seed``, ``server_options`` and
+    ``client_options`` (extra keyword arguments for FL_Server / FL_Client, e.g.
+    ``{"validation_split": 0.1}``), ``logdir``, ``run_name``, ``verbose``, ``timeout``.
     """
 
     def __init__(self, num_clients: int, clients_data, clients_target, server_data, server_target,
                  port: int = 54321, *, logdir: str | os.PathLike = "pyfed_logs",
                  run_name: str | None = None, verbose: int = 1, client_verbose: Any = 0,
                  host: str = "127.0.0.1", launch_tensorboard: bool = False,
-                 timeout: float | None = None, seed: int | None = None):
+                 timeout: float | None = None, seed: int | None = None,
+                 strategy=None, partition: str | None = None,
+                 partition_options: dict | None = None, server_options: dict | None = None,
+                 client_options: dict | None = None):
+        if partition is not None:
+            # Pool the clients' data and re-split it by the scheme; the server's test set stays.
+            from .data import partition_data
+
+            clients_data, clients_target = partition_data(
+                np.concatenate(list(clients_data)), np.concatenate(list(clients_target)),
+                num_clients, partition, seed=0 if seed is None else seed,
+                **(partition_options or {}))
         if len(clients_data) != num_clients or len(clients_target) != num_clients:
             raise ConfigurationError(
                 f"expected data and targets for {num_clients} clients; received "
@@ -108,6 +126,10 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
         self.launch_tensorboard = launch_tensorboard
         self.timeout = timeout
         self.seed = seed
+        self.strategy = strategy
+        self.partition = partition
+        self.server_options = dict(server_options or {})
+        self.client_options = dict(client_options or {})
         self.history: History | None = None
         self.test_results: dict | None = None
         self.run_dir: Path | None = None
@@ -116,14 +138,18 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
     def run(self, model, rounds: int, epochs: int = 1, batch_size: int = 32, lr: float | None = None,
             optimizer: Any = None, loss: Any = "sparse_categorical_crossentropy",
             metrics: Any = ("accuracy",)):
+        from .models import as_adapter
+
+        adapter = as_adapter(model)
         context = multiprocessing.get_context("spawn")
         receive_report, send_report = context.Pipe(duplex=False)
         server_payload = cloudpickle.dumps({
-            "model_json": model.to_json(), "weights": model.get_weights(),
+            "model": adapter.describe(), "weights": adapter.get_weights(),
             "num_clients": self.num_clients, "rounds": rounds, "port": self.port, "seed": self.seed,
             "server_options": {"host": self.host, "logdir": str(self.logdir),
                                "run_name": self.run_name, "verbose": self.verbose,
-                               "launch_tensorboard": self.launch_tensorboard}})
+                               "launch_tensorboard": self.launch_tensorboard,
+                               "strategy": self.strategy, **self.server_options}})
         server = context.Process(target=_server_main, args=(server_payload, send_report),
                                  name="pyfed-server")
         children = [server]
@@ -140,7 +166,8 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                     "target": self.clients_target[index], "host": self.host,
                     "port": listening["port"], "train": train,
                     "seed": None if self.seed is None else self.seed + index + 1,
-                    "client_options": {"verbose": self.client_verbose, "logdir": str(self.logdir)}})
+                    "client_options": {"verbose": self.client_verbose, "logdir": str(self.logdir),
+                                       **self.client_options}})
                 client = context.Process(target=_client_main, args=(payload,),
                                          name=f"pyfed-client_{index + 1}")
                 client.start()
@@ -153,7 +180,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
             receive_report.close()
 
         with np.load(done["weights"], allow_pickle=False) as archive:
-            model.set_weights([archive[f"arr_{i}"] for i in range(len(archive.files))])
+            adapter.set_weights([archive[f"arr_{i}"] for i in range(len(archive.files))])
         self.model = model
         self.history = History.from_dict(done["history"])
         failed = [f"{c.name} (exit code {c.exitcode})" for c in children[1:] if c.exitcode != 0]
@@ -163,7 +190,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
             raise PyFedError(f"{', '.join(failed)} failed during the experiment (see its output "
                              "above); the server finished with the remaining clients. The partial "
                              "history is in FL_Experiment.history")
-        self.test_results = self._test(model, loss, optimizer, lr, metrics)
+        self.test_results = self._test(adapter, loss, optimizer, lr, metrics)
         if self.verbose:
             print(logs_line(self.run_dir, self.logdir), flush=True)
         return model, self.history
@@ -187,13 +214,11 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
             if deadline is not None and time.monotonic() > deadline:
                 raise PyFedError(f"the experiment did not {what} within {self.timeout:g} s")
 
-    def _test(self, model, loss, optimizer, lr, metrics) -> dict | None:
+    def _test(self, adapter, loss, optimizer, lr, metrics) -> dict | None:
         if self.server_data is None or len(self.server_data) == 0:
             return None
-        from .models.keras_adapter import KerasAdapter
-
-        adapter = KerasAdapter(model)
-        adapter.compile(loss=loss, optimizer=optimizer, lr=lr, metrics=list(metrics or []))
+        if hasattr(adapter, "compile"):
+            adapter.compile(loss=loss, optimizer=optimizer, lr=lr, metrics=list(metrics or []))
         test_loss, count, results = adapter.evaluate(self.server_data, self.server_target, {})
         results = {"loss": test_loss, **results}
         if self.verbose:

@@ -46,6 +46,7 @@ class Hello(Message):
     protocol_version: int = VERSION
     spec_hash: str | None = None
     nonce: str | None = None
+    evaluates: bool = False  # the client holds out data for federated evaluation
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """One federated round on the server: who was asked, who answered, and the streaming fold.
 
-Connection threads call :meth:`RoundCollector.add` as each FIT_RESULT arrives; the update is
+Connection threads call :meth:`FitCollector.add` as each FIT_RESULT arrives; the update is
 validated and folded into the strategy immediately (under one lock), so its receive buffer can
-go back to the pool. The round's thread waits in :meth:`RoundCollector.wait`.
+go back to the pool. The round's thread waits in :meth:`Collector.wait`.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import messages
 from .errors import RoundError
 from .spec import TensorSpec
-from .strategy import FitResult, Strategy
+from .strategy import EvaluateResult, FitResult, Strategy
 
 logger = logging.getLogger("pyfed")
 
@@ -42,50 +41,79 @@ def validate_update(weights: tuple, spec: list[TensorSpec], num_examples: int,
         raise UpdateRejected(f"num_examples must be in [1, {max_examples}]; received {num_examples}")
 
 
-@dataclass
-class RoundOutcome:
-    server_round: int
-    parameters: list
-    fit_metrics: dict
-    participants: list[str]
-    failures: dict[str, str]
-    seconds: float
-    bytes_in: int
-    bytes_out: int
+class Collector:
+    """Who was asked, who answered, who failed; connection threads report, the round waits."""
 
+    kind = "fit"
 
-@dataclass
-class RoundCollector:
-    server_round: int
-    expected: set[str]
-    strategy: Strategy
-    spec: list[TensorSpec]
-    max_examples: int
-    on_history: object = None  # callable(name, history, first_epoch) for TensorBoard
-    answered: list[str] = field(default_factory=list)
-    failures: dict[str, str] = field(default_factory=dict)
-    bytes_in: int = 0
-    bytes_out: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self):
+    def __init__(self, server_round: int, expected: set[str]):
+        self.server_round = server_round
+        self.expected = set(expected)
+        self.answered: list[str] = []
+        self.failures: dict[str, str] = {}
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = time.monotonic()
         self._cond = threading.Condition()
-
-    # -- called from connection threads -------------------------------------------------------
 
     def sent(self, nbytes: int) -> None:
         with self._cond:
             self.bytes_out += nbytes
 
-    def add(self, client: str, result: messages.FitResult, nbytes: int) -> None:
-        """Validate and fold one update. Raises UpdateRejected (the caller tells the client)."""
+    def received(self, nbytes: int) -> None:
         with self._cond:
             self.bytes_in += nbytes
-            if result.round != self.server_round:
-                raise UpdateRejected(
-                    f"update is for round {result.round}; the current round is {self.server_round}")
-            if client not in self.expected or client in self.answered or client in self.failures:
-                raise UpdateRejected(f"{client} was not asked for an update in round {self.server_round}")
+
+    def _check_expected(self, client: str, result_round: int) -> None:
+        if result_round != self.server_round:
+            raise UpdateRejected(
+                f"{self.kind} result is for round {result_round}; the current round is {self.server_round}")
+        if client not in self.expected or client in self.answered or client in self.failures:
+            raise UpdateRejected(f"{client} was not asked for a {self.kind} result in round {self.server_round}")
+
+    def fail(self, client: str, reason: str) -> None:
+        with self._cond:
+            if client in self.expected and client not in self.answered and client not in self.failures:
+                self.failures[client] = reason
+                self._cond.notify_all()
+
+    @property
+    def pending(self) -> set[str]:
+        return self.expected - set(self.answered) - set(self.failures)
+
+    def wait(self, timeout: float | None = None, poll: float = 1.0) -> None:
+        """Until every client asked has answered or failed, or ``timeout`` seconds have passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self.pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    for client in self.pending:
+                        self.failures[client] = f"no answer within {timeout:g} s"
+                    break
+                self._cond.wait(poll if remaining is None else min(poll, remaining))
+
+    def failure_summary(self) -> str:
+        return "; ".join(f"{c}: {r}" for c, r in sorted(self.failures.items())) or "none failed"
+
+
+class FitCollector(Collector):
+    """A fit round: each valid update is folded into the strategy as it arrives."""
+
+    kind = "fit"
+
+    def __init__(self, server_round: int, expected: set[str], strategy: Strategy,
+                 spec: list[TensorSpec], max_examples: int, on_history=None):
+        super().__init__(server_round, expected)
+        self.strategy = strategy
+        self.spec = spec
+        self.max_examples = max_examples
+        self.on_history = on_history  # callable(name, history, first_epoch), for TensorBoard
+
+    def add(self, client: str, result: messages.FitResult) -> None:
+        """Validate and fold one update. Raises UpdateRejected (the caller tells the client)."""
+        with self._cond:
+            self._check_expected(client, result.round)
             try:
                 validate_update(result.weights, self.spec, result.num_examples, self.max_examples)
             except UpdateRejected as exc:
@@ -99,29 +127,33 @@ class RoundCollector:
         if self.on_history and result.history:
             self.on_history(client, result.history, result.first_epoch)
 
-    def fail(self, client: str, reason: str) -> None:
+    def require(self, min_fit_clients: int) -> None:
+        needed = min(min_fit_clients, len(self.expected)) or 1
+        if len(self.answered) < needed:
+            raise RoundError(
+                f"round {self.server_round} failed: {len(self.answered)} of {len(self.expected)} "
+                f"clients returned a usable update, at least {needed} needed ({self.failure_summary()})")
+
+
+class EvaluateCollector(Collector):
+    """Federated evaluation: results are small, so they are simply kept."""
+
+    kind = "evaluate"
+
+    def __init__(self, server_round: int, expected: set[str]):
+        super().__init__(server_round, expected)
+        self.results: list[EvaluateResult] = []
+
+    def add(self, client: str, result: messages.EvaluateResult) -> None:
         with self._cond:
-            if client in self.expected and client not in self.answered and client not in self.failures:
-                self.failures[client] = reason
+            self._check_expected(client, result.round)
+            if not 0 <= result.num_examples or not np.isfinite(result.loss):
+                self.failures[client] = "invalid evaluation result"
                 self._cond.notify_all()
-
-    # -- called from the round's thread ---------------------------------------------------------
-
-    @property
-    def pending(self) -> set[str]:
-        return self.expected - set(self.answered) - set(self.failures)
-
-    def wait(self, timeout: float | None = None, poll: float = 1.0) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self.pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    for client in self.pending:
-                        self.failures[client] = f"no answer within {timeout:g} s"
-                    break
-                self._cond.wait(poll if remaining is None else min(poll, remaining))
-        if not self.answered:
-            detail = "; ".join(f"{c}: {r}" for c, r in sorted(self.failures.items())) or "none asked"
-            raise RoundError(f"round {self.server_round} failed: no client returned a usable "
-                             f"update ({detail})")
+                raise UpdateRejected(
+                    f"evaluation needs num_examples >= 0 and a finite loss; received "
+                    f"{result.num_examples} and {result.loss}")
+            self.results.append(EvaluateResult(client, result.num_examples, float(result.loss),
+                                               dict(result.metrics)))
+            self.answered.append(client)
+            self._cond.notify_all()

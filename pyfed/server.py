@@ -20,11 +20,11 @@ from typing import Any
 from . import messages
 from .errors import ConfigurationError, PyFedError
 from .history import History
-from .logs import RUN_MARKER, RunLogger, launch_tensorboard, new_run_dir, round_line
-from .models import as_adapter
+from .logs import RUN_MARKER, RunLogger, format_metrics, launch_tensorboard, new_run_dir, round_line
+from .models import as_adapter, is_keras_model
 from .protocol import HANDSHAKE_LIMITS, DEFAULT_MAX_MESSAGE_BYTES, VERSION, Role
-from .rounds import RoundCollector
-from .session import ClientSession, FinishJob, FitJob, welcome_limits
+from .rounds import EvaluateCollector, FitCollector
+from .session import ClientSession, FinishJob, RequestJob, welcome_limits
 from .spec import spec_hash, spec_to_json
 from .strategy import FedAvg, Strategy
 from .transport import BufferPool, Channel, listen, local_addresses
@@ -51,6 +51,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         max_message_bytes: cap on a received body (default 4 GiB).
         max_examples: cap on a client's declared ``num_examples`` (default 10**9).
         buffer_pool_size: receive buffers shared by all connections (default 2).
+        test_data: ``(x, y)`` for centralized evaluation after every round (with ``loss``/
+            ``metrics`` if the model is not compiled). A strategy's ``evaluate_fn`` also works.
     """
 
     def __init__(self, curr_model: Any, num_clients: int, rounds: int, port: int = 54321,
@@ -61,7 +63,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                  wait_timeout: float | None = None, round_timeout: float | None = None,
                  handshake_timeout: float = 10.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_examples: int = 10**9, buffer_pool_size: int = 2):
+                 max_examples: int = 10**9, buffer_pool_size: int = 2,
+                 test_data: tuple | None = None, loss: Any = None, metrics: Any = None):
         if not isinstance(num_clients, int) or num_clients < 1:
             raise ConfigurationError(f"num_clients must be a positive integer; received {num_clients!r}")
         if not isinstance(rounds, int) or rounds < 1:
@@ -87,6 +90,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.max_message_bytes = max_message_bytes
         self.max_examples = max_examples
         self.history = History()
+        self.test_data = tuple(test_data) if test_data is not None else None
+        self._prepare_centralized_evaluation(loss, metrics)
 
         self._spec = self.adapter.spec()
         self._spec_hash = spec_hash(self._spec)
@@ -102,6 +107,20 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.run_id = uuid.uuid4().hex
         self.tb: RunLogger | None = None
         self.tensorboard_process = None  # set by launch_tensorboard=True; it outlives train()
+
+    def _prepare_centralized_evaluation(self, loss, metrics) -> None:
+        if self.test_data is None:
+            return
+        if len(self.test_data) != 2 or len(self.test_data[0]) != len(self.test_data[1]):
+            raise ConfigurationError("test_data must be (x, y) of the same length")
+        initialize = getattr(self.adapter, "initialize_from_data", None)
+        if initialize is not None and not getattr(self.adapter, "initialized", True):
+            initialize(*self.test_data)  # e.g. an unfitted scikit-learn estimator takes its shapes
+        if is_keras_model(self.curr_model):
+            if loss is None and not getattr(self.curr_model, "compiled", False):
+                raise ConfigurationError(
+                    "test_data needs a loss to evaluate with: compile the model or pass loss=")
+            self.adapter.compile(loss=loss, metrics=metrics)
 
     # ------------------------------------------------------------------------------------------
     # Public API
@@ -125,7 +144,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         """Wait for ``num_clients``, run ``rounds`` rounds, send FINISH; return the history."""
         self.start()
         try:
-            self._wait_for_clients()
+            self._wait_for_clients(max(self.num_clients, getattr(self.strategy, "min_available_clients", 1)))
             for server_round in range(1, self.rounds + 1):
                 self._run_round(server_round)
             self._finish("completed")
@@ -238,7 +257,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                     refusal = ("duplicate_name", f"a client named {name!r} is already connected "
                                                  f"from {self._sessions[name].address}")
                 else:
-                    session = ClientSession(name, channel, self._pool)
+                    session = ClientSession(name, channel, self._pool, evaluates=hello.evaluates)
                     self._sessions[name] = session
         if refusal is not None:
             code, reason = refusal
@@ -266,61 +285,115 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                 del self._sessions[session.name]
                 if not self._finished:
                     logger.warning("%s (%s) disconnected", session.name, session.address)
-            session.alive = False
+            session.end("disconnected")
             self._changed.notify_all()
 
     # ------------------------------------------------------------------------------------------
     # Rounds
     # ------------------------------------------------------------------------------------------
 
-    def _wait_for_clients(self) -> None:
+    def _wait_for_clients(self, count: int, quiet: bool = False) -> None:
         deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
         last_count = -1
         with self._changed:
-            while len(self._sessions) < self.num_clients:
+            while len(self._sessions) < count:
                 if len(self._sessions) != last_count:
                     last_count = len(self._sessions)
-                    self._say(f"waiting for clients: {last_count}/{self.num_clients} connected")
+                    self._say(f"waiting for clients: {last_count}/{count} connected")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise PyFedError(
-                        f"only {len(self._sessions)} of {self.num_clients} clients connected within "
+                        f"only {len(self._sessions)} of {count} clients connected within "
                         f"{self.wait_timeout:g} s ({', '.join(sorted(self._sessions)) or 'none'})")
                 self._changed.wait(1.0 if remaining is None else min(1.0, remaining))
-        self._say(f"{len(self._sessions)} clients connected: {', '.join(sorted(self._sessions))}")
+        if not quiet:
+            self._say(f"{len(self._sessions)} clients connected: {', '.join(sorted(self._sessions))}")
 
     def _run_round(self, server_round: int) -> None:
+        self._wait_for_clients(getattr(self.strategy, "min_available_clients", 1), quiet=True)
         parameters = self.adapter.get_weights()
-        with self._lock:
-            sessions = dict(self._sessions)
-        plan = self.strategy.configure_fit(server_round, parameters, sorted(sessions))
-        plan = [(name, config) for name, config in plan if name in sessions]
-        collector = RoundCollector(server_round, {name for name, _ in plan}, self.strategy,
-                                   self._spec, self.max_examples,
-                                   on_history=self.tb.client_history)
+        sessions = self._snapshot()
+        plan = self._plan(self.strategy.configure_fit(server_round, parameters, sorted(sessions)),
+                          sessions)
+        fit = FitCollector(server_round, set(plan), self.strategy, self._spec, self.max_examples,
+                           on_history=self.tb.client_history)
         self.strategy.begin(server_round, parameters)
-        for name, config in plan:
-            sessions[name].post(FitJob(collector, parameters, {"round": server_round, **config},
-                                       self.round_timeout))
-        collector.wait()
+        weights = tuple(parameters)
+        for name, config in plan.items():
+            sessions[name].post(RequestJob(fit, messages.Fit(round=server_round, weights=weights,
+                                                             config=config), self.round_timeout))
+        fit.wait()
+        for client, reason in sorted(fit.failures.items()):
+            logger.warning("round %d: %s did not contribute: %s", server_round, client, reason)
+        fit.require(getattr(self.strategy, "min_fit_clients", 1))
         new_parameters, fit_metrics = self.strategy.finish()
         self.adapter.set_weights(new_parameters)
-        seconds = time.monotonic() - collector.started
-        for client, reason in sorted(collector.failures.items()):
-            logger.warning("round %d: %s did not contribute: %s", server_round, client, reason)
-        record = {**{f"fit_{k}": v for k, v in fit_metrics.items()},
-                  "participants": len(collector.answered), "round_seconds": seconds,
-                  "bytes_in": collector.bytes_in, "bytes_out": collector.bytes_out}
-        self.history.record(server_round, record)
+
+        test = self._evaluate_centralized(server_round, new_parameters)
+        federated = self._evaluate_federated(server_round, new_parameters, sessions)
+        seconds = time.monotonic() - fit.started
+        bytes_in = fit.bytes_in + (federated[2] if federated else 0)
+        bytes_out = fit.bytes_out + (federated[3] if federated else 0)
+        sections = {"fit": fit_metrics}
+        if test is not None:
+            sections["test"] = {"loss": test[0], **test[1]}
+        if federated is not None and federated[0] is not None:
+            sections["eval"] = {"loss": federated[0], **federated[1]}
+        counters = {"participants": len(fit.answered), "seconds": seconds,
+                    "bytes_in": bytes_in, "bytes_out": bytes_out}
+        self.history.record(server_round, {
+            **{f"{section}_{k}": v for section, values in sections.items() for k, v in values.items()},
+            **{("round_seconds" if k == "seconds" else k): v for k, v in counters.items()},
+            "clients": sorted(fit.answered)})
         self.tb.server.scalars({
-            **{f"fit/{k}": v for k, v in fit_metrics.items()},
-            "round/participants": len(collector.answered), "round/seconds": seconds,
-            "round/bytes_in": collector.bytes_in, "round/bytes_out": collector.bytes_out},
-            server_round)
+            **{f"{section}/{k}": v for section, values in sections.items() for k, v in values.items()},
+            **{f"round/{k}": v for k, v in counters.items()}}, server_round)
         self.tb.server.flush()
         if self.verbose:
-            print(round_line(server_round, self.rounds, len(collector.answered), fit_metrics,
-                             seconds, collector.bytes_in, collector.bytes_out), flush=True)
+            extra = " · ".join(format_metrics(section, values)
+                               for section, values in sections.items() if section != "fit")
+            print(round_line(server_round, self.rounds, len(fit.answered), fit_metrics, seconds,
+                             bytes_in, bytes_out, extra=extra), flush=True)
+
+    def _snapshot(self) -> dict[str, ClientSession]:
+        with self._lock:
+            return dict(self._sessions)
+
+    @staticmethod
+    def _plan(plan: list[tuple[str, dict]], sessions: dict) -> dict[str, dict]:
+        unknown = [name for name, _ in plan if name not in sessions]
+        if unknown:
+            logger.warning("strategy chose clients that are not connected: %s", unknown)
+        return {name: dict(config) for name, config in plan if name in sessions}
+
+    def _evaluate_centralized(self, server_round: int, parameters) -> tuple[float, dict] | None:
+        result = self.strategy.evaluate(server_round, parameters)
+        if result is None and self.test_data is not None:
+            loss, _, metrics = self.adapter.evaluate(*self.test_data, {"batch_size": 256})
+            result = (loss, metrics)
+        return result
+
+    def _evaluate_federated(self, server_round: int, parameters, sessions):
+        """Clients with held-out data evaluate the new global model; weighted by examples."""
+        capable = sorted(name for name, session in sessions.items() if session.evaluates)
+        if not capable:
+            return None
+        plan = self._plan(self.strategy.configure_evaluate(server_round, parameters, capable),
+                          sessions)
+        if not plan:
+            return None
+        collector = EvaluateCollector(server_round, set(plan))
+        weights = tuple(parameters)
+        for name, config in plan.items():
+            sessions[name].post(RequestJob(collector, messages.Evaluate(
+                round=server_round, weights=weights, config=config), self.round_timeout))
+        collector.wait()
+        for client, reason in sorted(collector.failures.items()):
+            logger.warning("round %d: %s did not evaluate: %s", server_round, client, reason)
+        if not collector.results:
+            return None
+        loss, metrics = self.strategy.aggregate_evaluate(server_round, collector.results)
+        return loss, metrics, collector.bytes_in, collector.bytes_out
 
     def _finish(self, reason: str) -> None:
         parameters = self.adapter.get_weights()

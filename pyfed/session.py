@@ -15,17 +15,18 @@ from dataclasses import dataclass
 from . import messages
 from .errors import PyFedError
 from .protocol import FrameLimits
-from .rounds import RoundCollector, UpdateRejected
+from .rounds import Collector, UpdateRejected
 from .transport import BufferPool, Channel
 
 logger = logging.getLogger("pyfed")
 
 
 @dataclass
-class FitJob:
-    collector: RoundCollector
-    weights: list
-    config: dict
+class RequestJob:
+    """Send ``request`` (FIT or EVALUATE), wait for the reply, hand it to ``collector``."""
+
+    collector: Collector
+    request: messages.Message
     timeout: float | None
 
 
@@ -38,12 +39,14 @@ class FinishJob:
 class ClientSession:
     """A connected, welcomed client. Its own thread owns the channel; others post jobs."""
 
-    def __init__(self, name: str, channel: Channel, pool: BufferPool):
+    def __init__(self, name: str, channel: Channel, pool: BufferPool, evaluates: bool = False):
         self.name = name
+        self.evaluates = evaluates  # the client has held-out data for federated evaluation
         self.channel = channel
         self.pool = pool
         self.jobs: queue.Queue = queue.Queue()
         self.alive = True
+        self._alive_lock = threading.Lock()
         self.finished = threading.Event()
 
     @property
@@ -51,7 +54,25 @@ class ClientSession:
         return self.channel.peer
 
     def post(self, job) -> None:
-        self.jobs.put(job)
+        """Queue a job; a job for a session that has ended fails at once (nobody would run it)."""
+        with self._alive_lock:
+            if self.alive:
+                self.jobs.put(job)
+                return
+        if isinstance(job, RequestJob):
+            job.collector.fail(self.name, "disconnected")
+
+    def end(self, reason: str) -> None:
+        """Mark the session over and fail every job still queued, so no round waits for it."""
+        with self._alive_lock:
+            self.alive = False
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(job, RequestJob):
+                job.collector.fail(self.name, reason)
 
     def serve(self) -> None:
         """Run jobs until FINISH, shutdown (``None``) or a failure (which propagates)."""
@@ -63,17 +84,15 @@ class ClientSession:
                 self.channel.send(messages.Finish(weights=tuple(job.weights), reason=job.reason))
                 self.finished.set()
                 return
-            self._fit(job)
+            self._request(job)
 
-    def _fit(self, job: FitJob) -> None:
+    def _request(self, job: RequestJob) -> None:
         collector = job.collector
         try:
-            sent = self.channel.send(messages.Fit(round=collector.server_round,
-                                                  weights=tuple(job.weights), config=job.config))
+            collector.sent(self.channel.send(job.request))
         except PyFedError as exc:
-            collector.fail(self.name, f"could not send FIT: {exc}")
+            collector.fail(self.name, f"could not send {job.request.KIND.name}: {exc}")
             raise
-        collector.sent(sent)
         leased = []
 
         def allocate(nbytes):
@@ -84,24 +103,24 @@ class ClientSession:
         before = self.channel.bytes_received
         try:
             reply = self.channel.receive(timeout=job.timeout, allocate=allocate)
-            nbytes = self.channel.bytes_received - before
-            if isinstance(reply, messages.FitResult):
-                try:
-                    collector.add(self.name, reply, nbytes)
-                except UpdateRejected as exc:
-                    logger.warning("round %d: update from %s rejected: %s",
-                                   collector.server_round, self.name, exc)
-                    self.channel.send(messages.Error(reason=f"update rejected: {exc}",
-                                                     code="update_rejected", fatal=False))
-            elif isinstance(reply, messages.Error):
+            collector.received(self.channel.bytes_received - before)
+            if isinstance(reply, messages.Error):
                 collector.fail(self.name, f"client reported: {reply.reason}")
                 if reply.fatal:
                     raise PyFedError(f"{self.name} ended the session: {reply.reason}")
+                return
+            try:
+                collector.add(self.name, reply)  # the state table guarantees the reply's kind
+            except UpdateRejected as exc:
+                logger.warning("round %d: %s result from %s rejected: %s", collector.server_round,
+                               collector.kind, self.name, exc)
+                self.channel.send(messages.Error(reason=f"update rejected: {exc}",
+                                                 code="update_rejected", fatal=False))
         except PyFedError as exc:
             collector.fail(self.name, str(exc))
             raise
         finally:
-            for buffer in leased:
+            for buffer in leased:  # the collector folded (or dropped) the update: reuse its buffer
                 self.pool.release(buffer)
 
 

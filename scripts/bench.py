@@ -38,11 +38,11 @@ import contextlib
 import json
 import math
 import os
-import socket
-import statistics
 import queue
 import resource
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -447,8 +447,14 @@ class PyfedSide:
                 return line[len(f"BENCH {word}"):].strip()
 
     def round(self) -> None:
-        self.server.stdin.write(b"go\n")
-        self.server.stdin.flush()
+        try:
+            self.server.stdin.write(b"go\n")
+            self.server.stdin.flush()
+        except OSError:  # the server is gone: report why
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.server.wait(timeout=5)
+            self.children.check_alive()
+            raise
         self._expect("done")
 
     def results(self) -> dict:
@@ -707,12 +713,11 @@ def print_report(results: dict) -> None:
           f"{'ratio':<6} {'target':<13} paired")
     for r in results["runs"]:
         floor = r["floor"][r["floor_mode"]]["summary"]
-        verdict = "ok" if r["meets_target"] else "MISSED"
+        target = f"<= {r['target']:g} " + ("ok" if r["meets_target"] else "MISSED")
         print(f"{r['clients']:<8} {fmt_range(r['pyfed']['summary']):<26} {fmt_range(floor):<26} "
-              f"{r['ratio']:<6.2f} {f'<= {r[chr(116) + "arget"]:g} {verdict}':<13} "
-              f"{r['paired_ratio_median']:.2f}")
-    print("(ratio: of the medians; paired: median of the round-by-round ratios, steadier when "
-          "other load comes and goes)")
+              f"{r['ratio']:<6.2f} {target:<13} {r['paired_ratio_median']:.2f}")
+    print("(ratio: of the medians; paired: median of the round-by-round ratios to that floor,\n"
+          " steadier when other load on the machine comes and goes)")
     rss = "; ".join(f"{r['clients']} clients {r['server_rss']['peak_above_baseline_bytes'] / 1e6:.0f} MB "
                     f"({r['server_rss']['peak_above_baseline_x_model']:.1f}x model)"
                     for r in results["runs"])
@@ -731,8 +736,7 @@ def print_report(results: dict) -> None:
     for r in results["runs"]:
         pad = " " * (len(str(r["clients"])) + 12)
         modes = ", ".join(f"{mode} {fmt_range(f['summary'])}" for mode, f in sorted(r["floor"].items()))
-        print(f"  {r['clients']} clients: floor by mode: {modes}; round-by-round ratio "
-              f"{r['paired_ratio_median']:.2f}")
+        print(f"  {r['clients']} clients: floor by mode: {modes}")
         b = r["pyfed"]["breakdown_median_seconds"]
         print(f"{pad}pyfed round incl. get_weights + TensorBoard write "
               f"{r['pyfed']['full_round_summary']['median']:.3f} s; "
@@ -744,6 +748,9 @@ def print_report(results: dict) -> None:
               + "; minor page faults: " + ", ".join(
             f"{side.replace('_', ' ')} {c['server_faults']:.0f} + {c['clients_faults']:.0f}"
             for side, c in costs.items()))
+    print(f"machine: {results['cpus']} CPUs, 1-minute load average {results['load_average_start']:.1f} "
+          f"at the start and {results['load_average_end']:.1f} at the end (other work competes "
+          "for the CPUs)")
     tf = any(r["tensorflow_imported"] for r in results["runs"]) or "tensorflow" in sys.modules
     print(f"tensorflow imported by any process: {'YES' if tf else 'no'}; "
           f"pyfed package: {first['pyfed_package']}")
@@ -780,7 +787,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"model": {"layers": list(LAYERS), "params": model_params(), "bytes": model_bytes,
                          "dtype": "float32"},
                "rounds": args.rounds, "warmup_rounds": 1, "cpus": os.cpu_count(),
-               "python": sys.version.split()[0], "numpy": np.__version__, "runs": []}
+               "python": sys.version.split()[0], "numpy": np.__version__,
+               "load_average_start": os.getloadavg()[0], "runs": []}
     with tempfile.TemporaryDirectory(prefix="pyfed-bench-") as tmp:
         workdir = Path(tmp)
         for num_clients in args.clients:
@@ -791,6 +799,7 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"].append(analyse(num_clients, pyfed, floors, model_bytes))
         print("... client start-up", file=sys.stderr, flush=True)
         results["startup"] = measure_startup(args.startup_reps, timeout=60)
+    results["load_average_end"] = os.getloadavg()[0]
     print_report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -83,12 +83,78 @@ def numpy_client(args) -> None:
     print("CLIENT " + json.dumps({"name": c.name, "rounds": c.rounds_trained}), flush=True)
 
 
+def make_strategy(args):
+    import pyfed.strategy as strategies
+
+    options = json.loads(args.strategy_options)
+    if args.fit_config:
+        config = json.loads(args.fit_config)
+        options["on_fit_config_fn"] = lambda server_round: {**config, "lr": config.get("lr", 0.5)}
+    return getattr(strategies, args.strategy)(**options)
+
+
+def softmax_server(args) -> None:
+    """A numpy-only server training SoftmaxRegression on digits (fast: no TensorFlow)."""
+    from pyfed.models import SoftmaxRegression
+
+    _, _, test_x, test_y = digits_split(args.clients)
+    srv = FL_Server(SoftmaxRegression(64, 10), args.clients, args.rounds, port=args.port,
+                    logdir=args.logdir, strategy=make_strategy(args),
+                    test_data=(test_x, test_y) if args.centralized else None,
+                    round_timeout=args.round_timeout)
+    history = srv.train()
+    results = srv.test(test_x, test_y)
+    print("RESULT " + json.dumps({"history": history.to_dict(), "test": results,
+                                  "run_dir": str(srv.run_dir),
+                                  "weights": weights_hash(srv.adapter.get_weights())}), flush=True)
+
+
+def softmax_client(args) -> None:
+    xs, ys, _, _ = digits_split(args.clients)
+    i = args.index
+    c = FL_Client(f"client_{i}", xs[i - 1], ys[i - 1], server_port=args.port, logdir=args.logdir,
+                  connect_timeout=args.connect_timeout, validation_split=args.validation_split)
+    c.train(epochs=args.epochs, batch_size=32)
+    print("CLIENT " + json.dumps({"name": c.name, "rounds": c.rounds_trained,
+                                  "weights": weights_hash(c.adapter.get_weights())}), flush=True)
+
+
+def sklearn_estimator(name):
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.neural_network import MLPClassifier
+
+    return {"SGDClassifier": lambda: SGDClassifier(loss="log_loss", alpha=1e-4, random_state=0),
+            "LogisticRegression": lambda: LogisticRegression(max_iter=50),
+            "MLPClassifier": lambda: MLPClassifier(hidden_layer_sizes=(32,), random_state=0)}[name]()
+
+
+def sklearn_server(args) -> None:
+    """FL_Server(curr_model=<unfitted scikit-learn estimator>): shapes come from test_data."""
+    _, _, test_x, test_y = digits_split(args.clients)
+    srv = FL_Server(curr_model=sklearn_estimator(args.estimator), num_clients=args.clients,
+                    rounds=args.rounds, port=args.port, logdir=args.logdir,
+                    test_data=(test_x, test_y))
+    history = srv.train()
+    results = srv.test(test_x, test_y)
+    print("RESULT " + json.dumps({"history": history.to_dict(), "test": results,
+                                  "weights": weights_hash(srv.adapter.get_weights())}), flush=True)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["server", "client", "numpy-server", "numpy-client"])
+    parser.add_argument("role", choices=["server", "client", "numpy-server", "numpy-client",
+                                         "softmax-server", "softmax-client", "sklearn-server",
+                                         "sklearn-client"])
+    parser.add_argument("--estimator", default="SGDClassifier")
     parser.add_argument("--shapes", default="3x4,4")
+    parser.add_argument("--strategy", default="FedAvg")
+    parser.add_argument("--strategy-options", default="{}", help="JSON keyword arguments")
+    parser.add_argument("--fit-config", default=None, help="JSON returned by on_fit_config_fn")
+    parser.add_argument("--centralized", action="store_true", help="FL_Server(test_data=...)")
+    parser.add_argument("--validation-split", type=float, default=0.0)
+    parser.add_argument("--round-timeout", type=float, default=None)
     parser.add_argument("--launch-tensorboard", action="store_true")
     parser.add_argument("--tensorboard-port", type=int, default=6006)
     parser.add_argument("--port", type=int, required=True)
@@ -103,7 +169,9 @@ def main() -> None:
     parser.add_argument("--connect-timeout", type=float, default=60)
     args = parser.parse_args()
     roles = {"server": server, "client": client, "numpy-server": numpy_server,
-             "numpy-client": numpy_client}
+             "numpy-client": numpy_client, "softmax-server": softmax_server,
+             "softmax-client": softmax_client, "sklearn-server": sklearn_server,
+             "sklearn-client": softmax_client}
     roles[args.role](args)
 
 

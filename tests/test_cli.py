@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cliprocs import PYFED_SCRIPT, PYTHON, Processes, free_port
-from pyfed.cli import build_parser, load_object, mnist_model
+from pyfed.cli import build_parser, load_object, mnist_model, split_data
 from pyfed.errors import ConfigurationError
 from pyfed.experiment import FL_Experiment
 
@@ -102,7 +102,7 @@ def test_expected_errors_exit_2_without_traceback(tmp_path):
 def test_usage_errors_and_help():
     parser = build_parser()
     with pytest.raises(SystemExit) as exit_info:
-        parser.parse_args(["partition", "--out", "x", "--scheme", "dirichlet"])
+        parser.parse_args(["partition", "--out", "x", "--scheme", "zipf"])
     assert exit_info.value.code == 2
     args = parser.parse_args(["-v", "experiment"])
     assert (args.dataset, args.clients, args.rounds, args.epochs, args.batch_size, args.port,
@@ -143,3 +143,96 @@ def test_experiment_command_runs_and_prints_test_accuracy(tmp_path):
     assert 0.5 < accuracy <= 1.0, out
     assert "TensorBoard logs: logs/exp" in out and "tensorboard --logdir logs" in out
     assert list((tmp_path / "logs" / "exp" / "server").glob("events.out.tfevents.*"))
+
+
+def histogram(out: str) -> dict[str, list[int]]:
+    """The label table `pyfed partition` prints: row name -> [n, count of class 0, 1, ...]."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["client", "n"])
+    return {row[0]: [int(v) for v in row[1:]] for row in map(str.split, lines[start + 1:]) if row}
+
+
+def test_partition_dirichlet_writes_skewed_files_and_prints_the_histogram(tmp_path):
+    argv = [*PYFED, "partition", "--scheme", "dirichlet", "--alpha", "0.3", "--clients", "4",
+            "--seed", "3"]
+    with Processes(tmp_path / "procs") as procs:
+        procs.start("dirichlet", [*argv, "--out", "parts"], cwd=tmp_path)
+        procs.start("again", [*argv, "--out", "again"], cwd=tmp_path)
+        procs.start("shards", [*PYFED, "partition", "--scheme", "shards", "--shards-per-client",
+                               "1", "--clients", "10", "--out", "shards"], cwd=tmp_path)
+        procs.start("too_many", [*PYFED, "partition", "--scheme", "by_label", "--clients", "11",
+                                 "--out", "none"], cwd=tmp_path)
+        procs.start("stray_alpha", [*PYFED, "partition", "--alpha", "0.3", "--out", "none"],
+                    cwd=tmp_path)
+        for name in ("dirichlet", "again", "shards"):
+            assert procs.wait(name, 60) == 0, procs.dump()
+        for name in ("too_many", "stray_alpha"):
+            assert procs.wait(name, 60) == 2, procs.dump()
+        out = procs.out("dirichlet")
+        errors = {name: procs.err(name).strip() for name in ("too_many", "stray_alpha")}
+    parts = tmp_path / "parts"
+    targets = {f"client_{i}": np.load(parts / f"target_client_{i}.npy", allow_pickle=False)
+               for i in (1, 2, 3, 4)}
+    targets["server"] = np.load(parts / "target_server.npy", allow_pickle=False)
+    for i in (1, 2, 3, 4):
+        assert np.load(parts / f"data_client_{i}.npy").shape == (len(targets[f"client_{i}"]), 64)
+    assert sum(map(len, targets.values())) == 1797 and len(targets["server"]) == round(1797 / 5)
+    # Label skew: some client's most common class is far above IID's ~10%.
+    assert max(np.bincount(t).max() / len(t) for name, t in targets.items() if name != "server") > 0.3
+    # The printed histogram is the files' histogram.
+    table = histogram(out)
+    assert list(table) == ["client_1", "client_2", "client_3", "client_4", "server", "total"]
+    for name, labels in targets.items():
+        assert table[name] == [len(labels), *np.bincount(labels, minlength=10).tolist()], out
+    assert table["total"][0] == 1797
+    assert "wrote parts/data_client_4.npy" in out and "dirichlet partition of digits" in out
+    # Same seed, same files.
+    for file in parts.iterdir():
+        assert np.array_equal(np.load(file), np.load(tmp_path / "again" / file.name)), file.name
+    for i in range(1, 11):
+        assert len(np.unique(np.load(tmp_path / "shards" / f"target_client_{i}.npy"))) == 1
+    assert errors["too_many"] == ("pyfed partition: error: by_label gives each client whole "
+                                  "classes, so num_clients (11) must not exceed the number of "
+                                  "classes (10)")
+    assert errors["stray_alpha"] == ("pyfed partition: error: --alpha applies to --scheme "
+                                     "dirichlet only; received --alpha 0.3 with --scheme iid")
+
+
+def test_partition_options_parse_and_reject_bad_values():
+    parser = build_parser()
+    args = parser.parse_args(["partition", "--out", "x"])
+    assert (args.scheme, args.alpha, args.shards_per_client, args.min_size,
+            args.server_fraction) == ("iid", None, None, None, None)
+    args = parser.parse_args(["experiment", "--partition", "shards", "--shards-per-client", "3"])
+    assert (args.partition, args.shards_per_client) == ("shards", 3)
+    assert parser.parse_args(["experiment"]).partition is None
+    for bad in (["--alpha", "0"], ["--alpha", "-1"], ["--shards-per-client", "0"],
+                ["--min-size", "-1"], ["--server-fraction", "1"], ["--partition", "zipf"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(["experiment", *bad])
+        assert exit_info.value.code == 2
+
+
+def test_experiment_split_is_unchanged_by_default_and_follows_partition():
+    from pyfed.data import load_digits, split_for_clients
+
+    x, y = load_digits()
+    parser = build_parser()
+    default = split_data(parser.parse_args(["experiment", "--clients", "3", "--seed", "2"]), x, y,
+                         None, "--partition")
+    legacy = split_for_clients(x, y, 3, seed=2)
+    for ours, theirs in zip(default, legacy):
+        if isinstance(ours, list):
+            assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+        else:
+            assert np.array_equal(ours, theirs)
+    args = parser.parse_args(["experiment", "--clients", "5", "--partition", "by_label"])
+    clients_x, clients_y, server_x, server_y = split_data(args, x, y, args.partition, "--partition")
+    assert len(clients_x) == 5 and sum(map(len, clients_y)) + len(server_y) == 1797
+    assert len(server_y) == round(1797 / 6)  # the equal split's share, by default
+    class_sets = [set(t.tolist()) for t in clients_y]
+    assert sum(map(len, class_sets)) == 10 and set().union(*class_sets) == set(range(10))
+    args = parser.parse_args(["experiment", "--alpha", "0.1"])
+    with pytest.raises(ConfigurationError, match="--alpha applies to --partition dirichlet only; "
+                                                 "received --alpha 0.1 with --partition not given"):
+        split_data(args, x, y, args.partition, "--partition")

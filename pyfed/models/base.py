@@ -1,7 +1,7 @@
 """The ModelAdapter protocol: what PyFed needs from a model, whatever its library.
 
 Implement these five methods (plus ``describe``) and any numpy-parameterised model federates.
-Adapters for Keras and plain numpy ship with PyFed; :func:`as_adapter` picks one.
+Adapters for Keras, scikit-learn and plain numpy ship with PyFed; :func:`as_adapter` picks one.
 """
 
 from __future__ import annotations
@@ -48,15 +48,51 @@ def is_keras_model(model: Any) -> bool:
                for cls in type(model).__mro__)
 
 
+def is_sklearn_estimator(model: Any) -> bool:
+    # By module name too, so that recognising a model never imports scikit-learn.
+    return any(cls.__module__.split(".")[0] == "sklearn" for cls in type(model).__mro__)
+
+
 def as_adapter(model: Any) -> ModelAdapter:
-    """Wrap ``model`` in the adapter that fits it, or return it if it already is one."""
+    """Wrap ``model`` in the adapter that fits it, or return it if it already is one.
+
+    A scikit-learn estimator becomes a :class:`~pyfed.models.sklearn_adapter.SklearnAdapter`.
+    An unfitted one has no weight shapes yet (``adapter.initialized`` is False): fit it on a
+    sample first, pass ``SklearnAdapter(estimator, n_features=..., classes=...)`` instead, or
+    call ``adapter.initialize_from_data(x, y)``; its weight methods say so until then.
+    """
     if is_keras_model(model):
         from .keras_adapter import KerasAdapter
 
         return KerasAdapter(model)
     if isinstance(model, ModelAdapter):
         return model
+    if is_sklearn_estimator(model):
+        from .sklearn_adapter import SklearnAdapter
+
+        return SklearnAdapter(model)
     raise ConfigurationError(
         f"cannot federate a {type(model).__module__}.{type(model).__name__}; expected a Keras "
-        "model or an object implementing pyfed.models.ModelAdapter "
-        "(get_weights, set_weights, fit, evaluate, spec, describe)")
+        "model, a scikit-learn SGDClassifier, LogisticRegression or MLPClassifier, or an object "
+        "implementing pyfed.models.ModelAdapter (get_weights, set_weights, fit, evaluate, spec, "
+        "describe)")
+
+
+def adapter_from_description(description: dict) -> ModelAdapter:
+    """Rebuild the server's model from WELCOME's ``model`` (JSON, never pickle), by kind."""
+    kind = description.get("kind")
+    if kind == "keras":
+        from .keras_adapter import KerasAdapter, model_from_description
+
+        return KerasAdapter(model_from_description(description))
+    if kind == "sklearn":
+        from .sklearn_adapter import sklearn_from_description
+
+        return sklearn_from_description(description)
+    if kind == "numpy" and description.get("model") == "SoftmaxRegression":
+        from .numpy_model import SoftmaxRegression
+
+        return SoftmaxRegression.from_description(description)
+    raise ConfigurationError(
+        f"the server trains a {kind!r} model that cannot be rebuilt from the network; "
+        "pass your own model to FL_Client(model=...)")

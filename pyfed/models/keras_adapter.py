@@ -55,6 +55,10 @@ class KerasAdapter:
     def __init__(self, model):
         self.model = model
         self._compiled_with: tuple | None = None
+        self._anchors = None  # FedProx anchor variables, created on the first round that asks
+        self._mu = None
+        self._metrics: list | None = None
+        self._trainable_positions: list[int] = []
         self._ensure_built()
 
     def _ensure_built(self) -> None:
@@ -69,7 +73,11 @@ class KerasAdapter:
         return self.model.get_weights()
 
     def set_weights(self, weights) -> None:
-        self.model.set_weights(list(weights))
+        weights = list(weights)
+        self.model.set_weights(weights)
+        if self._anchors is not None:  # FedProx: the received global weights anchor the term
+            for anchor, index in zip(self._anchors, self._trainable_positions):
+                anchor.assign(weights[index])
 
     def spec(self) -> list[TensorSpec]:
         return [TensorSpec(name=v.name, shape=tuple(int(d) for d in v.shape),
@@ -93,11 +101,50 @@ class KerasAdapter:
             return
         self.model.compile(loss=loss, optimizer=make_optimizer(optimizer, lr),
                            metrics=list(metrics or []))
+        self._metrics = list(metrics or [])
         self._compiled_with = key
+
+    def _enable_proximal_term(self) -> None:
+        """FedProx (Li et al., 2020): train on ``loss + mu/2 * ||w - w_global||^2``.
+
+        Recompiles once, around the loss already chosen and with the same optimizer object (so
+        its state is kept); ``mu`` and the anchor weights are variables, updated every round
+        without recompiling.
+        """
+        keras = _keras()
+        model = self.model
+        positions = {id(v): i for i, v in enumerate(model.weights)}
+        trainable = list(model.trainable_weights)
+        self._trainable_positions = [positions[id(v)] for v in trainable]
+        self._mu = keras.Variable(0.0, trainable=False, name="proximal_mu")
+        anchors = [keras.Variable(v.numpy(), trainable=False, name=f"proximal_anchor_{i}")
+                   for i, v in enumerate(trainable)]
+        base = model.loss
+        base_fn = keras.losses.get(base) if isinstance(base, (str, dict)) else base
+        mu = self._mu
+
+        def proximal_loss(y_true, y_pred):
+            penalty = sum(keras.ops.sum(keras.ops.square(w - a)) for w, a in zip(trainable, anchors))
+            return base_fn(y_true, y_pred) + 0.5 * mu * penalty
+
+        metrics = self._metrics
+        if metrics is None:  # the user compiled the model: Keras keeps their list privately
+            compiled = getattr(model, "_compile_metrics", None)
+            metrics = list(getattr(compiled, "_user_metrics", None) or [])
+        model.compile(loss=proximal_loss, optimizer=model.optimizer, metrics=metrics)
+        self._anchors = anchors
 
     def fit(self, data, target, config: dict) -> FitOutcome:
         epochs = int(config.get("epochs", 1))
         server_round = int(config.get("round", 1))
+        if "lr" in config:  # the server's on_fit_config_fn may schedule the learning rate
+            self.model.optimizer.learning_rate = float(config["lr"])
+        mu = float(config.get("proximal_mu", 0.0))
+        if mu > 0 and self._anchors is None:
+            self._enable_proximal_term()
+            self.set_weights(self.get_weights())  # anchor at the global weights just received
+        if self._mu is not None:
+            self._mu.assign(mu)
         # The global epoch makes each client's TensorBoard curve continuous across rounds.
         first_epoch = (server_round - 1) * epochs
         result = self.model.fit(

@@ -1,6 +1,36 @@
-"""Aggregation strategies (pure numpy; importable without TensorFlow or sockets)."""
+"""Aggregation strategies (pure numpy; importable without TensorFlow or sockets).
 
+Streaming (O(model) server memory): FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad.
+Every update kept until the round ends (O(model x clients)): FedMedian, FedTrimmedAvg, Krum,
+MultiKrum. The math is in :mod:`pyfed.strategy.aggregate`.
+"""
+
+from . import aggregate
 from .base import EvaluateResult, FitResult, Strategy
 from .fedavg import FedAvg
+from .fedavgm import FedAvgM
+from .fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from .fedprox import FedProx
+from .robust import BufferedStrategy, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from .state import join_arrays, split_arrays
 
-__all__ = ["Strategy", "FitResult", "EvaluateResult", "FedAvg"]
+__all__ = [
+    "BufferedStrategy",
+    "EvaluateResult",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedMedian",
+    "FedOpt",
+    "FedProx",
+    "FedTrimmedAvg",
+    "FedYogi",
+    "FitResult",
+    "Krum",
+    "MultiKrum",
+    "Strategy",
+    "aggregate",
+    "join_arrays",
+    "split_arrays",
+]

@@ -3,6 +3,13 @@
 Sums are kept in float64 so that averaging many float32 updates does not lose precision, and
 they are folded one update at a time (:class:`WeightedSum`), so the server never holds more than
 one accumulator plus the update being folded, whatever the number of clients.
+
+An *update* is one client's list of arrays (one per model tensor). Functions that need every
+update at once (median, trimmed mean, Krum) take ``updates[client][tensor]`` and work one tensor
+at a time, so their float64 scratch is O(largest tensor x clients), not O(model x clients).
+
+Every function here returns float64 arrays and never modifies its inputs; strategies cast the
+final result back to the model's dtypes with :func:`cast_to`.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import numpy as np
 # Elements per chunk when folding: 64 Ki float64 = 512 KiB, which stays in L2 cache and bounds
 # the scratch memory to one chunk instead of one whole layer.
 _CHUNK = 1 << 16
+
+Update = Sequence[np.ndarray]
 
 
 class WeightedSum:
@@ -38,19 +47,27 @@ class WeightedSum:
         self.total_weight += float(weight)
         self.count += 1
 
-    def mean(self) -> list[np.ndarray]:
-        """The weighted mean, cast back to each tensor's original dtype."""
+    def mean(self, cast: bool = True, in_place: bool = False) -> list[np.ndarray]:
+        """The weighted mean; cast back to each tensor's original dtype unless ``cast=False``
+        (then float64, for server-side optimizers that keep working on it). ``in_place``
+        divides the sums themselves, saving a float64 copy of the model when the accumulator
+        is about to be dropped anyway."""
         if self.total_weight <= 0:
             raise ValueError("cannot average: no weight was added")
-        return [_cast_back(total / self.total_weight, dtype)
-                for total, dtype in zip(self.sums, self.dtypes)]
+        if in_place:
+            means = [np.divide(total, self.total_weight, out=total) for total in self.sums]
+        else:
+            means = [total / self.total_weight for total in self.sums]
+        return cast_to(means, self.dtypes) if cast else means
 
 
 def _fold(total: np.ndarray, values: np.ndarray, weight: float, scratch: np.ndarray) -> None:
     for start in range(0, total.size, _CHUNK):
         stop = min(start + _CHUNK, total.size)
         part = scratch[: stop - start]
-        np.multiply(values[start:stop], weight, out=part)
+        # dtype=float64: otherwise numpy multiplies in the update's dtype (float16 overflows,
+        # float32 rounds) and only widens the product when storing it.
+        np.multiply(values[start:stop], weight, out=part, dtype=np.float64)
         np.add(total[start:stop], part, out=total[start:stop])
 
 
@@ -60,7 +77,12 @@ def _cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def weighted_average(updates: Iterable[Sequence[np.ndarray]], weights: Iterable[float]) -> list[np.ndarray]:
+def cast_to(values: Sequence[np.ndarray], dtypes: Sequence[np.dtype]) -> list[np.ndarray]:
+    """Cast float64 results back to the model's dtypes; integer and bool tensors are rounded."""
+    return [_cast_back(np.asarray(v), np.dtype(d)) for v, d in zip(values, dtypes)]
+
+
+def weighted_average(updates: Iterable[Update], weights: Iterable[float]) -> list[np.ndarray]:
     """FedAvg's ``sum(n_k * w_k) / sum(n_k)`` over whole updates (non-streaming convenience)."""
     accumulator = None
     for arrays, weight in zip(updates, weights):
@@ -78,7 +100,179 @@ def weighted_metrics(results: Iterable[tuple[int, dict]]) -> dict[str, float]:
     weights: dict[str, float] = {}
     for num_examples, metrics in results:
         for name, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+                    value, (bool, np.bool_)):
                 sums[name] = sums.get(name, 0.0) + num_examples * float(value)
                 weights[name] = weights.get(name, 0.0) + num_examples
     return {name: sums[name] / weights[name] for name in sums if weights[name] > 0}
+
+
+def weighted_loss(results: Iterable[tuple[int, float]]) -> float | None:
+    """Examples-weighted mean loss; results with no examples (or no loss) do not count."""
+    total = weight = 0.0
+    for num_examples, loss in results:
+        if loss is None or num_examples <= 0:
+            continue
+        total += num_examples * float(loss)
+        weight += num_examples
+    return total / weight if weight > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Robust aggregation: every update at once
+# ---------------------------------------------------------------------------------------------
+
+def _stacked(updates: Sequence[Update]):
+    """Yield, per tensor, the (clients, *shape) float64 stack of that tensor."""
+    if not updates:
+        raise ValueError("cannot aggregate zero updates")
+    count = len(updates[0])
+    for index, update in enumerate(updates):
+        if len(update) != count:
+            raise ValueError(f"update {index} has {len(update)} arrays; expected {count}")
+    for tensor in range(count):
+        shapes = {np.shape(update[tensor]) for update in updates}
+        if len(shapes) != 1:
+            raise ValueError(f"tensor {tensor} has different shapes across updates: "
+                             f"{sorted(shapes)}")
+        yield np.stack([np.asarray(update[tensor], dtype=np.float64) for update in updates])
+
+
+def median(updates: Sequence[Update]) -> list[np.ndarray]:
+    """Coordinate-wise median (unweighted, as Flower's FedMedian; Yin et al., 2018)."""
+    return [np.median(stack, axis=0) for stack in _stacked(updates)]
+
+
+def trimmed_mean(updates: Sequence[Update], beta: float) -> list[np.ndarray]:
+    """Coordinate-wise mean after cutting ``int(beta * n)`` values from EACH end (unweighted).
+
+    ``beta`` must be in [0, 0.5), so at least one value per coordinate survives.
+    """
+    if not 0 <= beta < 0.5:
+        raise ValueError(f"beta must be in [0, 0.5); received {beta}")
+    cut = int(beta * len(updates))
+    result = []
+    for stack in _stacked(updates):
+        stack.sort(axis=0)  # the stack is our own float64 copy
+        result.append(stack[cut: stack.shape[0] - cut].mean(axis=0))
+    return result
+
+
+def pairwise_sq_distances(updates: Sequence[Update]) -> np.ndarray:
+    """``D[i, j] = ||u_i - u_j||^2`` over all tensors, in float64 (by differences, not via the
+    Gram matrix, so nearly equal updates are not swamped by cancellation)."""
+    n = len(updates)
+    distances = np.zeros((n, n), dtype=np.float64)
+    for stack in _stacked(updates):
+        flat = stack.reshape(n, -1)
+        for i in range(n - 1):
+            diff = flat[i + 1:] - flat[i]
+            distances[i, i + 1:] += np.einsum("ij,ij->i", diff, diff)
+    return distances + distances.T
+
+
+def krum_scores(updates: Sequence[Update], num_malicious: int) -> np.ndarray:
+    """Krum score of each update: the sum of its squared distances to its ``n - f - 2``
+    nearest other updates (Blanchard et al., 2017).
+
+    As Flower, at least 1 neighbour counts when ``n - f - 2 < 1`` (and at most ``n - 1``).
+    """
+    n = len(updates)
+    distances = pairwise_sq_distances(updates)
+    neighbours = min(max(1, n - num_malicious - 2), n - 1)
+    scores = np.zeros(n, dtype=np.float64)
+    for i in range(n):
+        others = np.delete(distances[i], i)
+        scores[i] = np.sort(others)[:neighbours].sum()
+    return scores
+
+
+def krum_select(updates: Sequence[Update], num_malicious: int, num_to_keep: int) -> list[int]:
+    """Indices of the updates Krum keeps: the ``num_to_keep`` lowest scores (MultiKrum), or the
+    single lowest when ``num_to_keep`` is 0 (Krum). Ties go to the lower index."""
+    if num_to_keep < 0:
+        raise ValueError(f"num_to_keep must be >= 0; received {num_to_keep}")
+    scores = krum_scores(updates, num_malicious)
+    keep = min(max(num_to_keep, 1), len(updates))
+    return sorted(np.argsort(scores, kind="stable")[:keep].tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Server-side optimizers applied to the averaged update
+# ---------------------------------------------------------------------------------------------
+
+def _f64(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+def fedavgm_update(current: Sequence[np.ndarray], average: Sequence[np.ndarray],
+                   momentum: Sequence[np.ndarray] | None, *, server_learning_rate: float,
+                   server_momentum: float) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """FedAvgM (Hsu et al., 2019), as Flower: SGD with heavy-ball momentum on the server.
+
+    ``g = current - average`` (the pseudo-gradient), ``v = momentum * v + g`` (``v = g`` the
+    first time), ``new = current - server_learning_rate * v``. Returns ``(new, v)``; ``v`` is
+    None when ``server_momentum`` is 0.
+    """
+    current = _f64(current)
+    gradient = [c - a for c, a in zip(current, _f64(average))]
+    if server_momentum > 0:
+        if momentum is None:
+            momentum = gradient
+        else:
+            momentum = [server_momentum * v + g for v, g in zip(_f64(momentum), gradient)]
+        step = momentum
+    else:
+        momentum, step = None, gradient
+    return [c - server_learning_rate * s for c, s in zip(current, step)], momentum
+
+
+def _fedopt(current, average, m, beta_1, second_moment, learning_rate, tau):
+    current = _f64(current)
+    delta = [a - c for a, c in zip(_f64(average), current)]
+    m = [np.zeros_like(d) for d in delta] if m is None else _f64(m)
+    m = [beta_1 * m_i + (1.0 - beta_1) * d for m_i, d in zip(m, delta)]
+    v = second_moment(delta)
+    new = [c + learning_rate * m_i / (np.sqrt(v_i) + tau) for c, m_i, v_i in zip(current, m, v)]
+    return new, m, v
+
+
+def _zeros_or(v, delta):
+    return [np.zeros_like(d) for d in delta] if v is None else _f64(v)
+
+
+def fedadam_update(current, average, m, v, *, server_round: int, eta: float, beta_1: float,
+                   beta_2: float, tau: float):
+    """FedAdam (Reddi et al., 2021) as in current Flower: WITH a bias-corrected step.
+
+    ``delta = average - current``; ``m = b1*m + (1-b1)*delta``; ``v = b2*v + (1-b2)*delta**2``;
+    ``new = current + eta_t * m / (sqrt(v) + tau)`` with the bias-corrected rate
+    ``eta_t = eta * sqrt(1 - b2**(server_round + 1)) / (1 - b1**(server_round + 1))``.
+    The exponent is ``server_round + 1`` (rounds start at 1), exactly as Flower's code (both
+    ``flwr.server.strategy.FedAdam`` and ``flwr.serverapp.strategy.FedAdam``). Flower releases
+    before PR flwrlabs/flower#4362 (late 2024) used plain ``eta``, with no bias correction.
+    ``m``/``v`` None means zeros (the first round). Returns ``(new, m, v)``, all float64.
+    """
+    exponent = server_round + 1.0
+    rate = eta * np.sqrt(1.0 - beta_2 ** exponent) / (1.0 - beta_1 ** exponent)
+
+    def second(delta):
+        return [beta_2 * v_i + (1.0 - beta_2) * d * d for v_i, d in zip(_zeros_or(v, delta), delta)]
+    return _fedopt(current, average, m, beta_1, second, rate, tau)
+
+
+def fedyogi_update(current, average, m, v, *, eta: float, beta_1: float, beta_2: float,
+                   tau: float):
+    """FedYogi, as Flower (no bias correction): ``v = v - (1-b2) * d**2 * sign(v - d**2)``;
+    otherwise as :func:`fedadam_update` with the plain ``eta``."""
+    def second(delta):
+        return [v_i - (1.0 - beta_2) * d * d * np.sign(v_i - d * d)
+                for v_i, d in zip(_zeros_or(v, delta), delta)]
+    return _fedopt(current, average, m, beta_1, second, eta, tau)
+
+
+def fedadagrad_update(current, average, m, v, *, eta: float, tau: float):
+    """FedAdagrad, as Flower: ``beta_1 = 0`` (so ``m = delta``) and ``v = v + d**2``."""
+    def second(delta):
+        return [v_i + d * d for v_i, d in zip(_zeros_or(v, delta), delta)]
+    return _fedopt(current, average, m, 0.0, second, eta, tau)

@@ -6,9 +6,16 @@ The server calls, each round::
     strategy.begin(round, parameters)
     strategy.add(result)            # once per arriving result, as it arrives
     parameters, metrics = strategy.finish()
+    plan = strategy.configure_evaluate(round, parameters, clients)   # optional
+    loss, metrics = strategy.aggregate_evaluate(round, results)
+    strategy.evaluate(round, parameters)                             # centralized, optional
 
 ``add`` folds a result into running state and must not keep a reference to ``result.weights``:
 those arrays live in a pooled receive buffer that is reused as soon as ``add`` returns.
+Strategies that need every update at once set ``needs_all_updates = True`` and copy.
+
+``state_dict()`` (between rounds) returns what a checkpoint must hold to resume: JSON scalars,
+lists, dicts, None, numpy arrays or lists of numpy arrays; never anything that needs pickle.
 """
 
 from __future__ import annotations
@@ -40,6 +47,15 @@ class EvaluateResult:
 class Strategy(ABC):
     """Base class of every aggregation strategy. Subclass it to plug in your own."""
 
+    #: Clients that must answer before a round may close at its deadline.
+    min_fit_clients: int = 1
+    #: Clients that must be connected before a round starts.
+    min_available_clients: int = 1
+    #: Clients asked to evaluate, at least (when federated evaluation is on).
+    min_evaluate_clients: int = 1
+    #: True when ``add`` copies every update (memory O(model x clients)); False when it folds.
+    needs_all_updates: bool = False
+
     @abstractmethod
     def configure_fit(self, server_round: int, parameters: list[np.ndarray],
                       clients: list[str]) -> list[tuple[str, dict]]:
@@ -57,6 +73,14 @@ class Strategy(ABC):
     def finish(self) -> tuple[list[np.ndarray], dict]:
         """Close the round: the new global weights and the aggregated fit metrics."""
 
+    def aggregate_fit(self, server_round: int, parameters: list[np.ndarray],
+                      results: list[FitResult]) -> tuple[list[np.ndarray], dict]:
+        """Non-streaming convenience: ``begin``, ``add`` each result, ``finish``."""
+        self.begin(server_round, parameters)
+        for result in results:
+            self.add(result)
+        return self.finish()
+
     def configure_evaluate(self, server_round: int, parameters: list[np.ndarray],
                            clients: list[str]) -> list[tuple[str, dict]]:
         """Federated evaluation plan; none by default."""
@@ -69,3 +93,10 @@ class Strategy(ABC):
     def evaluate(self, server_round: int, parameters: list[np.ndarray]) -> tuple[float, dict] | None:
         """Centralized (server-side) evaluation; none by default."""
         return None
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep to resume this strategy (see the module docstring)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (possibly after a JSON round trip)."""

@@ -1,40 +1,243 @@
-"""FedAvg (McMahan et al., 2017): the examples-weighted mean of the clients' weights."""
+"""FedAvg (McMahan et al., 2017): the examples-weighted mean of the clients' weights.
+
+FedAvg is also the base of every variant: it owns client sampling, per-round configs, metrics
+and evaluation, and runs a round as three hooks a subclass may override::
+
+    _start()                 begin(): make the round's accumulator
+    _accumulate(result)      add(): fold (or copy) one result
+    _combine() -> float64    finish(): the aggregate of this round's updates
+    _server_update(round, current, aggregate) -> float64   finish(): e.g. a server optimizer
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 
-from .aggregate import WeightedSum, weighted_metrics
-from .base import FitResult, Strategy
+from ..errors import ConfigurationError, RoundError
+from . import _checks
+from .aggregate import WeightedSum, cast_to, weighted_loss, weighted_metrics
+from .base import EvaluateResult, FitResult, Strategy
+
+logger = logging.getLogger("pyfed")
 
 
 class FedAvg(Strategy):
-    """Every connected client trains each round; their weights are averaged by ``num_examples``.
+    """Federated Averaging: sampled clients train; their weights are averaged by ``num_examples``.
 
-    The average streams: each result is folded into a float64 running sum as it arrives, so the
-    server holds O(model) state however many clients there are.
+    Args:
+        fraction_fit: fraction of the connected clients asked to train each round, in (0, 1].
+        fraction_evaluate: fraction asked to evaluate, in [0, 1]; 0 turns federated evaluation
+            off.
+        min_fit_clients: clients asked to train at least (sample size is
+            ``max(floor(n * fraction_fit), min_fit_clients)``, capped at ``n``); also the
+            number of answers a round needs to close at its deadline.
+        min_evaluate_clients: the same for evaluation.
+        min_available_clients: clients that must be connected for a round to start.
+        evaluate_fn: ``evaluate_fn(server_round, parameters, config) -> (loss, metrics) | None``
+            for centralized evaluation on the server (``config`` is ``{}``, as in Flower).
+        on_fit_config_fn / on_evaluate_config_fn: ``fn(server_round) -> dict`` sent to every
+            sampled client with FIT / EVALUATE.
+        fit_metrics_aggregation_fn / evaluate_metrics_aggregation_fn:
+            ``fn([(num_examples, metrics), ...]) -> dict``; default: examples-weighted mean of
+            each numeric metric.
+        seed: seeds the client sampling; the client list is sorted first, so the seed alone
+            fixes who is chosen each round.
+
+    The average streams: each result is folded into a float64 running sum as it arrives, so
+    the strategy holds O(model) state however many clients there are.
     """
 
-    def __init__(self) -> None:
-        self._sum: WeightedSum | None = None
-        self._metrics: list[tuple[int, dict]] = []
+    def __init__(self, *, fraction_fit: float = 1.0, fraction_evaluate: float = 1.0,
+                 min_fit_clients: int = 1, min_evaluate_clients: int = 1,
+                 min_available_clients: int = 1, evaluate_fn=None, on_fit_config_fn=None,
+                 on_evaluate_config_fn=None, fit_metrics_aggregation_fn=None,
+                 evaluate_metrics_aggregation_fn=None, seed: int | None = None) -> None:
+        self.fraction_fit = _checks.fraction("fraction_fit", fraction_fit)
+        self.fraction_evaluate = _checks.fraction("fraction_evaluate", fraction_evaluate,
+                                                  allow_zero=True)
+        self.min_fit_clients = _checks.integer("min_fit_clients", min_fit_clients, 1)
+        self.min_evaluate_clients = _checks.integer("min_evaluate_clients",
+                                                    min_evaluate_clients, 1)
+        self.min_available_clients = _checks.integer("min_available_clients",
+                                                     min_available_clients, 1)
+        self.evaluate_fn = _checks.optional_callable("evaluate_fn", evaluate_fn)
+        self.on_fit_config_fn = _checks.optional_callable("on_fit_config_fn", on_fit_config_fn)
+        self.on_evaluate_config_fn = _checks.optional_callable("on_evaluate_config_fn",
+                                                               on_evaluate_config_fn)
+        self.fit_metrics_aggregation_fn = _checks.optional_callable(
+            "fit_metrics_aggregation_fn", fit_metrics_aggregation_fn)
+        self.evaluate_metrics_aggregation_fn = _checks.optional_callable(
+            "evaluate_metrics_aggregation_fn", evaluate_metrics_aggregation_fn)
+        if seed is not None:
+            seed = _checks.integer("seed", seed, 0)
+        self.seed = seed
+        if self.min_available_clients < self.min_fit_clients:
+            logger.warning("min_available_clients (%d) is below min_fit_clients (%d): a round "
+                           "may start with too few clients to close",
+                           self.min_available_clients, self.min_fit_clients)
+        # Separate streams, so whether evaluation samples never changes who trains.
+        fit_seed, evaluate_seed = np.random.SeedSequence(seed).spawn(2)
+        self._fit_rng = np.random.default_rng(fit_seed)
+        self._evaluate_rng = np.random.default_rng(evaluate_seed)
+        self._round: int | None = None
+        self._current: list[np.ndarray] = []
+        self._fit_metrics: list[tuple[int, dict]] = []
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(fraction_fit={self.fraction_fit}, "
+                f"fraction_evaluate={self.fraction_evaluate}, "
+                f"min_fit_clients={self.min_fit_clients}, seed={self.seed})")
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def num_fit_clients(self, num_available: int) -> int:
+        return _sample_size(num_available, self.fraction_fit, self.min_fit_clients)
+
+    def num_evaluate_clients(self, num_available: int) -> int:
+        return _sample_size(num_available, self.fraction_evaluate, self.min_evaluate_clients)
 
     def configure_fit(self, server_round, parameters, clients):
-        return [(client, {}) for client in clients]
+        pool = sorted(set(clients))
+        if len(pool) < self.min_available_clients:
+            raise RoundError(f"round {server_round}: {len(pool)} clients connected; "
+                             f"min_available_clients is {self.min_available_clients}")
+        chosen = _sample(self._fit_rng, pool, self.num_fit_clients(len(pool)))
+        config = _config(self.on_fit_config_fn, "on_fit_config_fn", server_round)
+        return [(name, dict(config)) for name in chosen]
+
+    def configure_evaluate(self, server_round, parameters, clients):
+        if self.fraction_evaluate == 0:
+            return []
+        pool = sorted(set(clients))
+        if len(pool) < self.min_available_clients:
+            logger.warning("round %d: no federated evaluation: %d clients connected; "
+                           "min_available_clients is %d", server_round, len(pool),
+                           self.min_available_clients)
+            return []
+        chosen = _sample(self._evaluate_rng, pool, self.num_evaluate_clients(len(pool)))
+        config = _config(self.on_evaluate_config_fn, "on_evaluate_config_fn", server_round)
+        return [(name, dict(config)) for name in chosen]
+
+    # -- streaming aggregation --------------------------------------------------------------
 
     def begin(self, server_round: int, parameters: list[np.ndarray]) -> None:
-        self._sum = WeightedSum(parameters)
-        self._metrics = []
+        # ``parameters`` are the global weights the server sent; kept by reference (not a
+        # pooled buffer) and read again in finish(), so they must not change until then.
+        self._round = server_round
+        self._current = list(parameters)
+        self._fit_metrics = []
+        self._start()
 
     def add(self, result: FitResult) -> None:
-        if self._sum is None:
-            raise RuntimeError("FedAvg.add called before begin()")
-        self._sum.add(result.weights, result.num_examples)
-        self._metrics.append((result.num_examples, dict(result.metrics)))
+        if self._round is None:
+            raise RuntimeError(f"{type(self).__name__}.add called before begin()")
+        self._accumulate(result)
+        self._fit_metrics.append((result.num_examples, dict(result.metrics)))
 
     def finish(self) -> tuple[list[np.ndarray], dict]:
-        if self._sum is None or self._sum.count == 0:
-            raise RuntimeError("FedAvg.finish called with no results")
-        parameters = self._sum.mean()
-        self._sum = None
-        return parameters, weighted_metrics(self._metrics)
+        if self._round is None:
+            raise RuntimeError(f"{type(self).__name__}.finish called before begin()")
+        server_round, current = self._round, self._current
+        try:
+            if not self._fit_metrics:
+                raise RuntimeError(f"{type(self).__name__}.finish: round {server_round} "
+                                   "has no results")
+            aggregate = self._combine()
+            new = self._server_update(server_round, current, aggregate)
+            parameters = cast_to(new, [np.asarray(p).dtype for p in current])
+            metrics = self._aggregate_metrics(self.fit_metrics_aggregation_fn, self._fit_metrics)
+        finally:
+            self._round, self._current, self._fit_metrics = None, [], []
+            self._start()
+        return parameters, metrics
+
+    def _start(self) -> None:
+        self._sum = WeightedSum(self._current) if self._round is not None else None
+
+    def _accumulate(self, result: FitResult) -> None:
+        self._sum.add(result.weights, result.num_examples)
+
+    def _combine(self) -> list[np.ndarray]:
+        return self._sum.mean(cast=False, in_place=True)  # the accumulator is replaced next
+
+    def _server_update(self, server_round: int, current: list[np.ndarray],
+                       aggregate: list[np.ndarray]) -> list[np.ndarray]:
+        return aggregate
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def aggregate_evaluate(self, server_round: int,
+                           results: list[EvaluateResult]) -> tuple[float | None, dict]:
+        usable = [r for r in results if r.num_examples > 0]
+        loss = weighted_loss((r.num_examples, r.loss) for r in usable)
+        metrics = self._aggregate_metrics(self.evaluate_metrics_aggregation_fn,
+                                          [(r.num_examples, dict(r.metrics)) for r in usable])
+        return loss, metrics
+
+    def evaluate(self, server_round: int, parameters: list[np.ndarray]):
+        if self.evaluate_fn is None:
+            return None
+        result = self.evaluate_fn(server_round, parameters, {})
+        if result is None:
+            return None
+        loss, metrics = result
+        return float(loss), dict(metrics or {})
+
+    @staticmethod
+    def _aggregate_metrics(fn, pairs: list[tuple[int, dict]]) -> dict:
+        if not pairs:
+            return {}
+        return dict((fn or weighted_metrics)(pairs) or {})
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"strategy": type(self).__name__,
+                "rng_fit": self._fit_rng.bit_generator.state,
+                "rng_evaluate": self._evaluate_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        name = state.get("strategy")
+        if name != type(self).__name__:
+            raise ConfigurationError(f"the checkpoint holds {name} state; this strategy is "
+                                     f"{type(self).__name__}")
+        try:
+            self._fit_rng.bit_generator.state = state["rng_fit"]
+            self._evaluate_rng.bit_generator.state = state["rng_evaluate"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigurationError(f"bad sampling state in checkpoint: {exc!r}") from None
+
+
+def _sample_size(num_available: int, fraction: float, minimum: int) -> int:
+    # The epsilon keeps e.g. 100 * 0.29 = 28.999999999999996 from sampling 28.
+    return min(max(math.floor(num_available * fraction + 1e-9), minimum), num_available)
+
+
+def _sample(rng: np.random.Generator, pool: list[str], size: int) -> list[str]:
+    if size <= 0:
+        return []
+    picks = rng.choice(len(pool), size=size, replace=False)
+    return [pool[i] for i in sorted(picks.tolist())]
+
+
+def _config(fn, name: str, server_round: int) -> dict:
+    if fn is None:
+        return {}
+    config = fn(server_round)
+    if not isinstance(config, dict):
+        raise ConfigurationError(f"{name} must return a dict; returned {type(config).__name__}")
+    return config
+
+
+def arrays_or_none(value, name: str) -> list[np.ndarray] | None:
+    """Optimizer state from a checkpoint: None, or a list of float64 arrays (lists accepted,
+    for state that went through JSON)."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise ConfigurationError(f"{name} in checkpoint must be a list of arrays or None; "
+                                 f"received {type(value).__name__}")
+    return [np.array(v, dtype=np.float64) for v in value]

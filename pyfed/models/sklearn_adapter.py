@@ -1,0 +1,555 @@
+"""scikit-learn estimators as federated models: SGDClassifier, LogisticRegression, MLPClassifier.
+
+Weight layout (what ``get_weights`` returns and ``spec`` describes; float64, C-contiguous):
+
+- ``SGDClassifier``, ``LogisticRegression``: ``[coef_ (k, n_features), intercept_ (k,)]``,
+  with ``k = 1`` for two classes and ``k = n_classes`` otherwise (scikit-learn's own shapes).
+- ``MLPClassifier``: one (kernel, bias) pair per layer, interleaved like a stack of Keras Dense
+  layers: ``[coefs_[0], intercepts_[0], coefs_[1], intercepts_[1], ...]``.
+
+Inputs are converted to float64, so the weights stay float64 whatever the data's dtype (scikit-
+learn would otherwise follow float32 data, and the spec would depend on each client's data).
+
+Initialising without real data (an unfitted estimator plus ``n_features`` and ``classes``):
+a stochastic estimator takes one ``partial_fit`` step on a single zero row, so scikit-learn
+builds its own structures, and the parameters are then overwritten: zeros for SGDClassifier
+(scikit-learn's own start), Glorot-uniform from ``random_state`` for MLPClassifier (exactly
+scikit-learn's initialisation, so the hidden units are not symmetric), with the optimizer state
+of that step discarded. LogisticRegression gets ``classes_``, zero ``coef_`` and ``intercept_``
+set directly. A fitted estimator is taken as it is, its shapes read from it.
+
+The architecture travels as JSON (:meth:`SklearnAdapter.describe`), never pickled; a client
+rebuilds it with :func:`sklearn_from_description`, which builds only the three classes above.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+import sklearn
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.metrics import hinge_loss, log_loss
+from sklearn.neural_network import MLPClassifier
+from sklearn.utils import check_array, check_random_state
+
+from ..errors import ConfigurationError, ModelMismatchError
+from ..spec import TensorSpec
+from .base import FitOutcome
+
+logger = logging.getLogger("pyfed")
+
+# The only classes a client builds from the network; a name is looked up here, never imported.
+ESTIMATORS = {"SGDClassifier": SGDClassifier, "LogisticRegression": LogisticRegression,
+              "MLPClassifier": MLPClassifier}
+DTYPE = np.dtype(np.float64)
+# 4 GiB of float64, PyFed's default message cap: refuse to allocate more on a server's say-so.
+MAX_PARAMETERS = 1 << 29
+_SCALARS = (type(None), bool, int, float, str)
+
+
+class SklearnAdapter:
+    """``SklearnAdapter(estimator, n_features=None, classes=None)``.
+
+    ``estimator`` is an SGDClassifier, LogisticRegression or MLPClassifier, fitted or not. An
+    unfitted one needs ``n_features`` (columns of X) and ``classes`` (every label, e.g.
+    ``range(10)``), or a later :meth:`initialize_from_data`; until then :attr:`initialized` is
+    False and the weight methods raise a ConfigurationError that says what to pass.
+    """
+
+    def __init__(self, estimator: Any, n_features: int | None = None, classes: Any = None):
+        self.estimator = estimator
+        self.name = _estimator_name(estimator)
+        _check_settings(self.name, estimator)
+        if self._uses_full_fit():
+            # Local training must start from the global weights, not from scratch.
+            estimator.set_params(warm_start=True)
+        self.n_features: int | None = None
+        self.classes: np.ndarray | None = None
+        self._warned: set[str] = set()
+        if _is_fitted(estimator):
+            self._adopt_fitted(n_features, classes)
+        elif n_features is not None or classes is not None:
+            if n_features is None or classes is None:
+                missing = "n_features" if n_features is None else "classes"
+                raise ConfigurationError(
+                    f"an unfitted {self.name} needs both n_features and classes; {missing} is "
+                    f"missing (e.g. SklearnAdapter({self.name}(...), n_features=64, "
+                    "classes=range(10)))")
+            self._initialize(_check_n_features(n_features), _check_classes(classes))
+
+    # -- initialisation ---------------------------------------------------------------------
+
+    @property
+    def model(self):
+        """The estimator (what FL_Client.train returns)."""
+        return self.estimator
+
+    @property
+    def initialized(self) -> bool:
+        return self.n_features is not None
+
+    def initialize_from_data(self, x: Any, y: Any) -> SklearnAdapter:
+        """Take the shapes from data that holds every class (e.g. the server's test set).
+
+        Already initialised: only checks that the data fits the model.
+        """
+        x = check_array(x, accept_sparse="csr", dtype=DTYPE, ensure_min_samples=0)
+        y = _labels(y, len(x))
+        if self.initialized:
+            self._check_xy(x, y)
+            return self
+        self._initialize(_check_n_features(x.shape[1]), _check_classes(np.unique(y)))
+        return self
+
+    def initialize_like(self, description: dict) -> SklearnAdapter:
+        """Take the shapes from the server's :meth:`describe` (WELCOME's ``model``), keeping
+        this estimator's own hyperparameters: for a client that brings an unfitted estimator."""
+        if not isinstance(description, dict) or description.get("estimator") != self.name:
+            raise ModelMismatchError(
+                f"this client brings a {self.name}; the server trains "
+                f"{description.get('estimator') if isinstance(description, dict) else None!r:.100}")
+        try:
+            n_features = _check_n_features(description.get("n_features"))
+            classes = _check_classes(description.get("classes") or [])
+        except ConfigurationError as exc:
+            raise ModelMismatchError(f"the server's {self.name} description: {exc}") from None
+        if not self.initialized:
+            self._initialize(n_features, classes)
+        elif n_features != self.n_features or not np.array_equal(classes, self.classes):
+            raise ModelMismatchError(
+                f"this client's {self.name} has {self.n_features} features and classes "
+                f"{self.classes.tolist()[:20]}; the server's has {n_features} and "
+                f"{classes.tolist()[:20]}")
+        return self
+
+    def _uses_full_fit(self) -> bool:
+        return self.name == "LogisticRegression" or (
+            self.name == "MLPClassifier" and self.estimator.solver == "lbfgs")
+
+    def _initialize(self, n_features: int, classes: np.ndarray) -> None:
+        count = _parameter_count(self.name, self.estimator, n_features, len(classes))
+        if count > MAX_PARAMETERS:
+            raise ConfigurationError(
+                f"a {self.name} with {n_features} features and {len(classes)} classes has "
+                f"{count} parameters; PyFed's limit is {MAX_PARAMETERS}")
+        est = self.estimator
+        zero_row = np.zeros((1, n_features), dtype=DTYPE)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if self.name == "LogisticRegression":
+                k = 1 if len(classes) == 2 else len(classes)
+                est.classes_ = classes
+                est.coef_ = np.zeros((k, n_features), dtype=DTYPE)
+                est.intercept_ = np.zeros(k, dtype=DTYPE)
+                est.n_features_in_ = n_features
+                est.n_iter_ = np.zeros(1, dtype=np.int32)
+            elif self.name == "SGDClassifier":
+                est.partial_fit(zero_row, classes[:1], classes=classes)
+                est.coef_[...] = 0.0
+                est.intercept_[...] = 0.0
+                est.t_ = 1.0
+            elif est.solver == "lbfgs":  # no partial_fit: one zero row per class, one iteration
+                max_iter = est.max_iter
+                est.set_params(max_iter=1)
+                try:
+                    est.fit(np.zeros((len(classes), n_features), dtype=DTYPE), classes)
+                finally:
+                    est.set_params(max_iter=max_iter)
+                self._reseed_mlp()
+            else:
+                est.partial_fit(zero_row, classes[:1], classes=classes)
+                self._reseed_mlp()
+        self.n_features, self.classes = n_features, classes
+
+    def _reseed_mlp(self) -> None:
+        """Undo the initialising step: scikit-learn's Glorot init, fresh optimizer state."""
+        est = self.estimator
+        rng = check_random_state(est.random_state)
+        factor = 2.0 if est.activation == "logistic" else 6.0
+        for coef, intercept in zip(est.coefs_, est.intercepts_):
+            bound = math.sqrt(factor / (coef.shape[0] + coef.shape[1]))
+            coef[...] = rng.uniform(-bound, bound, coef.shape)
+            intercept[...] = rng.uniform(-bound, bound, intercept.shape)
+        if hasattr(est, "_optimizer"):
+            del est._optimizer  # scikit-learn builds a fresh one when it is missing
+        for attr, value in (("t_", 0), ("n_iter_", 0), ("loss_curve_", []),
+                            ("best_loss_", np.inf), ("_no_improvement_count", 0)):
+            if hasattr(est, attr):
+                setattr(est, attr, value)
+
+    def _adopt_fitted(self, n_features, classes) -> None:
+        est = self.estimator
+        own_classes = _check_classes(est.classes_)
+        own_features = int(est.n_features_in_)
+        if n_features is not None and int(n_features) != own_features:
+            raise ConfigurationError(
+                f"the {self.name} is fitted on {own_features} features; received n_features="
+                f"{n_features}")
+        if classes is not None and not np.array_equal(_check_classes(classes), own_classes):
+            raise ConfigurationError(
+                f"the {self.name} is fitted on classes {own_classes.tolist()}; received classes="
+                f"{list(classes)}")
+        if self.name == "MLPClassifier":
+            converted = any(a.dtype != DTYPE for a in est.coefs_ + est.intercepts_)
+            if converted and hasattr(est, "_optimizer"):
+                del est._optimizer  # its moments belong to the arrays being replaced
+            est.coefs_ = [np.array(a, dtype=DTYPE, order="C") for a in est.coefs_]
+            est.intercepts_ = [np.array(a, dtype=DTYPE, order="C") for a in est.intercepts_]
+        else:
+            # Private, writable float64 copies: set_weights writes into them in place.
+            est.coef_ = np.array(np.atleast_2d(est.coef_), dtype=DTYPE, order="C")
+            est.intercept_ = np.array(np.atleast_1d(est.intercept_), dtype=DTYPE, order="C")
+        self.n_features, self.classes = own_features, own_classes
+
+    def _require_initialized(self) -> None:
+        if not self.initialized:
+            raise ConfigurationError(
+                f"the {self.name} is not fitted, so PyFed cannot know its weight shapes. Pass "
+                f"SklearnAdapter({self.name}(...), n_features=<number of columns of X>, "
+                "classes=<every label, e.g. range(10)>), fit the estimator on a sample first, or "
+                "call adapter.initialize_from_data(x, y) with data that contains every class")
+
+    # -- weights ----------------------------------------------------------------------------
+
+    def _live(self) -> list[tuple[str, np.ndarray]]:
+        est = self.estimator
+        if self.name == "MLPClassifier":
+            pairs = []
+            for i, (coef, intercept) in enumerate(zip(est.coefs_, est.intercepts_)):
+                pairs += [(f"coefs_{i}", coef), (f"intercepts_{i}", intercept)]
+            return pairs
+        return [("coef", est.coef_), ("intercept", est.intercept_)]
+
+    def get_weights(self) -> list[np.ndarray]:
+        self._require_initialized()
+        # Copies: the estimator trains its arrays in place, and a sent array must not change.
+        return [np.array(array, dtype=DTYPE, order="C") for _, array in self._live()]
+
+    def set_weights(self, weights) -> None:
+        self._require_initialized()
+        weights = list(weights)
+        live = self._live()
+        if len(weights) != len(live):
+            raise ModelMismatchError(
+                f"the {self.name} has {len(live)} weight tensors; received {len(weights)}")
+        for (name, target), source in zip(live, weights):
+            if np.shape(source) != target.shape:
+                raise ModelMismatchError(
+                    f"{self.name}/{name} has shape {list(target.shape)}; received "
+                    f"{list(np.shape(source))}")
+        # In place: received arrays may be read-only views of a network buffer, and MLP's
+        # optimizer and SGD's per-class views must keep pointing at the same arrays.
+        for (_, target), source in zip(live, weights):
+            np.copyto(target, source, casting="same_kind")
+
+    def spec(self) -> list[TensorSpec]:
+        self._require_initialized()
+        return [TensorSpec(name=name, shape=tuple(int(d) for d in array.shape), dtype=DTYPE.str,
+                           path=f"{self.name}/{name}") for name, array in self._live()]
+
+    def describe(self) -> dict:
+        self._require_initialized()
+        params, dropped = {}, []
+        for key, value in self.estimator.get_params(deep=False).items():
+            try:
+                params[key] = _encode(value)
+            except TypeError:
+                dropped.append(key)
+        if dropped:
+            logger.warning("%s parameters %s are not JSON values; clients use their defaults",
+                           self.name, dropped)
+        return {"kind": "sklearn", "estimator": self.name, "params": params,
+                "n_features": self.n_features, "classes": self.classes.tolist(),
+                "sklearn_version": sklearn.__version__}
+
+    # -- training ---------------------------------------------------------------------------
+
+    def compile(self, loss=None, optimizer=None, lr=None, metrics=None) -> None:
+        """Keras-style hook called by FL_Client/FL_Server: only ``lr`` applies (see fit)."""
+        self._apply_lr(lr)
+
+    def fit(self, data, target, config: dict) -> FitOutcome:
+        """``epochs`` passes from the current weights.
+
+        SGDClassifier and adam/sgd MLPClassifier: one ``partial_fit`` per epoch (MLP with
+        ``batch_size``). LogisticRegression and lbfgs MLPClassifier: one warm-started ``fit`` of
+        ``config["max_iter"]`` (else the estimator's) iterations per epoch. ``config["lr"]``
+        sets SGD's ``eta0`` or MLP's ``learning_rate_init``.
+        """
+        self._require_initialized()
+        _check_settings(self.name, self.estimator)
+        x, y = self._check_xy(data, target)
+        epochs = int(config.get("epochs", 1))
+        first_epoch = (int(config.get("round", 1)) - 1) * epochs
+        self._apply_lr(config.get("lr"))
+        if config.get("proximal_mu") and "proximal_mu" not in self._warned:
+            self._warned.add("proximal_mu")
+            logger.warning("%s: FedProx's proximal term is not applied to scikit-learn "
+                           "estimators; training without it", self.name)
+        if len(x) == 0:
+            return FitOutcome(num_examples=0, first_epoch=first_epoch)
+        history: dict[str, list[float]] = {}
+        with warnings.catch_warnings():
+            # A round is a bounded amount of local work: not converging is expected.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for _ in range(epochs):
+                self._one_epoch(x, y, config)
+                for key, value in self._score(x, y).items():
+                    history.setdefault(key, []).append(value)
+        metrics = {key: values[-1] for key, values in history.items()}
+        return FitOutcome(num_examples=len(x), metrics=metrics, history=history,
+                          first_epoch=first_epoch)
+
+    def _one_epoch(self, x, y, config: dict) -> None:
+        est = self.estimator
+        if not self._uses_full_fit():
+            if self.name == "MLPClassifier":
+                est.batch_size = max(1, min(int(config.get("batch_size", 200)), len(x)))
+            est.partial_fit(x, y, classes=self.classes)
+            return
+        x, y, weight = self._with_every_class(x, y)
+        max_iter = est.max_iter
+        est.max_iter = int(config.get("max_iter", max_iter))
+        try:
+            est.fit(x, y, sample_weight=weight)
+        finally:
+            est.max_iter = max_iter
+
+    def _with_every_class(self, x, y):
+        """A full ``fit`` learns the classes from y: add one zero-weight row per absent class,
+        so a client whose data lacks a class keeps the model's shape and contributes nothing
+        for that class."""
+        missing = np.setdiff1d(self.classes, y)
+        if not len(missing):
+            return x, y, None
+        pad = np.zeros((len(missing), x.shape[1]), dtype=DTYPE)
+        if scipy.sparse.issparse(x):
+            x = scipy.sparse.vstack([x, pad], format="csr")
+        else:
+            x = np.vstack([x, pad])
+        weight = np.concatenate([np.ones(len(y)), np.zeros(len(missing))])
+        return x, np.concatenate([y, missing]), weight
+
+    def _apply_lr(self, lr) -> None:
+        if lr is None:
+            return
+        est = self.estimator
+        if self.name == "SGDClassifier":
+            est.eta0 = float(lr)
+            if est.learning_rate == "optimal" and "lr" not in self._warned:
+                self._warned.add("lr")
+                logger.warning("SGDClassifier: lr sets eta0, which learning_rate='optimal' "
+                               "ignores; use learning_rate='constant', 'invscaling' or 'adaptive'")
+        elif self.name == "MLPClassifier":
+            est.learning_rate_init = float(lr)
+            optimizer = getattr(est, "_optimizer", None)  # built once, keeps its own copy
+            for attr in ("learning_rate_init", "learning_rate"):
+                if optimizer is not None and hasattr(optimizer, attr):
+                    setattr(optimizer, attr, float(lr))
+
+    def evaluate(self, data, target, config: dict) -> tuple[float, int, dict]:
+        """``(loss, n, {"accuracy": ...})``. The loss is the log loss when the estimator has
+        ``predict_proba``; otherwise (e.g. SGDClassifier's hinge loss) the multiclass hinge
+        loss, also named in the metrics as ``hinge_loss``."""
+        self._require_initialized()
+        x, y = self._check_xy(data, target)
+        if len(x) == 0:
+            return float("nan"), 0, {}
+        scores = self._score(x, y)
+        loss = scores["loss"] if "loss" in scores else scores["hinge_loss"]
+        return loss, len(x), {k: v for k, v in scores.items() if k != "loss"}
+
+    def _score(self, x, y) -> dict[str, float]:
+        est = self.estimator
+        accuracy = float(np.mean(est.predict(x) == y))
+        if hasattr(est, "predict_proba"):
+            return {"loss": float(log_loss(y, est.predict_proba(x), labels=self.classes)),
+                    "accuracy": accuracy}
+        loss = hinge_loss(y, est.decision_function(x), labels=self.classes)
+        return {"hinge_loss": float(loss), "accuracy": accuracy}
+
+    def _check_xy(self, data, target):
+        x = check_array(data, accept_sparse="csr", dtype=DTYPE, ensure_min_samples=0)
+        y = _labels(target, len(x))
+        if x.shape[1] != self.n_features:
+            raise ConfigurationError(
+                f"the data has {x.shape[1]} features; the {self.name} expects {self.n_features}")
+        unknown = np.setdiff1d(y, self.classes)
+        if len(unknown):
+            raise ConfigurationError(
+                f"the targets hold labels {unknown.tolist()[:10]} that are not among the "
+                f"{self.name}'s classes {self.classes.tolist()[:20]}")
+        return x, y
+
+
+def sklearn_from_description(description: dict) -> SklearnAdapter:
+    """Rebuild the server's estimator from WELCOME's ``{"kind": "sklearn", ...}``.
+
+    Only SGDClassifier, LogisticRegression and MLPClassifier are built, only with parameters
+    that class has, and only from JSON scalars (or flat lists of them): anything else is a
+    ModelMismatchError naming the offending value.
+    """
+    if not isinstance(description, dict) or description.get("kind") != "sklearn":
+        raise ModelMismatchError(f"not a scikit-learn model description: {description!r:.200}")
+    name = description.get("estimator")
+    if not isinstance(name, str) or name not in ESTIMATORS:
+        raise ModelMismatchError(
+            f"refusing to build estimator {name!r:.100} from the network: PyFed clients build "
+            f"only {', '.join(ESTIMATORS)}. For another model, pass your own to "
+            "FL_Client(model=...)")
+    cls = ESTIMATORS[name]
+    versions = (f"scikit-learn {sklearn.__version__} here, "
+                f"{description.get('sklearn_version', 'unknown')} on the server")
+    params = description.get("params", {})
+    if not isinstance(params, dict):
+        raise ModelMismatchError(
+            f"{name} params must be an object; received {type(params).__name__}")
+    known = cls().get_params(deep=False)
+    decoded = {}
+    for key, value in params.items():
+        if key not in known:
+            raise ModelMismatchError(
+                f"unknown {name} parameter {key!r:.100} ({versions}); known: {sorted(known)}")
+        decoded[key] = _decode(name, key, value)
+    n_features, classes = description.get("n_features"), description.get("classes")
+    if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
+        raise ModelMismatchError(
+            f"{name} n_features must be a positive integer; received {n_features!r:.100}")
+    if (not isinstance(classes, list) or len(classes) < 2
+            or not all(isinstance(c, _SCALARS[1:]) for c in classes)):
+        raise ModelMismatchError(
+            f"{name} classes must be a list of at least 2 labels (numbers or strings); "
+            f"received {classes!r:.200}")
+    estimator = cls()
+    try:
+        estimator.set_params(**decoded)
+        if hasattr(estimator, "_validate_params"):  # scikit-learn's own constraints, early
+            estimator._validate_params()
+        return SklearnAdapter(estimator, n_features=n_features, classes=classes)
+    except (ValueError, TypeError) as exc:  # InvalidParameterError and ConfigurationError too
+        raise ModelMismatchError(f"cannot build the server's {name} ({versions}): {exc}") from exc
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def _estimator_name(estimator) -> str:
+    for name, cls in ESTIMATORS.items():
+        if isinstance(estimator, cls):
+            if type(estimator) is not cls:
+                logger.warning("%s is federated as a plain %s: clients that rebuild it from the "
+                               "server build a %s", type(estimator).__name__, name, name)
+            return name
+    kind = type(estimator)
+    raise ConfigurationError(
+        f"PyFed federates scikit-learn's {', '.join(ESTIMATORS)}; received "
+        f"{kind.__module__}.{kind.__name__}. For another model, implement "
+        "pyfed.models.ModelAdapter")
+
+
+def _check_settings(name: str, est) -> None:
+    """Settings whose hidden state or training loop cannot follow the global weights."""
+    if name == "SGDClassifier" and est.average:
+        raise ConfigurationError(
+            "SGDClassifier(average=...) keeps averaged weights that FedAvg cannot share; "
+            f"use average=False (received average={est.average!r})")
+    if name == "SGDClassifier" and isinstance(est.class_weight, str):
+        raise ConfigurationError(
+            "SGDClassifier(class_weight='balanced') cannot train with partial_fit; pass a dict of "
+            "weights, e.g. from sklearn.utils.class_weight.compute_class_weight")
+    if name == "LogisticRegression" and est.solver == "liblinear":
+        raise ConfigurationError(
+            "LogisticRegression(solver='liblinear') ignores warm_start, so local training would "
+            "not start from the global weights; use 'lbfgs', 'newton-cg', 'sag' or 'saga'")
+    if name in ("SGDClassifier", "MLPClassifier") and est.early_stopping and not (
+            name == "MLPClassifier" and est.solver == "lbfgs"):
+        raise ConfigurationError(
+            f"{name}(early_stopping=True) is not supported: PyFed trains with partial_fit, and "
+            "the rounds and epochs bound the training; use early_stopping=False")
+
+
+def _is_fitted(est) -> bool:
+    return hasattr(est, "coefs_" if isinstance(est, MLPClassifier) else "coef_")
+
+
+def _check_n_features(n_features) -> int:
+    if (isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer))
+            or n_features < 1):
+        raise ConfigurationError(f"n_features must be a positive integer; received {n_features!r}")
+    return int(n_features)
+
+
+def _check_classes(classes) -> np.ndarray:
+    if isinstance(classes, (str, bytes)):
+        raise ConfigurationError(
+            f"classes must be a list of labels; received the string {classes!r:.100}")
+    try:
+        values = np.unique(np.asarray(list(classes)))
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"classes must be labels of one type; received {classes!r:.200} ({exc})") from None
+    if values.ndim != 1 or len(values) < 2 or values.dtype.kind not in "biufU":
+        raise ConfigurationError(
+            "classes must list at least 2 labels (numbers or strings), e.g. range(10); received "
+            f"{classes!r:.200}")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ConfigurationError(f"classes must be finite; received {values.tolist()[:20]}")
+    return values
+
+
+def _labels(target, n: int) -> np.ndarray:
+    y = np.asarray(target)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise ConfigurationError(
+            f"scikit-learn targets must be one label per row; received shape {list(y.shape)} "
+            "(one-hot? use y.argmax(axis=1))")
+    if len(y) != n:
+        raise ConfigurationError(f"data has {n} rows but targets have {len(y)}")
+    return y
+
+
+def _parameter_count(name: str, est, n_features: int, n_classes: int) -> int:
+    outputs = 1 if n_classes == 2 else n_classes
+    if name != "MLPClassifier":
+        return (n_features + 1) * outputs
+    hidden = est.hidden_layer_sizes
+    hidden = list(hidden) if hasattr(hidden, "__iter__") else [hidden]
+    units = [n_features] + [int(h) for h in hidden] + [outputs]
+    return sum((a + 1) * b for a, b in itertools.pairwise(units))
+
+
+def _encode(value):
+    """A parameter as JSON: scalars, flat lists of them; non-finite floats as {"float": "inf"}."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}  # 'inf', '-inf', 'nan'
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_encode(item) for item in value]
+        if any(isinstance(item, (list, dict)) for item in items):
+            raise TypeError("nested")
+        return items
+    raise TypeError(type(value).__name__)
+
+
+def _decode(name: str, key: str, value):
+    if isinstance(value, _SCALARS):
+        return value
+    if (isinstance(value, dict) and set(value) == {"float"}
+            and value["float"] in ("inf", "-inf", "nan")):
+        return float(value["float"])
+    if isinstance(value, list) and all(isinstance(item, _SCALARS) for item in value):
+        return tuple(value)  # hidden_layer_sizes=(32,) travels as [32]
+    raise ModelMismatchError(
+        f"{name} parameter {key!r} must be a number, string, boolean, null or a flat list of "
+        f"those; received {value!r:.100}")

@@ -1,0 +1,531 @@
+"""Strategies and their aggregation math, against hand-computed numbers. No sockets, no TF."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyfed.errors import ConfigurationError, RoundError
+from pyfed.strategy import (
+    EvaluateResult,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    FitResult,
+    Krum,
+    MultiKrum,
+    Strategy,
+    aggregate,
+    join_arrays,
+    split_arrays,
+)
+
+F64 = np.float64
+
+
+def fit(client, *arrays, n=1, **metrics):
+    return FitResult(client, tuple(np.asarray(a) for a in arrays), n, metrics)
+
+
+def run_round(strategy, server_round, parameters, results):
+    strategy.begin(server_round, parameters)
+    for result in results:
+        strategy.add(result)
+    return strategy.finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregate.py: pure functions
+# ---------------------------------------------------------------------------------------------
+
+def test_weighted_sum_matches_batch_numpy_and_casts_back():
+    rng = np.random.default_rng(0)
+    updates = [[rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=5).astype(np.float32)]
+               for _ in range(5)]
+    weights = [1, 7, 3, 2, 10]
+    result = aggregate.weighted_average(updates, weights)
+    for index in range(2):
+        stack = np.stack([u[index].astype(F64) for u in updates])
+        expected = np.average(stack, axis=0, weights=weights)
+        assert result[index].dtype == np.float32
+        np.testing.assert_allclose(result[index], expected.astype(np.float32), rtol=1e-6)
+
+
+def test_weighted_sum_rounds_integer_tensors():
+    # (0*1 + 3*2)/3 = 2 ; (4*1 + 8*2)/3 = 6.67 -> 7
+    mean = aggregate.weighted_average([[np.array([0, 4], np.int32)], [np.array([3, 8], np.int32)]],
+                                      [1, 2])
+    assert mean[0].dtype == np.int32 and mean[0].tolist() == [2, 7]
+
+
+def test_weighted_metrics_and_loss():
+    metrics = aggregate.weighted_metrics([(10, {"acc": 0.5, "name": "x", "flag": True}),
+                                          (30, {"acc": 0.9})])
+    assert metrics == pytest.approx({"acc": 0.8})
+    assert aggregate.weighted_loss([(10, 1.0), (30, 2.0), (0, 100.0)]) == pytest.approx(1.75)
+    assert aggregate.weighted_loss([(0, 1.0)]) is None
+
+
+def test_median_odd_and_even():
+    three = [[np.array([1.0, 5.0])], [np.array([2.0, 3.0])], [np.array([10.0, 4.0])]]
+    assert aggregate.median(three)[0].tolist() == [2.0, 4.0]
+    four = [[np.array([1.0])], [np.array([2.0])], [np.array([3.0])], [np.array([100.0])]]
+    assert aggregate.median(four)[0].tolist() == [2.5]
+
+
+def test_trimmed_mean_cuts_from_each_end():
+    # beta=0.2, n=5: int(1.0) = 1 value cut from each end.
+    updates = [[np.array([v, w])] for v, w in [(1, -50), (2, 0), (3, 1), (4, 2), (100, 3)]]
+    assert aggregate.trimmed_mean(updates, 0.2)[0].tolist() == [3.0, 1.0]
+    # n=4: int(0.8) = 0 cut, the plain mean.
+    four = [[np.array([v], F64)] for v in (1, 2, 3, 10)]
+    assert aggregate.trimmed_mean(four, 0.2)[0].tolist() == [4.0]
+    # beta=0.25, n=4: 1 cut from each end -> mean(2, 3).
+    assert aggregate.trimmed_mean(four, 0.25)[0].tolist() == [2.5]
+    with pytest.raises(ValueError, match="beta must be in"):
+        aggregate.trimmed_mean(four, 0.5)
+
+
+# A, B, C honest and close together; D far away. Two tensors, so distances sum across tensors.
+KRUM_UPDATES = {"a": ([0.0], [0.0]), "b": ([1.0], [0.0]), "c": ([0.0], [2.0]),
+                "d": ([10.0], [10.0])}
+# Squared distances: ab=1 ac=4 ad=200 bc=5 bd=181 cd=164.
+
+
+def krum_list():
+    return [[np.array(x) for x in KRUM_UPDATES[k]] for k in "abcd"]
+
+
+def test_pairwise_distances_and_krum_scores():
+    distances = aggregate.pairwise_sq_distances(krum_list())
+    np.testing.assert_array_equal(distances, [[0, 1, 4, 200], [1, 0, 5, 181],
+                                              [4, 5, 0, 164], [200, 181, 164, 0]])
+    # f=0: n-f-2 = 2 nearest. a: 1+4, b: 1+5, c: 4+5, d: 164+181.
+    assert aggregate.krum_scores(krum_list(), 0).tolist() == [5, 6, 9, 345]
+    # f=1: 1 nearest.
+    assert aggregate.krum_scores(krum_list(), 1).tolist() == [1, 1, 4, 164]
+    # f=3: n-f-2 < 1, so at least 1 neighbour counts (as Flower).
+    assert aggregate.krum_scores(krum_list(), 3).tolist() == [1, 1, 4, 164]
+    assert aggregate.krum_select(krum_list(), 0, 0) == [0]
+    assert aggregate.krum_select(krum_list(), 0, 2) == [0, 1]
+    assert aggregate.krum_select(krum_list(), 0, 3) == [0, 1, 2]
+
+
+def test_fedavgm_update_two_steps():
+    # g1 = [1,2]-[0,3] = [1,-1]; v1 = g1; new = [1,2] - 0.5*[1,-1] = [0.5, 2.5]
+    new, v = aggregate.fedavgm_update([np.array([1.0, 2.0])], [np.array([0.0, 3.0])], None,
+                                      server_learning_rate=0.5, server_momentum=0.9)
+    np.testing.assert_allclose(new[0], [0.5, 2.5])
+    np.testing.assert_allclose(v[0], [1.0, -1.0])
+    # g2 = [0.5,2.5]-[0.5,3.5] = [0,-1]; v2 = 0.9*[1,-1] + [0,-1] = [0.9,-1.9]
+    # new = [0.5,2.5] - 0.5*[0.9,-1.9] = [0.05, 3.45]
+    new, v = aggregate.fedavgm_update(new, [np.array([0.5, 3.5])], v,
+                                      server_learning_rate=0.5, server_momentum=0.9)
+    np.testing.assert_allclose(new[0], [0.05, 3.45])
+    np.testing.assert_allclose(v[0], [0.9, -1.9])
+
+
+# FedOpt hand computations: eta=1, beta_1=0.5, beta_2=0.6, tau=0.5, x0=[1,-1,0],
+# round 1 delta d1=[1,0,2], round 2 delta d2=[-1,2,0.5].
+X0 = np.array([1.0, -1.0, 0.0])
+D1 = np.array([1.0, 0.0, 2.0])
+D2 = np.array([-1.0, 2.0, 0.5])
+OPT = {"eta": 1.0, "beta_1": 0.5, "beta_2": 0.6, "tau": 0.5}
+# Adam: m1=[.5,0,1] v1=[.4,0,1.6]; rate1 = sqrt(1-.6**2)/(1-.5**2) = .8/.75
+#       m2=[-.25,1,.75] v2=[.64,1.6,1.06]; rate2 = sqrt(1-.6**3)/(1-.5**3) = sqrt(.784)/.875
+ADAM_X1 = [1.470953002786403, -1.0, 0.6043741740779075]
+ADAM_X2 = [1.2763513006221952, -0.4266403152792154, 1.100559444932945]
+# Yogi: v1 = [.4,0,1.6]; v2 = [.4+.4, 0+1.6, 1.6-.4*.25] = [.8,1.6,1.5]; plain eta.
+YOGI_X1 = [1.4415184401122527, -1.0, 0.5666007881980383]
+YOGI_X2 = [1.2622333532941092, -0.4333992118019617, 1.0014477110329918]
+# Adagrad: m = delta; v1 = [1,0,4] -> x1 = [1+1/1.5, -1, 2/2.5]; v2 = [2,4,4.25].
+ADAGRAD_X1 = [1 + 1 / 1.5, -1.0, 0.8]
+ADAGRAD_X2 = [1.1442589167391837, -0.19999999999999996, 0.9951941016011039]
+
+
+def test_fedadam_update_bias_corrected():
+    x1, m, v = aggregate.fedadam_update([X0], [X0 + D1], None, None, server_round=1, **OPT)
+    np.testing.assert_allclose(m[0], [0.5, 0.0, 1.0])
+    np.testing.assert_allclose(v[0], [0.4, 0.0, 1.6])
+    np.testing.assert_allclose(x1[0], ADAM_X1, rtol=1e-12)
+    x2, m, v = aggregate.fedadam_update(x1, [x1[0] + D2], m, v, server_round=2, **OPT)
+    np.testing.assert_allclose(m[0], [-0.25, 1.0, 0.75])
+    np.testing.assert_allclose(v[0], [0.64, 1.6, 1.06])
+    np.testing.assert_allclose(x2[0], ADAM_X2, rtol=1e-12)
+
+
+def test_fedyogi_and_fedadagrad_updates():
+    x1, m, v = aggregate.fedyogi_update([X0], [X0 + D1], None, None, **OPT)
+    np.testing.assert_allclose(x1[0], YOGI_X1, rtol=1e-12)
+    x2, m, v = aggregate.fedyogi_update(x1, [x1[0] + D2], m, v, **OPT)
+    np.testing.assert_allclose(v[0], [0.8, 1.6, 1.5])
+    np.testing.assert_allclose(x2[0], YOGI_X2, rtol=1e-12)
+    x1, m, v = aggregate.fedadagrad_update([X0], [X0 + D1], None, None, eta=1.0, tau=0.5)
+    np.testing.assert_allclose(x1[0], ADAGRAD_X1, rtol=1e-12)
+    x2, m, v = aggregate.fedadagrad_update(x1, [x1[0] + D2], m, v, eta=1.0, tau=0.5)
+    np.testing.assert_allclose(m[0], D2)
+    np.testing.assert_allclose(v[0], [2.0, 4.0, 4.25])
+    np.testing.assert_allclose(x2[0], ADAGRAD_X2, rtol=1e-12)
+
+
+def test_pure_functions_do_not_modify_inputs():
+    current, average, m, v = [X0.copy()], [X0 + D1], [np.ones(3)], [np.ones(3)]
+    aggregate.fedadam_update(current, average, m, v, server_round=3, **OPT)
+    aggregate.fedavgm_update(current, average, m, server_learning_rate=1, server_momentum=0.5)
+    updates = krum_list()
+    aggregate.trimmed_mean(updates, 0.25)
+    np.testing.assert_array_equal(current[0], X0)
+    np.testing.assert_array_equal(m[0], np.ones(3))
+    assert [u[0][0] for u in updates] == [0.0, 1.0, 0.0, 10.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# FedAvg: streaming, sampling, configs, evaluation, checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def test_fedavg_round_hand_computed():
+    # (1*[1,2] + 3*[3,6]) / 4 = [2.5, 5.0] ; (1*10 + 3*20)/4 = 17.5
+    params = [np.zeros(2, np.float32), np.zeros(1, np.float32)]
+    new, metrics = run_round(FedAvg(), 1, params, [fit("a", [1, 2], [10], n=1, acc=0.2),
+                                                   fit("b", [3, 6], [20], n=3, acc=0.6)])
+    assert new[0].dtype == np.float32
+    assert new[0].tolist() == [2.5, 5.0] and new[1].tolist() == [17.5]
+    assert metrics == pytest.approx({"acc": 0.5})
+
+
+def test_fedavg_streaming_equals_batch_and_keeps_no_references():
+    rng = np.random.default_rng(1)
+    params = [np.zeros((4, 3), np.float32), np.zeros(7, np.float32)]
+    updates = [[rng.normal(size=p.shape).astype(np.float32) for p in params] for _ in range(6)]
+    counts = [5, 1, 9, 2, 2, 30]
+    expected = aggregate.weighted_average(updates, counts)
+    strategy = FedAvg()
+    strategy.begin(1, params)
+    for index, (update, count) in enumerate(zip(updates, counts)):
+        buffer = [u.copy() for u in update]  # plays the pooled receive buffer
+        strategy.add(FitResult(f"c{index}", tuple(buffer), count))
+        for array in buffer:
+            array[...] = 1e6  # reused right after add() returns
+    new, _ = strategy.finish()
+    for got, want in zip(new, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not FedAvg.needs_all_updates
+
+
+@pytest.mark.parametrize("make", [FedMedian, FedTrimmedAvg, Krum,
+                                  lambda: MultiKrum(num_to_keep=2)])
+def test_needs_all_updates_strategies_copy(make):
+    strategy = make()
+    assert strategy.needs_all_updates
+    params = [np.zeros(2)]
+    clean = [[np.array([1.0, 2.0])], [np.array([2.0, 3.0])], [np.array([4.0, 4.0])]]
+    expected, _ = run_round(make(), 1, params, [fit(f"c{i}", *u) for i, u in enumerate(clean)])
+    strategy.begin(1, params)
+    for index, update in enumerate(clean):
+        buffer = [u.copy() for u in update]
+        strategy.add(FitResult(f"c{index}", tuple(buffer), 1))
+        buffer[0][...] = -1e6
+    got, _ = strategy.finish()
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
+def test_sampling_fraction_and_seed():
+    clients = ["d", "b", "a", "c"]
+    params = [np.zeros(1)]
+
+    def sequence(seed, rounds=8):
+        strategy = FedAvg(fraction_fit=0.5, seed=seed)
+        return [[name for name, _ in strategy.configure_fit(r, params, clients)]
+                for r in range(1, rounds + 1)]
+
+    first = sequence(7)
+    assert all(len(chosen) == 2 and set(chosen) <= set(clients) for chosen in first)
+    assert first == sequence(7)
+    assert first != sequence(8)
+    assert len({tuple(c) for c in first}) > 1  # it does vary from round to round
+    # Client order does not matter, only the seed.
+    strategy = FedAvg(fraction_fit=0.5, seed=7)
+    assert [n for n, _ in strategy.configure_fit(1, params, sorted(clients))] == first[0]
+
+
+def test_sample_size_rules():
+    strategy = FedAvg(fraction_fit=0.5, min_fit_clients=3, min_available_clients=3, seed=0)
+    assert len(strategy.configure_fit(1, [], ["a", "b", "c", "d"])) == 3
+    assert strategy.num_fit_clients(100) == 50
+    assert FedAvg(fraction_fit=0.29).num_fit_clients(100) == 29
+    assert FedAvg(fraction_fit=0.1).num_fit_clients(4) == 1  # min_fit_clients=1
+    assert FedAvg(min_fit_clients=5).num_fit_clients(3) == 3  # capped at n
+    with pytest.raises(RoundError, match="2 clients connected; min_available_clients is 3"):
+        strategy.configure_fit(2, [], ["a", "b"])
+
+
+def test_fit_config_reaches_every_sampled_client():
+    strategy = FedAvg(fraction_fit=0.5, seed=3,
+                      on_fit_config_fn=lambda r: {"epochs": r, "lr": 0.1})
+    plan = strategy.configure_fit(4, [], ["a", "b", "c", "d", "e", "f"])
+    assert len(plan) == 3
+    assert all(config == {"epochs": 4, "lr": 0.1} for _, config in plan)
+    plan[0][1]["epochs"] = 99  # each client gets its own dict
+    assert plan[1][1]["epochs"] == 4
+    bad = FedAvg(on_fit_config_fn=lambda r: [1])
+    with pytest.raises(ConfigurationError, match="on_fit_config_fn must return a dict"):
+        bad.configure_fit(1, [], ["a"])
+
+
+def test_configure_evaluate():
+    assert FedAvg(fraction_evaluate=0.0).configure_evaluate(1, [], ["a", "b"]) == []
+    strategy = FedAvg(fraction_evaluate=0.5, seed=1, on_evaluate_config_fn=lambda r: {"r": r})
+    plan = strategy.configure_evaluate(2, [], ["a", "b", "c", "d"])
+    assert len(plan) == 2 and all(config == {"r": 2} for _, config in plan)
+
+
+def test_aggregate_evaluate_weighting():
+    results = [EvaluateResult("a", 10, 1.0, {"acc": 0.5}),
+               EvaluateResult("b", 30, 2.0, {"acc": 0.9}),
+               EvaluateResult("c", 0, 100.0, {"acc": 0.0})]
+    loss, metrics = FedAvg().aggregate_evaluate(1, results)
+    assert loss == pytest.approx(1.75)  # (10*1 + 30*2) / 40; c has no examples
+    assert metrics == pytest.approx({"acc": 0.8})  # (10*.5 + 30*.9) / 40
+    seen = []
+    custom = FedAvg(evaluate_metrics_aggregation_fn=lambda pairs: seen.append(pairs) or {"k": 1})
+    assert custom.aggregate_evaluate(1, results) == (pytest.approx(1.75), {"k": 1})
+    assert seen == [[(10, {"acc": 0.5}), (30, {"acc": 0.9})]]
+    assert FedAvg().aggregate_evaluate(1, []) == (None, {})
+
+
+def test_fit_metrics_aggregation_fn_and_centralized_evaluate():
+    strategy = FedAvg(fit_metrics_aggregation_fn=lambda pairs: {"n": sum(n for n, _ in pairs)},
+                      evaluate_fn=lambda r, p, c: (float(p[0].sum()) + r, {"cfg": len(c)}))
+    _, metrics = run_round(strategy, 1, [np.zeros(1)], [fit("a", [1.0], n=2), fit("b", [3.0], n=5)])
+    assert metrics == {"n": 7}
+    assert strategy.evaluate(2, [np.array([1.0, 2.0])]) == (5.0, {"cfg": 0})
+    assert FedAvg().evaluate(1, []) is None
+
+
+def test_argument_validation_messages():
+    cases = [
+        (lambda: FedAvg(fraction_fit=1.5), "fraction_fit must be in (0, 1]; received 1.5"),
+        (lambda: FedAvg(fraction_fit=0), "fraction_fit must be in (0, 1]; received 0"),
+        (lambda: FedAvg(fraction_evaluate=-0.1),
+         "fraction_evaluate must be in [0, 1]; received -0.1"),
+        (lambda: FedAvg(min_fit_clients=0), "min_fit_clients must be an integer >= 1; received 0"),
+        (lambda: FedAvg(min_available_clients=2.5),
+         "min_available_clients must be an integer >= 1; received 2.5"),
+        (lambda: FedAvg(on_fit_config_fn=3), "on_fit_config_fn must be callable or None"),
+        (lambda: FedAvg(seed=-1), "seed must be an integer >= 0; received -1"),
+        (lambda: FedProx(proximal_mu=-0.1), "proximal_mu must be in [0, inf); received -0.1"),
+        (lambda: FedAvgM(server_momentum=1.0), "server_momentum must be in [0, 1); received 1.0"),
+        (lambda: FedAvgM(server_learning_rate=0),
+         "server_learning_rate must be in (0, inf); received 0"),
+        (lambda: FedAdam(tau=0), "tau must be in (0, inf); received 0"),
+        (lambda: FedYogi(beta_2=1.2), "beta_2 must be in [0, 1); received 1.2"),
+        (lambda: FedTrimmedAvg(beta=0.5), "beta must be in [0, 0.5); received 0.5"),
+        (lambda: Krum(num_malicious=-1), "num_malicious must be an integer >= 0; received -1"),
+        (lambda: MultiKrum(num_to_keep=0), "num_to_keep must be an integer >= 1; received 0"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ConfigurationError) as info:
+            make()
+        assert message in str(info.value)
+    assert FedAvg(fraction_evaluate=0).fraction_evaluate == 0.0
+    assert issubclass(ConfigurationError, ValueError)
+
+
+def test_finish_and_add_misuse():
+    strategy = FedAvg()
+    with pytest.raises(RuntimeError, match="before begin"):
+        strategy.add(fit("a", [1.0]))
+    strategy.begin(1, [np.zeros(1)])
+    with pytest.raises(RuntimeError, match="no results"):
+        strategy.finish()
+
+
+def jsonify(state):
+    """A checkpoint's round trip: arrays to nested lists, through JSON text, back."""
+    def walk(value):
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v) for v in value]
+        return value
+    return json.loads(json.dumps(walk(state)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: FedAvg(fraction_fit=0.5, seed=11),
+    lambda: FedAvgM(fraction_fit=0.5, server_learning_rate=0.7, server_momentum=0.9),
+    lambda: FedAdam(fraction_fit=0.5, **OPT),
+    lambda: FedYogi(fraction_fit=0.5, **OPT),
+    lambda: FedAdagrad(fraction_fit=0.5, eta=1.0, tau=0.5),
+])
+def test_state_dict_round_trip_resumes_identically(make):
+    clients = ["a", "b", "c", "d"]
+    original = make()
+    params = [np.array([1.0, -1.0, 0.0]), np.array([[0.5]], np.float32)]
+
+    def play(strategy, server_round, parameters):
+        plan = strategy.configure_fit(server_round, parameters, clients)
+        results = [fit(name, parameters[0] + (i + 1) * D1, parameters[1] - i, n=i + 1)
+                   for i, (name, _) in enumerate(plan)]
+        return plan, run_round(strategy, server_round, parameters, results)[0]
+
+    _, params = play(original, 1, params)
+    state = original.state_dict()
+    resumed = make()
+    resumed.load_state_dict(jsonify(state))
+    again = make()
+    document, arrays = split_arrays(state)
+    again.load_state_dict(join_arrays(json.loads(json.dumps(document)), arrays))
+    plan, want = play(original, 2, params)
+    for other in (resumed, again):
+        other_plan, got = play(other, 2, params)
+        assert other_plan == plan
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
+def test_load_state_dict_rejects_other_strategy():
+    with pytest.raises(ConfigurationError, match="holds FedAvg state; this strategy is FedAdam"):
+        FedAdam().load_state_dict(FedAvg().state_dict())
+
+
+def test_split_arrays_rejects_unpicklable_state():
+    with pytest.raises(TypeError, match="cannot be checkpointed"):
+        split_arrays({"x": object()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants
+# ---------------------------------------------------------------------------------------------
+
+def test_fedprox_sends_mu_and_averages_like_fedavg():
+    strategy = FedProx(0.01, on_fit_config_fn=lambda r: {"epochs": 2})
+    plan = strategy.configure_fit(1, [], ["a", "b"])
+    assert plan == [("a", {"epochs": 2, "proximal_mu": 0.01}),
+                    ("b", {"epochs": 2, "proximal_mu": 0.01})]
+    new, _ = run_round(strategy, 1, [np.zeros(2)], [fit("a", [1, 2], n=1), fit("b", [3, 6], n=3)])
+    assert new[0].tolist() == [2.5, 5.0]
+
+
+def test_fedavgm_two_rounds():
+    strategy = FedAvgM(server_learning_rate=0.5, server_momentum=0.9)
+    # Round 1 average: (1*[0,2] + 1*[0,4]) / 2 = [0,3] -> see test_fedavgm_update_two_steps.
+    x1, _ = run_round(strategy, 1, [np.array([1.0, 2.0])], [fit("a", [0.0, 2.0]),
+                                                            fit("b", [0.0, 4.0])])
+    np.testing.assert_allclose(x1[0], [0.5, 2.5])
+    x2, _ = run_round(strategy, 2, x1, [fit("a", [0.5, 3.5], n=4)])
+    np.testing.assert_allclose(x2[0], [0.05, 3.45])
+    np.testing.assert_allclose(strategy.state_dict()["momentum"][0], [0.9, -1.9])
+    # Defaults are plain FedAvg.
+    plain, _ = run_round(FedAvgM(), 1, [np.zeros(2)],
+                         [fit("a", [1, 2], n=1), fit("b", [3, 6], n=3)])
+    assert plain[0].tolist() == [2.5, 5.0]
+
+
+def opt_rounds(strategy):
+    """Two rounds with 2 clients each whose weighted average is x + d: a sends x+d-e (n=1),
+    b sends x+d+e/3 (n=3)."""
+    e = np.array([0.3, 0.6, -0.9])
+    x1, _ = run_round(strategy, 1, [X0], [fit("a", X0 + D1 - e, n=1),
+                                          fit("b", X0 + D1 + e / 3, n=3)])
+    x2, _ = run_round(strategy, 2, x1, [fit("a", x1[0] + D2 - e, n=1),
+                                        fit("b", x1[0] + D2 + e / 3, n=3)])
+    return x1[0], x2[0]
+
+
+@pytest.mark.parametrize("make, want1, want2", [
+    (lambda: FedAdam(**OPT), ADAM_X1, ADAM_X2),
+    (lambda: FedYogi(**OPT), YOGI_X1, YOGI_X2),
+    (lambda: FedAdagrad(eta=1.0, tau=0.5), ADAGRAD_X1, ADAGRAD_X2),
+])
+def test_fedopt_strategies_two_rounds(make, want1, want2):
+    strategy = make()
+    x1, x2 = opt_rounds(strategy)
+    np.testing.assert_allclose(x1, want1, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(x2, want2, rtol=1e-12, atol=1e-12)
+    assert set(strategy.state_dict()) >= {"m", "v", "rng_fit", "rng_evaluate"}
+
+
+def test_fedopt_defaults_match_flower():
+    adam, yogi, adagrad = FedAdam(), FedYogi(), FedAdagrad()
+    assert (adam.eta, adam.eta_l, adam.beta_1, adam.beta_2, adam.tau) == (0.1, 0.1, 0.9, 0.99,
+                                                                          1e-9)
+    assert (yogi.eta, yogi.eta_l, yogi.beta_1, yogi.beta_2, yogi.tau) == (0.01, 0.0316, 0.9, 0.99,
+                                                                          1e-3)
+    assert (adagrad.eta, adagrad.eta_l, adagrad.tau) == (0.1, 0.1, 1e-9)
+
+
+def test_fedopt_casts_back_to_float32_and_rounds_ints():
+    params = [np.array([1.0, -1.0, 0.0], np.float32), np.array([5, 5], np.int32)]
+    new, _ = run_round(FedAdagrad(eta=1.0, tau=0.5), 1, params,
+                       [fit("a", params[0] + D1.astype(np.float32), np.array([7, 5], np.int32))])
+    assert new[0].dtype == np.float32 and new[1].dtype == np.int32
+    np.testing.assert_allclose(new[0], np.array(ADAGRAD_X1, np.float32))
+    assert new[1].tolist() == [6, 5]  # 5 + 2/(2+0.5) = 5.8 -> 6 ; delta 0 -> 5
+
+
+def test_fedmedian_and_trimmed_avg_strategies():
+    params = [np.zeros(2, np.float32), np.zeros(1, np.int32)]
+    results = [fit("a", [1, 5], [1], n=100), fit("b", [2, 3], [2], n=1),
+               fit("c", [10, 4], [4], n=1), fit("d", [3, -8], [100], n=1)]
+    new, _ = run_round(FedMedian(), 1, params, results)
+    # medians: (1,2,3,10)->2.5 ; (-8,3,4,5)->3.5 ; (1,2,4,100)->3 ; unweighted
+    assert new[0].dtype == np.float32 and new[0].tolist() == [2.5, 3.5]
+    assert new[1].dtype == np.int32 and new[1].tolist() == [3]
+    new, _ = run_round(FedTrimmedAvg(beta=0.25), 1, params, results)
+    assert new[0].tolist() == [2.5, 3.5] and new[1].tolist() == [3]
+    # beta=0.2 with 4 clients cuts int(0.8)=0: plain unweighted mean (16/4, 4/4, 107/4).
+    new, _ = run_round(FedTrimmedAvg(), 1, params, results)
+    assert new[0].tolist() == [4.0, 1.0] and new[1].tolist() == [27]
+
+
+def test_krum_picks_honest_update_and_multikrum_averages():
+    results = [fit(name, *KRUM_UPDATES[name], n=n) for name, n in zip("dcba", (1, 1, 3, 1))]
+    params = [np.zeros(1), np.zeros(1)]
+    # f=0: scores a=5 b=6 c=9 d=345 -> Krum keeps a, whatever the arrival order.
+    new, _ = run_round(Krum(), 1, params, results)
+    assert [a.tolist() for a in new] == [[0.0], [0.0]]
+    # MultiKrum keeps a (n=1) and b (n=3): ([0]*1 + [1]*3)/4 = 0.75, second tensor 0.
+    new, _ = run_round(MultiKrum(num_to_keep=2), 1, params, results)
+    assert [a.tolist() for a in new] == [[0.75], [0.0]]
+    # Keeping 3 (a, b, c with n=1,3,1): first (0+3+0)/5 = 0.6, second (0+0+2)/5 = 0.4; d out.
+    new, _ = run_round(Krum(num_malicious=1, num_to_keep=3), 1, params, results)
+    np.testing.assert_allclose([a[0] for a in new], [0.6, 0.4])
+
+
+def test_every_strategy_is_a_strategy():
+    for cls in (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedMedian, FedTrimmedAvg, Krum):
+        strategy = cls()
+        assert isinstance(strategy, Strategy)
+        assert (strategy.min_fit_clients, strategy.min_available_clients,
+                strategy.min_evaluate_clients) == (1, 1, 1)
+
+
+def test_import_does_not_load_tensorflow():
+    code = ("import sys, pyfed.strategy; "
+            "sys.exit(1 if any(m.split('.')[0] == 'tensorflow' for m in sys.modules) else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
+
+
+def test_fold_multiplies_in_float64_not_in_the_update_dtype():
+    """float16 updates weighted by large example counts must not overflow, and float32 ones
+    must give the exactly rounded mean (regression: the product was taken in the input dtype)."""
+    from pyfed.strategy.aggregate import weighted_average
+
+    half = np.array([0.5, 2.0, -3.0], dtype=np.float16)
+    result = weighted_average([[half], [half]], [40_000, 20_000])[0]
+    assert result.dtype == np.float16 and np.array_equal(result, half)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(10_000).astype(np.float32), rng.standard_normal(10_000).astype(np.float32)
+    exact = ((a.astype(np.float64) * 3 + b.astype(np.float64) * 7) / 10).astype(np.float32)
+    assert np.array_equal(weighted_average([[a], [b]], [3, 7])[0], exact)

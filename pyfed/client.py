@@ -5,6 +5,7 @@ The data never leaves this process: only weights, example counts and metric hist
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -12,15 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from . import messages
-from .errors import (ConfigurationError, HandshakeError, ModelMismatchError, NetworkError,
+from . import auth
+from .errors import (AuthenticationError, ConfigurationError, HandshakeError, PyFedError,
+                     ModelMismatchError, NetworkError, TLSError,
                      ProtocolError, RemoteError)
 from .logs import RUN_MARKER, RunLogger
 from .models import FitOutcome, as_adapter
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES, VERSION, FrameLimits, Role
-from .spec import spec_hash
-from .transport import Channel, connect
+from .spec import spec_hash, spec_to_json
+from .transport import Channel, client_ssl_context, connect, tls_handshake
 
 logger = logging.getLogger("pyfed")
+
+
+class ServerStopped(NetworkError):
+    """The server said it is going away (Ctrl-C, a failure); it may come back (resume)."""
 
 
 class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
@@ -40,6 +47,11 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         validation_split: fraction of ``data`` (the last part, as in Keras) held out to evaluate
             the global model when the server asks (federated evaluation).
         val_data: ``(x, y)`` to use for that instead.
+        max_retries, retry_interval: after losing the server mid-training (a network fault, the
+            server restarting with ``resume=True``), reconnect up to ``max_retries`` times in a
+            row, waiting ``retry_interval`` seconds, doubling each try (default 5 and 1 s).
+        token / token_file: the federation's shared secret (else $PYFED_TOKEN).
+        ssl_cafile: connect over TLS, trusting this CA (``use_ssl=True`` uses the system's CAs).
     """
 
     def __init__(self, name: str, data: Any, target: Any, server_ip: str = "127.0.0.1",
@@ -47,7 +59,10 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                  verbose: Any = "auto", logdir: str | os.PathLike = "pyfed_logs",
                  timeout: float | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 validation_split: float = 0.0, val_data: tuple | None = None):
+                 validation_split: float = 0.0, val_data: tuple | None = None,
+                 max_retries: int = 5, retry_interval: float = 1.0,
+                 token: str | bytes | None = None, token_file: str | os.PathLike | None = None,
+                 ssl_cafile: str | None = None, use_ssl: bool | None = None):
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"name must be a non-empty string; received {name!r}")
         if data is not None and target is not None and len(data) != len(target):
@@ -64,47 +79,85 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         self.logdir = Path(logdir)
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
+        self.max_retries = max_retries
+        self.retry_interval = retry_interval
+        self.token = auth.resolve_token(token, token_file)
+        self.ssl_context = client_ssl_context(ssl_cafile) if (use_ssl or ssl_cafile) else None
         self.rounds_trained = 0
+        self.reconnections = 0
+        self._server_proved = False
         self.final_reason: str | None = None
 
     # ------------------------------------------------------------------------------------------
 
     def train(self, epochs: int = 1, batch_size: int = 32, lr: float | None = None,
               loss: Any = None, optimizer: Any = None, metrics: Any = None):
-        """Take part in every round until the server says FINISH. Returns the final model."""
-        channel = self._connect()
+        """Take part in every round until the server says FINISH. Returns the final model.
+
+        A lost connection is retried (``max_retries``, ``retry_interval``); refusals (a wrong
+        token, a different model, a duplicate run) are not, and raise at once.
+        """
+        defaults = {"epochs": epochs, "batch_size": batch_size, "verbose": self.verbose}
+        tb = None
+        failures_in_a_row = 0
+        channel = self._connect(self.connect_timeout)  # the first time, wait for the server
         try:
-            welcome = self._handshake(channel)
-            self._prepare_model(welcome, loss, optimizer, lr, metrics)
-            tb = self._local_logger(welcome)
-            defaults = {"epochs": epochs, "batch_size": batch_size, "verbose": self.verbose}
-            try:
-                self._serve(channel, defaults, tb)
-            finally:
-                if tb is not None:
-                    tb.close()
+            while True:
+                try:
+                    if channel is None:
+                        channel = self._connect(timeout=1.0)
+                        self.reconnections += 1
+                    welcome = self._handshake(channel)
+                    self._prepare_model(welcome, loss, optimizer, lr, metrics)
+                    if tb is None:
+                        tb = self._local_logger(welcome)
+                    failures_in_a_row = 0
+                    self._serve(channel, defaults, tb)
+                    return self.model
+                except TLSError:
+                    raise
+                except NetworkError as exc:  # includes ServerStopped and ConnectionClosed
+                    if channel is not None:
+                        channel.close()
+                        channel = None
+                    failures_in_a_row += 1
+                    if failures_in_a_row > self.max_retries:
+                        raise NetworkError(
+                            f"{self.name}: lost the server at {self.server_ip}:{self.server_port} "
+                            f"({exc}) and could not get back after {self.max_retries} tries") from None
+                    delay = min(self.retry_interval * 2 ** (failures_in_a_row - 1), 30.0)
+                    logger.warning("%s: connection lost (%s); reconnecting in %.1f s (try %d of %d)",
+                                   self.name, exc, delay, failures_in_a_row, self.max_retries)
+                    time.sleep(delay)
         finally:
-            channel.close()
-        return self.model
+            if channel is not None:
+                channel.close()
+            if tb is not None:
+                tb.close()
 
     # ------------------------------------------------------------------------------------------
 
-    def _connect(self) -> Channel:
-        deadline = time.monotonic() + self.connect_timeout
+    def _connect(self, timeout: float) -> Channel:
+        deadline = time.monotonic() + timeout
         delay = 0.1
         announced = False
         while True:
             try:
                 sock = connect(self.server_ip, self.server_port, timeout=10)
+                if self.ssl_context is not None:
+                    sock = tls_handshake(sock, self.ssl_context, server_side=False,
+                                         server_hostname=self.server_ip, timeout=30)
                 # No body may arrive before WELCOME (the header may: WELCOME carries the model JSON).
                 return Channel(sock, Role.CLIENT, FrameLimits(max_body_bytes=0),
                                peer=f"server {self.server_ip}:{self.server_port}")
+            except TLSError as exc:
+                raise TLSError(f"{self.name}: {exc}") from None  # retrying will not help
             except NetworkError as exc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise NetworkError(
                         f"{self.name}: could not reach the PyFed server at {self.server_ip}:"
-                        f"{self.server_port} within {self.connect_timeout:g} s ({exc}). Is the "
+                        f"{self.server_port} within {timeout:g} s ({exc}). Is the "
                         "server running, and are server_ip and server_port right?") from None
                 if not announced:
                     logger.info("%s: waiting for the server at %s:%d (%s)", self.name,
@@ -116,18 +169,52 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
     def _handshake(self, channel: Channel) -> messages.Welcome:
         # An unfitted estimator brought by the client takes the server's shapes after WELCOME.
         ready = self.adapter is not None and getattr(self.adapter, "initialized", True)
-        own_hash = spec_hash(self.adapter.spec()) if ready else None
-        channel.send(messages.Hello(client_name=self.name, protocol_version=VERSION,
-                                    spec_hash=own_hash, evaluates=self.val_data is not None))
+        nonce = auth.new_nonce() if self.token is not None else None
+        channel.send(messages.Hello(
+            client_name=self.name, protocol_version=VERSION,
+            spec_hash=spec_hash(self.adapter.spec()) if ready else None,
+            spec=spec_to_json(self.adapter.spec()) if ready else None,
+            evaluates=self.val_data is not None, nonce=nonce))
         reply = channel.receive(timeout=60)
+        if isinstance(reply, messages.Challenge):
+            reply = self._answer_challenge(channel, nonce, reply)
         if isinstance(reply, messages.Error):
-            error = ModelMismatchError if reply.code == "model_mismatch" else HandshakeError
-            raise error(f"{self.name}: the server at {self.server_ip}:{self.server_port} refused "
-                        f"the connection: {reply.reason}")
+            where = f"the server at {self.server_ip}:{self.server_port}"
+            if reply.code == "server_stopped":
+                raise ServerStopped(f"{where} is stopping: {reply.reason}")
+            if reply.code == "server_full":
+                raise NetworkError(f"{where} is full: {reply.reason}")
+            error = {"model_mismatch": ModelMismatchError,
+                     "authentication_failed": AuthenticationError}.get(reply.code, HandshakeError)
+            raise error(f"{self.name}: {where} refused the connection: {reply.reason}")
         if not isinstance(reply, messages.Welcome):
             raise ProtocolError(f"expected WELCOME, received {reply.KIND.name}")
+        if self.token is not None and nonce is not None and not self._server_proved:
+            raise AuthenticationError(
+                f"{self.name}: the server at {self.server_ip}:{self.server_port} did not "
+                "authenticate itself, but this client has a token; refusing to train with it")
         channel.limits = FrameLimits(max_body_bytes=self.max_message_bytes)
         return reply
+
+    def _answer_challenge(self, channel: Channel, nonce: str | None,
+                          challenge: messages.Challenge):
+        self._server_proved = False
+        if self.token is None or nonce is None:
+            raise AuthenticationError(
+                f"{self.name}: the server at {self.server_ip}:{self.server_port} requires a token; "
+                f"pass token=..., token_file=... or set ${auth.TOKEN_ENVIRONMENT_VARIABLE}")
+        if not auth.valid_nonce(challenge.nonce) or not auth.proofs_match(
+                auth.server_proof(self.token, nonce, challenge.nonce), challenge.proof):
+            with contextlib.suppress(PyFedError):  # so the server can log who failed, and why
+                channel.send(messages.Error(reason="the server's proof did not verify",
+                                            code="authentication_failed"))
+            raise AuthenticationError(
+                f"{self.name}: the server at {self.server_ip}:{self.server_port} failed to prove "
+                "it holds the token (the tokens differ, or this is not your server)")
+        self._server_proved = True
+        channel.send(messages.Auth(proof=auth.client_proof(self.token, nonce, challenge.nonce,
+                                                           self.name)))
+        return channel.receive(timeout=60)
 
     def _prepare_model(self, welcome: messages.Welcome, loss, optimizer, lr, metrics) -> None:
         if self.adapter is not None and not getattr(self.adapter, "initialized", True):
@@ -188,6 +275,8 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                 logger.info("%s: training finished (%s)", self.name, message.reason)
                 return
             elif isinstance(message, messages.Error):
+                if message.code == "server_stopped":
+                    raise ServerStopped(f"the server is stopping: {message.reason}")
                 if message.fatal:
                     raise RemoteError(f"{self.name}: the server ended the session: {message.reason}")
                 logger.warning("%s: %s", self.name, message.reason)

@@ -27,6 +27,10 @@ class ConnectionClosed(NetworkError):
     """The peer closed the connection (cleanly or mid-frame)."""
 
 
+class TLSError(NetworkError):
+    """The TLS handshake failed (an untrusted certificate, a plain-TCP peer): retrying won't help."""
+
+
 class AuthenticationError(PyFedError):
     """The shared-token challenge failed in either direction."""
 

@@ -47,6 +47,8 @@ class Hello(Message):
     spec_hash: str | None = None
     nonce: str | None = None
     evaluates: bool = False  # the client holds out data for federated evaluation
+    # With spec_hash: the client's own model spec, so a mismatch can name the first difference.
+    spec: list | None = None
 
 
 @dataclass(frozen=True)

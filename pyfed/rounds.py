@@ -54,6 +54,7 @@ class Collector:
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = time.monotonic()
+        self.closed = False
         self._cond = threading.Condition()
 
     def sent(self, nbytes: int) -> None:
@@ -65,11 +66,21 @@ class Collector:
             self.bytes_in += nbytes
 
     def _check_expected(self, client: str, result_round: int) -> None:
+        if self.closed and client not in self.answered:
+            raise UpdateRejected(f"arrived after round {self.server_round} closed; not counted")
         if result_round != self.server_round:
             raise UpdateRejected(
                 f"{self.kind} result is for round {result_round}; the current round is {self.server_round}")
         if client not in self.expected or client in self.answered or client in self.failures:
             raise UpdateRejected(f"{client} was not asked for a {self.kind} result in round {self.server_round}")
+
+    def close(self, reason: str) -> None:
+        """End the round now: whoever has not answered failed, and later answers are refused."""
+        with self._cond:
+            self.closed = True
+            for client in self.pending:
+                self.failures[client] = reason
+            self._cond.notify_all()
 
     def fail(self, client: str, reason: str) -> None:
         with self._cond:
@@ -81,15 +92,17 @@ class Collector:
     def pending(self) -> set[str]:
         return self.expected - set(self.answered) - set(self.failures)
 
-    def wait(self, timeout: float | None = None, poll: float = 1.0) -> None:
-        """Until every client asked has answered or failed, or ``timeout`` seconds have passed."""
+    def wait(self, timeout: float | None = None, poll: float = 1.0, mark_missing: bool = True) -> None:
+        """Until every client asked has answered or failed, or ``timeout`` seconds have passed
+        (then, with ``mark_missing``, the missing ones count as failed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self.pending:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    for client in self.pending:
-                        self.failures[client] = f"no answer within {timeout:g} s"
+                    if mark_missing:
+                        for client in self.pending:
+                            self.failures[client] = f"no answer within {timeout:g} s"
                     break
                 self._cond.wait(poll if remaining is None else min(poll, remaining))
 

@@ -1,37 +1,40 @@
-"""FL_Server: accepts clients for its whole life, runs the rounds, aggregates, logs.
+"""FL_Server: runs the rounds, aggregates, evaluates, checkpoints and logs.
 
-Threads: one accept loop, one thread per connection (``session.ClientSession``), and the caller's
-thread running :meth:`FL_Server.train`, which posts jobs to sessions and waits on each round's
-:class:`~pyfed.rounds.RoundCollector`.
+Connections are the :class:`~pyfed.gateway.Gateway`'s job (one thread each, for the server's
+whole life); this module is the caller's thread running :meth:`FL_Server.train`, which posts
+jobs to the clients' sessions and waits on each round's collector, with a deadline if set.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import socket
+import signal
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from . import messages
-from .errors import ConfigurationError, PyFedError
+import numpy as np
+
+from . import auth, messages
+from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
+from .errors import ConfigurationError
+from .gateway import Gateway
 from .history import History
-from .logs import RUN_MARKER, RunLogger, format_metrics, launch_tensorboard, new_run_dir, round_line
+from .logs import (RUN_MARKER, RunLogger, format_metrics, launch_tensorboard, new_run_dir,
+                   round_line)
 from .models import as_adapter, is_keras_model
-from .protocol import HANDSHAKE_LIMITS, DEFAULT_MAX_MESSAGE_BYTES, VERSION, Role
-from .rounds import EvaluateCollector, FitCollector
-from .session import ClientSession, FinishJob, RequestJob, welcome_limits
+from .protocol import DEFAULT_MAX_MESSAGE_BYTES
+from .rounds import Collector, EvaluateCollector, FitCollector
+from .session import FinishJob, RequestJob
 from .spec import spec_hash, spec_to_json
 from .strategy import FedAvg, Strategy
-from .transport import BufferPool, Channel, listen, local_addresses
+from .transport import BufferPool, local_addresses, server_ssl_context
 
 logger = logging.getLogger("pyfed")
-
-MAX_NAME_LENGTH = 128
 
 
 class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
@@ -45,14 +48,23 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         logdir: TensorBoard root (default ``pyfed_logs``); run_name: this run's folder name.
         launch_tensorboard: start TensorBoard in the background after training and print its URL.
         verbose: 1 prints one progress line per round (default), 0 is silent.
+        test_data: ``(x, y)`` for centralized evaluation after every round (with ``loss``/
+            ``metrics`` if the model is not compiled). A strategy's ``evaluate_fn`` also works.
         wait_timeout: seconds to wait for ``num_clients`` to connect (default: forever).
-        round_timeout: seconds a client may take per round (default: no limit).
-        handshake_timeout: seconds a new connection has to say HELLO (default 10).
+        round_timeout: seconds a round may take; at the deadline it closes if at least the
+            strategy's ``min_fit_clients`` answered, else it fails naming who was missing.
+            ``on_fit_config_fn`` may return ``{"round_timeout": s}`` to change it per round.
+        progress_interval: seconds between "waiting for ..." lines during a round (default 10).
+        checkpoint_dir: where the per-round checkpoint goes (default: the run folder).
+        resume: continue from the last checkpoint (in ``checkpoint_dir``, the run folder named
+            ``run_name``, or the newest run under ``logdir``).
+        token / token_file: shared secret (else $PYFED_TOKEN) for a mutual HMAC challenge.
+        ssl_certfile, ssl_keyfile: serve over TLS.
+        handshake_timeout: seconds a new connection has for its whole handshake (default 10).
+        max_connections: open connections at most (default 1024); more are refused at once.
         max_message_bytes: cap on a received body (default 4 GiB).
         max_examples: cap on a client's declared ``num_examples`` (default 10**9).
         buffer_pool_size: receive buffers shared by all connections (default 2).
-        test_data: ``(x, y)`` for centralized evaluation after every round (with ``loss``/
-            ``metrics`` if the model is not compiled). A strategy's ``evaluate_fn`` also works.
     """
 
     def __init__(self, curr_model: Any, num_clients: int, rounds: int, port: int = 54321,
@@ -60,17 +72,22 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                  host: str | None = None, logdir: str | os.PathLike = "pyfed_logs",
                  run_name: str | None = None, launch_tensorboard: bool = False,
                  tensorboard_port: int = 6006, verbose: int = 1,
+                 test_data: tuple | None = None, loss: Any = None, metrics: Any = None,
                  wait_timeout: float | None = None, round_timeout: float | None = None,
-                 handshake_timeout: float = 10.0,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_examples: int = 10**9, buffer_pool_size: int = 2,
-                 test_data: tuple | None = None, loss: Any = None, metrics: Any = None):
-        if not isinstance(num_clients, int) or num_clients < 1:
-            raise ConfigurationError(f"num_clients must be a positive integer; received {num_clients!r}")
-        if not isinstance(rounds, int) or rounds < 1:
-            raise ConfigurationError(f"rounds must be a positive integer; received {rounds!r}")
+                 progress_interval: float = 10.0, checkpoint_dir: str | os.PathLike | None = None,
+                 resume: bool = False, token: str | bytes | None = None,
+                 token_file: str | os.PathLike | None = None, ssl_certfile: str | None = None,
+                 ssl_keyfile: str | None = None, handshake_timeout: float = 10.0,
+                 max_connections: int = 1024, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_examples: int = 10**9, buffer_pool_size: int = 2):
+        for label, value, low in (("num_clients", num_clients, 1), ("rounds", rounds, 1),
+                                  ("max_connections", max_connections, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigurationError(f"{label} must be a positive integer; received {value!r}")
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigurationError(f"port must be in [0, 65535]; received {port!r}")
+        if round_timeout is not None and round_timeout <= 0:
+            raise ConfigurationError(f"round_timeout must be positive; received {round_timeout}")
         self.curr_model = curr_model
         self.adapter = as_adapter(curr_model)
         self.num_clients = num_clients
@@ -86,41 +103,28 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.verbose = verbose
         self.wait_timeout = wait_timeout
         self.round_timeout = round_timeout
-        self.handshake_timeout = handshake_timeout
-        self.max_message_bytes = max_message_bytes
+        self.progress_interval = progress_interval
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.resume = resume
         self.max_examples = max_examples
         self.history = History()
         self.test_data = tuple(test_data) if test_data is not None else None
         self._prepare_centralized_evaluation(loss, metrics)
-
         self._spec = self.adapter.spec()
         self._spec_hash = spec_hash(self._spec)
-        self._pool = BufferPool(buffer_pool_size)
-        self._sessions: dict[str, ClientSession] = {}
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
-        self._finished = False
+        self.gateway = Gateway(
+            host=self.host, port=port, welcome=self._welcome, spec=self._spec,
+            spec_hash=self._spec_hash, pool=BufferPool(buffer_pool_size),
+            token=auth.resolve_token(token, token_file),
+            ssl_context=server_ssl_context(ssl_certfile, ssl_keyfile) if ssl_certfile else None,
+            handshake_timeout=handshake_timeout, max_connections=max_connections,
+            max_message_bytes=max_message_bytes)
         self.run_dir: Path | None = None
         self.run_id = uuid.uuid4().hex
         self.tb: RunLogger | None = None
         self.tensorboard_process = None  # set by launch_tensorboard=True; it outlives train()
-
-    def _prepare_centralized_evaluation(self, loss, metrics) -> None:
-        if self.test_data is None:
-            return
-        if len(self.test_data) != 2 or len(self.test_data[0]) != len(self.test_data[1]):
-            raise ConfigurationError("test_data must be (x, y) of the same length")
-        initialize = getattr(self.adapter, "initialize_from_data", None)
-        if initialize is not None and not getattr(self.adapter, "initialized", True):
-            initialize(*self.test_data)  # e.g. an unfitted scikit-learn estimator takes its shapes
-        if is_keras_model(self.curr_model):
-            if loss is None and not getattr(self.curr_model, "compiled", False):
-                raise ConfigurationError(
-                    "test_data needs a loss to evaluate with: compile the model or pass loss=")
-            self.adapter.compile(loss=loss, metrics=metrics)
+        self.final_model_path: Path | None = None
+        self._first_round = 1
 
     # ------------------------------------------------------------------------------------------
     # Public API
@@ -128,28 +132,50 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
 
     def start(self) -> None:
         """Listen and accept in the background (``train`` calls this if you have not)."""
-        if self._listener is not None:
+        if self.run_dir is not None:
             return
-        self._listener = listen(self.host, self.port)
-        self.port = self._listener.getsockname()[1]
-        self.run_dir = new_run_dir(self.logdir, self.run_name)
+        checkpoint = self._load_resume_checkpoint() if self.resume else None
+        self.port = self.gateway.start()
+        if checkpoint is not None:
+            self.run_dir = self.logdir / checkpoint.run_name
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.run_dir = new_run_dir(self.logdir, self.run_name)
         (self.run_dir / RUN_MARKER).write_text(self.run_id)
         self.tb = RunLogger(self.run_dir)
-        accept = threading.Thread(target=self._accept_loop, name="pyfed-accept", daemon=True)
-        accept.start()
-        self._threads.append(accept)
         self._announce()
 
     def train(self) -> History:
-        """Wait for ``num_clients``, run ``rounds`` rounds, send FINISH; return the history."""
+        """Wait for ``num_clients``, run the rounds, send FINISH; return the history.
+
+        Ctrl-C (or SIGTERM) abandons the current round, keeps the last checkpoint, flushes
+        TensorBoard, tells the clients, and exits with status 130 and a one-line reason.
+        """
+        restore = self._catch_sigterm()
         self.start()
+        server_round = self._first_round
         try:
-            self._wait_for_clients(max(self.num_clients, getattr(self.strategy, "min_available_clients", 1)))
-            for server_round in range(1, self.rounds + 1):
+            self.gateway.wait_for(max(self.num_clients, self._min("min_available_clients")),
+                                  self.wait_timeout, self._say)
+            self._say(f"{len(self.gateway.sessions)} clients connected: "
+                      f"{', '.join(sorted(self.gateway.sessions))}")
+            for server_round in range(self._first_round, self.rounds + 1):
                 self._run_round(server_round)
+                self._checkpoint(server_round)
+            self._save_final_model()
             self._finish("completed")
+        except KeyboardInterrupt:
+            self._stop_clients("the server was stopped (Ctrl-C)")
+            self._shutdown()
+            print(f"PyFed server stopped by Ctrl-C during round {server_round}; "
+                  f"{self._resume_hint(server_round)}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+        except BaseException:
+            self._stop_clients("the server failed")
+            raise
         finally:
             self._shutdown()
+            restore()
         if self.launch_tensorboard:
             self.tensorboard_process = launch_tensorboard(self.logdir, self.tensorboard_port)
         return self.history
@@ -178,15 +204,40 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         return self.host, self.port
 
     # ------------------------------------------------------------------------------------------
-    # Accepting and handshakes
+    # Setup
     # ------------------------------------------------------------------------------------------
+
+    def _prepare_centralized_evaluation(self, loss, metrics) -> None:
+        if self.test_data is None:
+            return
+        if len(self.test_data) != 2 or len(self.test_data[0]) != len(self.test_data[1]):
+            raise ConfigurationError("test_data must be (x, y) of the same length")
+        initialize = getattr(self.adapter, "initialize_from_data", None)
+        if initialize is not None and not getattr(self.adapter, "initialized", True):
+            initialize(*self.test_data)  # e.g. an unfitted scikit-learn estimator takes its shapes
+        if is_keras_model(self.curr_model):
+            if loss is None and not getattr(self.curr_model, "compiled", False):
+                raise ConfigurationError(
+                    "test_data needs a loss to evaluate with: compile the model or pass loss=")
+            self.adapter.compile(loss=loss, metrics=metrics)
+
+    def _welcome(self, name: str) -> messages.Welcome:
+        return messages.Welcome(
+            client_id=name, rounds=self.rounds, run_name=self.run_dir.name, run_id=self.run_id,
+            model=self.adapter.describe(), spec_hash=self._spec_hash,
+            config={"run_dir": str(self.run_dir.resolve()), "spec": spec_to_json(self._spec)})
 
     def _announce(self) -> None:
         if self.multi_system:
-            addresses = [a for a in local_addresses() if not a.startswith("127.")] or ["<this machine's address>"]
-            logger.info("listening on %s:%d", self.host, self.port)
+            addresses = [a for a in local_addresses() if not a.startswith("127.")]
             self._say(f"PyFed server listening on port {self.port} on every interface; clients "
-                      f"should use server_ip = {' or '.join(repr(a) for a in addresses)}")
+                      f"should use server_ip = "
+                      f"{' or '.join(repr(a) for a in addresses) or '<this machine address>'}")
+            if self.gateway.token is None:
+                message = ("no token is set: any host on the network can join this federation "
+                           f"(set token=..., ${auth.TOKEN_ENVIRONMENT_VARIABLE} or --token-file)")
+                logger.warning(message)
+                self._say("warning: " + message)
         else:
             self._say(f"PyFed server listening on {self.host}:{self.port}")
 
@@ -195,142 +246,37 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         if self.verbose:
             print(line, flush=True)
 
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        listener.settimeout(0.5)  # so the loop notices shutdown
-        while not self._stopping.is_set():
-            try:
-                sock, addr = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                logger.exception("accept failed; continuing")
-                time.sleep(0.1)
-                continue
-            thread = threading.Thread(target=self._serve_connection, args=(sock, addr),
-                                      name=f"pyfed-conn-{addr[0]}:{addr[1]}", daemon=True)
-            thread.start()
-            with self._lock:
-                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-
-    def _serve_connection(self, sock: socket.socket, addr) -> None:
-        channel = Channel(sock, Role.SERVER, HANDSHAKE_LIMITS, peer=f"{addr[0]}:{addr[1]}")
-        session = None
-        try:
-            session = self._handshake(channel)
-            if session is not None:
-                session.serve()
-        except PyFedError as exc:
-            who = session.name if session else channel.peer
-            logger.warning("connection %s (%s) ended: %s", who, channel.peer, exc)
-        except Exception:  # a bug must not take the server down; log it with its traceback
-            logger.exception("unexpected error serving %s", channel.peer)
-        finally:
-            if session is not None:
-                self._drop(session)
-            channel.close()
-
-    def _handshake(self, channel: Channel) -> ClientSession | None:
-        hello = channel.receive(timeout=self.handshake_timeout)
-        if not isinstance(hello, messages.Hello):  # the state table only allows HELLO here
-            return None
-        name = hello.client_name
-        refusal = None
-        if hello.protocol_version != VERSION:
-            refusal = ("version", f"protocol version {hello.protocol_version} is not supported; "
-                                  f"the server speaks {VERSION}")
-        elif not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
-            refusal = ("bad_name", f"client name must be 1-{MAX_NAME_LENGTH} printable characters; "
-                                   f"received {name[:40]!r}")
-        elif hello.spec_hash is not None and hello.spec_hash != self._spec_hash:
-            refusal = ("model_mismatch",
-                       f"model mismatch: the client's model has spec hash {hello.spec_hash[:16]}..., "
-                       f"the server trains {self._spec_hash[:16]}... ({len(self._spec)} tensors)")
-        elif self._finished:
-            refusal = ("finished", "training has finished; this server accepts no more clients")
-        session = None
-        if refusal is None:
-            with self._lock:
-                if name in self._sessions:
-                    refusal = ("duplicate_name", f"a client named {name!r} is already connected "
-                                                 f"from {self._sessions[name].address}")
-                else:
-                    session = ClientSession(name, channel, self._pool, evaluates=hello.evaluates)
-                    self._sessions[name] = session
-        if refusal is not None:
-            code, reason = refusal
-            logger.warning("refused %s from %s: %s", name[:40], channel.peer, reason)
-            with contextlib.suppress(PyFedError):
-                channel.send(messages.Error(reason=reason, code=code))
-            return None
-        try:
-            channel.send(messages.Welcome(
-                client_id=name, rounds=self.rounds, run_name=self.run_dir.name, run_id=self.run_id,
-                model=self.adapter.describe(), spec_hash=self._spec_hash,
-                config={"run_dir": str(self.run_dir.resolve()), "spec": spec_to_json(self._spec)}))
-        except PyFedError:
-            self._drop(session)
-            raise
-        channel.limits = welcome_limits(self.max_message_bytes)
-        logger.info("%s joined from %s", name, channel.peer)
-        with self._changed:
-            self._changed.notify_all()
-        return session
-
-    def _drop(self, session: ClientSession) -> None:
-        with self._changed:
-            if self._sessions.get(session.name) is session:
-                del self._sessions[session.name]
-                if not self._finished:
-                    logger.warning("%s (%s) disconnected", session.name, session.address)
-            session.end("disconnected")
-            self._changed.notify_all()
+    def _min(self, attribute: str) -> int:
+        return int(getattr(self.strategy, attribute, 1))
 
     # ------------------------------------------------------------------------------------------
     # Rounds
     # ------------------------------------------------------------------------------------------
 
-    def _wait_for_clients(self, count: int, quiet: bool = False) -> None:
-        deadline = None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
-        last_count = -1
-        with self._changed:
-            while len(self._sessions) < count:
-                if len(self._sessions) != last_count:
-                    last_count = len(self._sessions)
-                    self._say(f"waiting for clients: {last_count}/{count} connected")
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise PyFedError(
-                        f"only {len(self._sessions)} of {count} clients connected within "
-                        f"{self.wait_timeout:g} s ({', '.join(sorted(self._sessions)) or 'none'})")
-                self._changed.wait(1.0 if remaining is None else min(1.0, remaining))
-        if not quiet:
-            self._say(f"{len(self._sessions)} clients connected: {', '.join(sorted(self._sessions))}")
-
     def _run_round(self, server_round: int) -> None:
-        self._wait_for_clients(getattr(self.strategy, "min_available_clients", 1), quiet=True)
+        self.gateway.wait_for(self._min("min_available_clients"), self.wait_timeout, self._say)
         parameters = self.adapter.get_weights()
-        sessions = self._snapshot()
+        sessions = self.gateway.snapshot()
         plan = self._plan(self.strategy.configure_fit(server_round, parameters, sorted(sessions)),
                           sessions)
+        timeout = max((c["round_timeout"] for c in plan.values() if "round_timeout" in c),
+                      default=self.round_timeout)
         fit = FitCollector(server_round, set(plan), self.strategy, self._spec, self.max_examples,
                            on_history=self.tb.client_history)
         self.strategy.begin(server_round, parameters)
         weights = tuple(parameters)
         for name, config in plan.items():
             sessions[name].post(RequestJob(fit, messages.Fit(round=server_round, weights=weights,
-                                                             config=config), self.round_timeout))
-        fit.wait()
+                                                             config=config), None))
+        self._wait(fit, timeout, "training")
         for client, reason in sorted(fit.failures.items()):
             logger.warning("round %d: %s did not contribute: %s", server_round, client, reason)
-        fit.require(getattr(self.strategy, "min_fit_clients", 1))
+        fit.require(self._min("min_fit_clients"))
         new_parameters, fit_metrics = self.strategy.finish()
         self.adapter.set_weights(new_parameters)
 
         test = self._evaluate_centralized(server_round, new_parameters)
-        federated = self._evaluate_federated(server_round, new_parameters, sessions)
+        federated = self._evaluate_federated(server_round, new_parameters, sessions, timeout)
         seconds = time.monotonic() - fit.started
         bytes_in = fit.bytes_in + (federated[2] if federated else 0)
         bytes_out = fit.bytes_out + (federated[3] if federated else 0)
@@ -355,12 +301,25 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             print(round_line(server_round, self.rounds, len(fit.answered), fit_metrics, seconds,
                              bytes_in, bytes_out, extra=extra), flush=True)
 
-    def _snapshot(self) -> dict[str, ClientSession]:
-        with self._lock:
-            return dict(self._sessions)
+    def _wait(self, collector: Collector, timeout: float | None, doing: str) -> None:
+        """Wait for the round, saying every ``progress_interval`` s whom it waits on."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            step = self.progress_interval if remaining is None else min(self.progress_interval, remaining)
+            collector.wait(timeout=max(step, 0.0), mark_missing=False)
+            pending = sorted(collector.pending)
+            if not pending:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                collector.close(f"no answer within the round's {timeout:g} s deadline")
+                return
+            left = "no deadline" if deadline is None else f"{deadline - time.monotonic():.0f} s left"
+            self._say(f"round {collector.server_round}/{self.rounds} · {doing} · waiting for "
+                      f"{', '.join(pending)} ({len(collector.answered)} of "
+                      f"{len(collector.expected)} answered) · {left}")
 
-    @staticmethod
-    def _plan(plan: list[tuple[str, dict]], sessions: dict) -> dict[str, dict]:
+    def _plan(self, plan: list[tuple[str, dict]], sessions: dict) -> dict[str, dict]:
         unknown = [name for name, _ in plan if name not in sessions]
         if unknown:
             logger.warning("strategy chose clients that are not connected: %s", unknown)
@@ -373,7 +332,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             result = (loss, metrics)
         return result
 
-    def _evaluate_federated(self, server_round: int, parameters, sessions):
+    def _evaluate_federated(self, server_round: int, parameters, sessions, timeout):
         """Clients with held-out data evaluate the new global model; weighted by examples."""
         capable = sorted(name for name, session in sessions.items() if session.evaluates)
         if not capable:
@@ -386,8 +345,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         weights = tuple(parameters)
         for name, config in plan.items():
             sessions[name].post(RequestJob(collector, messages.Evaluate(
-                round=server_round, weights=weights, config=config), self.round_timeout))
-        collector.wait()
+                round=server_round, weights=weights, config=config), None))
+        self._wait(collector, timeout, "evaluating")
         for client, reason in sorted(collector.failures.items()):
             logger.warning("round %d: %s did not evaluate: %s", server_round, client, reason)
         if not collector.results:
@@ -395,30 +354,85 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         loss, metrics = self.strategy.aggregate_evaluate(server_round, collector.results)
         return loss, metrics, collector.bytes_in, collector.bytes_out
 
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints, the final model, stopping
+    # ------------------------------------------------------------------------------------------
+
+    def _checkpoint(self, server_round: int) -> None:
+        save_checkpoint(self.checkpoint_dir or self.run_dir, Checkpoint(
+            server_round=server_round, weights=self.adapter.get_weights(),
+            strategy_state=self.strategy.state_dict() if hasattr(self.strategy, "state_dict") else {},
+            history=self.history.to_dict(), run_name=self.run_dir.name, spec_hash=self._spec_hash))
+
+    def _load_resume_checkpoint(self) -> Checkpoint | None:
+        path = find_checkpoint(self.logdir, self.run_name, self.checkpoint_dir)
+        if path is None:
+            self._say(f"resume: no checkpoint under {self.checkpoint_dir or self.logdir}; "
+                      "starting from round 1")
+            return None
+        checkpoint = load_checkpoint(path)
+        if checkpoint.spec_hash != self._spec_hash:
+            raise ConfigurationError(
+                f"checkpoint {path} is for a different model (spec hash {checkpoint.spec_hash[:16]}"
+                f"..., this model {self._spec_hash[:16]}...)")
+        self.adapter.set_weights(checkpoint.weights)
+        if hasattr(self.strategy, "load_state_dict"):
+            self.strategy.load_state_dict(checkpoint.strategy_state)
+        self.history = History.from_dict(checkpoint.history)
+        self._first_round = checkpoint.server_round + 1
+        self._say(f"resuming run {checkpoint.run_name} after round {checkpoint.server_round} "
+                  f"(checkpoint {path})")
+        return checkpoint
+
+    def _resume_hint(self, server_round: int) -> str:
+        done = self.history.rounds[-1] if self.history.rounds else 0
+        where = self.checkpoint_dir or self.run_dir
+        if not done:
+            return "no round had completed, so there is no checkpoint"
+        return f"rounds 1-{done} are saved in {where}; restart with resume=True (--resume) to continue"
+
+    def _save_final_model(self) -> None:
+        """Atomically: write beside the target, then ``os.replace``."""
+        if is_keras_model(self.curr_model):
+            target = self.run_dir / "final.keras"
+            temporary = self.run_dir / f".final-{os.getpid()}.keras"
+            self.curr_model.save(temporary)
+        else:
+            target = self.run_dir / "final_weights.npz"
+            temporary = self.run_dir / f".final-{os.getpid()}.npz"
+            np.savez(temporary, *self.adapter.get_weights())
+        os.replace(temporary, target)
+        self.final_model_path = target
+
     def _finish(self, reason: str) -> None:
         parameters = self.adapter.get_weights()
-        with self._lock:
-            self._finished = True
-            sessions = list(self._sessions.values())
+        with self.gateway.lock:
+            self.gateway.finished = True
+            sessions = list(self.gateway.sessions.values())
         for session in sessions:
             session.post(FinishJob(parameters, reason))
         for session in sessions:
             if not session.finished.wait(timeout=60):
                 logger.warning("%s did not receive FINISH in time", session.name)
 
+    def _stop_clients(self, reason: str) -> None:
+        """Tell every client the server is going away (they may reconnect to a resumed run)."""
+        for session in self.gateway.snapshot().values():
+            session.notify_stop(reason)
+
     def _shutdown(self) -> None:
-        self._stopping.set()
-        with self._lock:
-            self._finished = True
-            sessions = list(self._sessions.values())
-        for session in sessions:
-            session.post(None)
-            session.channel.close()  # unblocks a thread still waiting on this client
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.close()
-        for thread in list(self._threads):
-            if thread is not threading.current_thread():
-                thread.join(timeout=5)
+        self.gateway.stop()
         if self.tb is not None:
             self.tb.close()
+
+    def _catch_sigterm(self):
+        """SIGTERM stops training like Ctrl-C (only the main thread can install handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        return lambda: signal.signal(signal.SIGTERM, previous)
+

@@ -7,6 +7,7 @@ closed in a ``finally``; it never reaches the accept loop or the round.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -61,6 +62,13 @@ class ClientSession:
                 return
         if isinstance(job, RequestJob):
             job.collector.fail(self.name, "disconnected")
+
+    def notify_stop(self, reason: str) -> None:
+        """Out of band, from the round's thread: tell the client the server is going away."""
+        with contextlib.suppress(PyFedError):
+            self.channel.send_notice(messages.Error(reason=reason, code="server_stopped"))
+        self.end(reason)
+        self.channel.close()
 
     def end(self, reason: str) -> None:
         """Mark the session over and fail every job still queued, so no round waits for it."""

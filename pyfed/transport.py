@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import protocol
-from .errors import ConnectionClosed, NetworkError, ProtocolError
+from .errors import ConnectionClosed, NetworkError, ProtocolError, TLSError
 from .protocol import Conversation, FrameLimits, Message, Role
 
 # sendmsg takes at most IOV_MAX buffers per call.
@@ -57,24 +57,42 @@ class Channel:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._closed = False
+        self._deadline: float | None = None
+        self._send_lock = threading.Lock()
         tune_socket(sock)
 
     # -- sending --------------------------------------------------------------------------
 
     def send(self, message: Message, timeout: float | None = None) -> int:
         """Send one message; returns the frame's size in bytes."""
-        self.conversation.send(message)
-        buffers = protocol.encode(message)
-        with self._mapped_errors("sending " + message.KIND.name, timeout):
-            sent = _send_buffers(self.sock, buffers)
-        self.bytes_sent += sent
-        return sent
+        with self._send_lock:
+            self.conversation.send(message)
+            buffers = protocol.encode(message)
+            with self._mapped_errors("sending " + message.KIND.name, timeout):
+                sent = _send_buffers(self.sock, buffers)
+            self.bytes_sent += sent
+            return sent
+
+    def send_notice(self, message: Message, timeout: float = 2.0) -> None:
+        """Send a last ERROR from another thread, outside the state table (e.g. "server
+        stopping" while the owning thread waits for a reply). Whole frames never interleave."""
+        with self._send_lock:
+            with self._mapped_errors("sending " + message.KIND.name, timeout):
+                _send_buffers(self.sock, protocol.encode(message))
 
     # -- receiving ------------------------------------------------------------------------
 
     def receive(self, timeout: float | None = None,
-                allocate: Allocator = _default_allocator) -> Message:
-        """Receive one whole message. ``allocate(nbytes)`` supplies the body buffer (a pool)."""
+                allocate: Allocator = _default_allocator, deadline: float | None = None) -> Message:
+        """Receive one whole message. ``allocate(nbytes)`` supplies the body buffer (a pool).
+
+        ``timeout`` bounds each wait for bytes; ``deadline`` (a ``time.monotonic()`` value)
+        bounds the whole message, so a peer that dribbles one byte at a time cannot hold the
+        connection open forever.
+        """
+        self._deadline = deadline
+        if deadline is not None:
+            timeout = max(0.0, deadline - time.monotonic())
         with self._mapped_errors("receiving a message", timeout):
             prefix_bytes = self._recv_exactly(bytearray(protocol.PREFIX_SIZE))
             prefix = protocol.parse_prefix(prefix_bytes, self.limits)
@@ -92,6 +110,11 @@ class Channel:
         view = memoryview(buffer)
         total = len(view)
         while len(view):
+            if self._deadline is not None:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    raise socket.timeout()
+                self.sock.settimeout(remaining)
             received = self.sock.recv_into(view)
             if received == 0:
                 got = total - len(view)
@@ -111,7 +134,8 @@ class Channel:
         except (ProtocolError, ConnectionClosed):
             raise
         except socket.timeout:
-            raise NetworkError(f"timed out after {timeout:g} s {doing} with {self.peer}") from None
+            waited = "" if timeout is None else f" after {timeout:g} s"
+            raise NetworkError(f"timed out{waited} {doing} with {self.peer}") from None
         except ssl.SSLError as exc:
             raise NetworkError(f"TLS error {doing} with {self.peer}: {exc.reason or exc}") from None
         except OSError as exc:
@@ -265,3 +289,47 @@ def local_addresses() -> list[str]:
         with contextlib.suppress(OSError):
             addresses = socket.gethostbyname_ex(socket.gethostname())[2]
     return list(dict.fromkeys(addresses))
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS (standard library ssl)
+# ---------------------------------------------------------------------------------------------
+
+
+def server_ssl_context(certfile, keyfile=None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise NetworkError(f"cannot load the TLS certificate {certfile} / key {keyfile}: {exc}") from None
+    return context
+
+
+def client_ssl_context(cafile=None) -> ssl.SSLContext:
+    """Verifies the server's certificate against ``cafile`` (or the system's CAs) and name."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise NetworkError(f"cannot load the TLS CA file {cafile}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def tls_handshake(sock: socket.socket, context: ssl.SSLContext, *, server_side: bool,
+                  server_hostname: str | None = None, timeout: float = 10.0) -> ssl.SSLSocket:
+    """Wrap and handshake within ``timeout``; runs on the connection's own thread, never the
+    accept loop, so a silent peer cannot stall other connections."""
+    sock.settimeout(timeout)
+    try:
+        wrapped = context.wrap_socket(sock, server_side=server_side,
+                                      server_hostname=None if server_side else server_hostname,
+                                      do_handshake_on_connect=False)
+        wrapped.do_handshake()
+        return wrapped
+    except ssl.SSLCertVerificationError as exc:
+        raise TLSError(f"TLS: the server's certificate was not trusted "
+                       f"({exc.verify_message}); pass the right ssl_cafile") from None
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise TLSError(f"TLS handshake failed: {reason}") from None

@@ -72,11 +72,14 @@ def main() -> int:
         print(f"{name}: final {accuracy[-1]:.4f}, best {max(accuracy):.4f} "
               f"({rows[-1]['seconds']:.0f} s)", flush=True)
 
-    print(f"\n| strategy | final test accuracy | best round | (Dirichlet {args.alpha}, "
-          f"{args.clients} clients, {args.rounds} rounds) |")
-    print("| --- | --- | --- | --- |")
+    marks = sorted({r for r in (5, 10, args.rounds) if r <= args.rounds})
+    print(f"\nDirichlet({args.alpha}), {args.clients} clients, {args.epochs} local epochs per round; "
+          "test accuracy on the held-out 20% after round N:\n")
+    print("| strategy | " + " | ".join(f"round {r}" for r in marks) + " | best |")
+    print("| --- | " + " | ".join("---" for _ in marks) + " | --- |")
     for row in rows:
-        print(f"| {row['strategy']} | {row['final']:.4f} | {row['best']:.4f} | |")
+        cells = " | ".join(f"{row['curve'][r - 1]:.4f}" for r in marks)
+        print(f"| {row['strategy']} | {cells} | {row['best']:.4f} |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "results": rows}, handle, indent=2)

@@ -10,11 +10,15 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
     exit 1
 fi
 
-# iproute2 provides `ip netns` for the LAN test. Install it only where it is missing and we may.
-if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing iproute2 (for the network-namespace LAN test)..."
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2) >/dev/null \
-        || echo "warning: could not install iproute2; the LAN test will be skipped" >&2
+# System tools the tests use: iproute2 (`ip netns`, the LAN test) and openssl (a self-signed
+# certificate for the TLS test). Install only what is missing, and only where we may.
+missing=""
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing$missing ..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null \
+        || echo "warning: could not install$missing; the tests that need them will skip" >&2
 fi
 
 if [ ! -x .venv/bin/python ]; then

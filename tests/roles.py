@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import sys
+import time
 
 import numpy as np
 
@@ -93,29 +94,77 @@ def make_strategy(args):
     return getattr(strategies, args.strategy)(**options)
 
 
+def security_options(args) -> dict:
+    options = {}
+    if args.token:
+        options["token"] = args.token
+    if args.token_file:
+        options["token_file"] = args.token_file
+    return options
+
+
 def softmax_server(args) -> None:
     """A numpy-only server training SoftmaxRegression on digits (fast: no TensorFlow)."""
     from pyfed.models import SoftmaxRegression
 
     _, _, test_x, test_y = digits_split(args.clients)
+    options = security_options(args)
+    if args.ssl_certfile:
+        options.update(ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     srv = FL_Server(SoftmaxRegression(64, 10), args.clients, args.rounds, port=args.port,
                     logdir=args.logdir, strategy=make_strategy(args),
                     test_data=(test_x, test_y) if args.centralized else None,
-                    round_timeout=args.round_timeout)
+                    round_timeout=args.round_timeout, resume=args.resume,
+                    checkpoint_dir=args.checkpoint_dir, run_name=args.run_name,
+                    multi_system=args.multi_system, progress_interval=args.progress_interval,
+                    **options)
+    srv.start()
+    print(f"READY {srv.port}", flush=True)
     history = srv.train()
     results = srv.test(test_x, test_y)
     print("RESULT " + json.dumps({"history": history.to_dict(), "test": results,
                                   "run_dir": str(srv.run_dir),
+                                  "final_model": str(srv.final_model_path),
                                   "weights": weights_hash(srv.adapter.get_weights())}), flush=True)
+
+
+class SlowSoftmax:
+    """SoftmaxRegression that says when it trains and takes ``slow`` extra seconds to do it,
+    so that tests can kill it, or miss a deadline, in the middle of a round."""
+
+    def __new__(cls, slow: float, slow_rounds):
+        from pyfed.models import SoftmaxRegression
+
+        class Slow(SoftmaxRegression):
+            def fit(self, data, target, config):
+                server_round = int(config.get("round", 1))
+                print(f"TRAINING round {server_round}", flush=True)
+                if slow_rounds is None or server_round in slow_rounds:
+                    time.sleep(slow)
+                return super().fit(data, target, config)
+
+        return Slow(64, 10)
 
 
 def softmax_client(args) -> None:
     xs, ys, _, _ = digits_split(args.clients)
     i = args.index
-    c = FL_Client(f"client_{i}", xs[i - 1], ys[i - 1], server_port=args.port, logdir=args.logdir,
-                  connect_timeout=args.connect_timeout, validation_split=args.validation_split)
+    options = security_options(args)
+    if args.ssl_cafile:
+        options["ssl_cafile"] = args.ssl_cafile
+    if args.use_ssl:
+        options["use_ssl"] = True
+    model = None
+    if args.slow is not None:
+        rounds = None if args.slow_rounds is None else {int(r) for r in args.slow_rounds.split(",")}
+        model = SlowSoftmax(args.slow, rounds)
+    c = FL_Client(args.name or f"client_{i}", xs[i - 1], ys[i - 1], server_ip=args.server_ip,
+                  server_port=args.port, logdir=args.logdir, model=model,
+                  connect_timeout=args.connect_timeout, validation_split=args.validation_split,
+                  max_retries=args.max_retries, retry_interval=args.retry_interval, **options)
     c.train(epochs=args.epochs, batch_size=32)
     print("CLIENT " + json.dumps({"name": c.name, "rounds": c.rounds_trained,
+                                  "reconnections": c.reconnections,
                                   "weights": weights_hash(c.adapter.get_weights())}), flush=True)
 
 
@@ -155,6 +204,20 @@ def main() -> None:
     parser.add_argument("--centralized", action="store_true", help="FL_Server(test_data=...)")
     parser.add_argument("--validation-split", type=float, default=0.0)
     parser.add_argument("--round-timeout", type=float, default=None)
+    parser.add_argument("--progress-interval", type=float, default=10.0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--checkpoint-dir", default=None)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--slow", type=float, default=None, help="extra seconds per fit")
+    parser.add_argument("--slow-rounds", default=None, help="comma-separated rounds to be slow in")
+    parser.add_argument("--max-retries", type=int, default=5)
+    parser.add_argument("--retry-interval", type=float, default=1.0)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--token-file", default=None)
+    parser.add_argument("--ssl-certfile", default=None)
+    parser.add_argument("--ssl-keyfile", default=None)
+    parser.add_argument("--ssl-cafile", default=None)
+    parser.add_argument("--use-ssl", action="store_true")
     parser.add_argument("--launch-tensorboard", action="store_true")
     parser.add_argument("--tensorboard-port", type=int, default=6006)
     parser.add_argument("--port", type=int, required=True)

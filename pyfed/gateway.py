@@ -1,0 +1,277 @@
+"""The server's front door: accepting, TLS, the handshake, and the registry of clients.
+
+As in ``socketserver``'s threading servers, every connection gets its own thread, and whatever
+goes wrong with one connection (garbage, a wrong token, a timeout, a bug) is logged with its
+address and ends with that socket closed in a ``finally``: it never reaches the accept loop or
+a round. The TLS and PyFed handshakes run on the connection's thread under one deadline, so a
+peer that sends nothing, or dribbles bytes, is gone after ``handshake_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+from . import auth, messages, protocol
+from .errors import PyFedError
+from .protocol import HANDSHAKE_LIMITS, VERSION, FrameLimits, Role
+from .session import ClientSession
+from .spec import first_difference, spec_from_json
+from .transport import BufferPool, Channel, listen, tls_handshake
+
+logger = logging.getLogger("pyfed")
+
+MAX_NAME_LENGTH = 128
+
+
+class Refused(Exception):
+    """A handshake that ends with an ERROR to the peer; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Gateway:
+    def __init__(self, *, host: str, port: int, welcome: Callable[[str], messages.Welcome],
+                 spec, spec_hash: str, pool: BufferPool, token: bytes | None = None,
+                 ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = 10.0,
+                 max_connections: int = 1024, max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES):
+        self.host = host
+        self.port = port
+        self.welcome = welcome
+        self.spec = spec
+        self.spec_hash = spec_hash
+        self.pool = pool
+        self.token = token
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.max_message_bytes = max_message_bytes
+        self.sessions: dict[str, ClientSession] = {}
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.finished = False
+        self.connections = 0  # open connections, handshaking or welcomed
+        self.refused_for_capacity = 0
+        self._listener: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self) -> int:
+        self._listener = listen(self.host, self.port)
+        self.port = self._listener.getsockname()[1]
+        thread = threading.Thread(target=self._accept_loop, name="pyfed-accept", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self.port
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self.lock:
+            self.finished = True
+            sessions = list(self.sessions.values())
+        for session in sessions:
+            session.post(None)
+            session.channel.close()  # unblocks a thread still waiting on this client
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        for thread in list(self._threads):
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+
+    def snapshot(self) -> dict[str, ClientSession]:
+        with self.lock:
+            return dict(self.sessions)
+
+    # -- accepting --------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        listener.settimeout(0.5)  # so the loop notices shutdown
+        while not self._stopping.is_set():
+            try:
+                sock, addr = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                logger.exception("accept failed; continuing")
+                time.sleep(0.1)
+                continue
+            with self.lock:
+                full = self.connections >= self.max_connections
+                if not full:
+                    self.connections += 1
+            if full:
+                self._refuse_capacity(sock, addr)
+                continue
+            thread = threading.Thread(target=self._serve_connection, args=(sock, addr),
+                                      name=f"pyfed-conn-{addr[0]}:{addr[1]}", daemon=True)
+            thread.start()
+            with self.lock:
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+
+    def _refuse_capacity(self, sock: socket.socket, addr) -> None:
+        self.refused_for_capacity += 1
+        if self.refused_for_capacity in (1, 10, 100) or self.refused_for_capacity % 1000 == 0:
+            logger.warning("refusing connection from %s:%s: %d connections open (max_connections=%d)"
+                           " [%d refused so far]", addr[0], addr[1], self.max_connections,
+                           self.max_connections, self.refused_for_capacity)
+        # Best effort, never blocking the accept loop: a plain (non-TLS) peer learns why.
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)
+            if self.ssl_context is None:
+                sock.send(protocol.encode_bytes(messages.Error(
+                    reason=f"server full: max_connections={self.max_connections} reached",
+                    code="server_full")))
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def _serve_connection(self, sock: socket.socket, addr) -> None:
+        peer = f"{addr[0]}:{addr[1]}"
+        session = None
+        channel = None
+        try:
+            deadline = time.monotonic() + self.handshake_timeout
+            if self.ssl_context is not None:
+                sock = tls_handshake(sock, self.ssl_context, server_side=True,
+                                     timeout=self.handshake_timeout)
+            channel = Channel(sock, Role.SERVER, HANDSHAKE_LIMITS, peer=peer)
+            session = self._handshake(channel, deadline)
+            if session is not None:
+                session.serve()
+        except PyFedError as exc:
+            who = session.name if session else peer
+            logger.warning("connection %s (%s) ended: %s", who, peer, exc)
+        except Exception:  # a bug must not take the server down; log it with its traceback
+            logger.exception("unexpected error serving %s", peer)
+        finally:
+            if session is not None:
+                self._drop(session)
+            if channel is not None:
+                channel.close()
+            else:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            with self.changed:
+                self.connections -= 1
+                self.changed.notify_all()
+
+    # -- the handshake ----------------------------------------------------------------------
+
+    def _handshake(self, channel: Channel, deadline: float) -> ClientSession | None:
+        hello = channel.receive(deadline=deadline)  # the state table only allows HELLO here
+        try:
+            self._check_hello(hello)
+            if self.token is not None:
+                self._authenticate(channel, hello, deadline)
+        except Refused as refusal:
+            logger.warning("refused %s from %s: %s", hello.client_name[:40], channel.peer, refusal.reason)
+            with contextlib.suppress(PyFedError):
+                channel.send(messages.Error(reason=refusal.reason, code=refusal.code))
+            return None
+        name = hello.client_name
+        session = ClientSession(name, channel, self.pool, evaluates=hello.evaluates)
+        with self.changed:
+            if self.finished:
+                refusal = "training has finished; this server accepts no more clients"
+            else:
+                refusal = None
+                replaced = self.sessions.get(name)
+                self.sessions[name] = session
+        if refusal is not None:
+            with contextlib.suppress(PyFedError):
+                channel.send(messages.Error(reason=refusal, code="finished"))
+            return None
+        if replaced is not None:
+            # The same name reconnecting (a restarted or reconnected client) is the same
+            # identity: the new connection takes over; the old one's work is dropped.
+            logger.warning("%s reconnected from %s; dropping its old connection from %s",
+                           name, channel.peer, replaced.address)
+            replaced.end("replaced by a new connection")
+            replaced.channel.close()
+        try:
+            channel.send(self.welcome(name))
+        except PyFedError:
+            self._drop(session)
+            raise
+        channel.limits = FrameLimits(max_body_bytes=self.max_message_bytes)
+        logger.info("%s joined from %s", name, channel.peer)
+        with self.changed:
+            self.changed.notify_all()
+        return session
+
+    def _check_hello(self, hello: messages.Hello) -> None:
+        name = hello.client_name
+        if hello.protocol_version != VERSION:
+            raise Refused("version", f"protocol version {hello.protocol_version} is not "
+                                     f"supported; the server speaks {VERSION}")
+        if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
+            raise Refused("bad_name", f"client name must be 1-{MAX_NAME_LENGTH} printable "
+                                      f"characters; received {name[:40]!r}")
+        if hello.spec_hash is not None and hello.spec_hash != self.spec_hash:
+            detail = ""
+            if hello.spec is not None:
+                try:
+                    detail = "; first difference: " + first_difference(self.spec, spec_from_json(hello.spec))
+                except (TypeError, ValueError):
+                    detail = "; the client's spec could not be read"
+            raise Refused("model_mismatch",
+                          f"model mismatch: the client's model has spec hash {hello.spec_hash}, "
+                          f"the server trains {self.spec_hash}{detail}")
+
+    def _authenticate(self, channel: Channel, hello: messages.Hello, deadline: float) -> None:
+        if not auth.valid_nonce(hello.nonce):
+            logger.warning("authentication failed from %s: the client sent no token", channel.peer)
+            raise Refused("authentication_failed",
+                          "authentication required: this server needs a token (token=..., "
+                          f"${auth.TOKEN_ENVIRONMENT_VARIABLE} or --token-file)")
+        server_nonce = auth.new_nonce()
+        channel.send(messages.Challenge(nonce=server_nonce,
+                                        proof=auth.server_proof(self.token, hello.nonce, server_nonce)))
+        answer = channel.receive(deadline=deadline)
+        if not isinstance(answer, messages.Auth):  # the state table leaves only ERROR here
+            logger.warning("authentication failed from %s: the client gave up (%s)",
+                           channel.peer, answer.reason)
+            raise PyFedError(f"{channel.peer} ended the handshake: {answer.reason}")
+        expected = auth.client_proof(self.token, hello.nonce, server_nonce, hello.client_name)
+        if not auth.proofs_match(expected, answer.proof):
+            logger.warning("authentication failed from %s", channel.peer)
+            raise Refused("authentication_failed", "authentication failed: wrong token")
+
+    # -- the registry -----------------------------------------------------------------------
+
+    def _drop(self, session: ClientSession) -> None:
+        with self.changed:
+            if self.sessions.get(session.name) is session:
+                del self.sessions[session.name]
+                if not self.finished:
+                    logger.warning("%s (%s) disconnected", session.name, session.address)
+            session.end("disconnected")
+            self.changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float | None, announce: Callable[[str], None]) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_count = -1
+        with self.changed:
+            while len(self.sessions) < count:
+                if len(self.sessions) != last_count:
+                    last_count = len(self.sessions)
+                    announce(f"waiting for clients: {last_count}/{count} connected")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise PyFedError(
+                        f"only {len(self.sessions)} of {count} clients connected within "
+                        f"{timeout:g} s ({', '.join(sorted(self.sessions)) or 'none'})")
+                self.changed.wait(1.0 if remaining is None else min(1.0, remaining))

@@ -255,7 +255,11 @@ def cmd_server(args) -> int:
     server = FL_Server(model, args.clients, args.rounds, port=args.port,
                        multi_system=args.multi_system, host=args.host, logdir=args.logdir,
                        run_name=args.run_name, launch_tensorboard=args.launch_tensorboard,
-                       wait_timeout=args.wait_timeout, round_timeout=args.round_timeout)
+                       wait_timeout=args.wait_timeout, round_timeout=args.round_timeout,
+                       resume=args.resume, checkpoint_dir=args.checkpoint_dir,
+                       token_file=args.token_file, ssl_certfile=args.ssl_certfile,
+                       ssl_keyfile=args.ssl_keyfile, max_connections=args.max_connections,
+                       handshake_timeout=args.handshake_timeout)
     server.train()
     if test is not None:
         server.test(test[0], test[1], args.loss, parse_metrics(args.metrics))
@@ -270,7 +274,9 @@ def cmd_client(args) -> int:
 
     client = FL_Client(args.name, data, target, server_ip=args.server_ip, server_port=args.port,
                        connect_timeout=args.connect_timeout, verbose=args.keras_verbose,
-                       logdir=args.logdir)
+                       logdir=args.logdir, token_file=args.token_file, ssl_cafile=args.ssl_cafile,
+                       max_retries=args.max_retries, retry_interval=args.retry_interval,
+                       validation_split=args.validation_split)
     print(f"{args.name}: {len(target)} examples; connecting to {args.server_ip}:{args.port}",
           flush=True)
     client.train(args.epochs, args.batch_size, args.lr, args.loss, args.optimizer,
@@ -379,6 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a client may take per round (default: no limit)")
     p.add_argument("--launch-tensorboard", action="store_true",
                    help="start TensorBoard in the background when training ends")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint (after a crash or Ctrl-C)")
+    p.add_argument("--checkpoint-dir", help="where checkpoints go (default: the run folder)")
+    token_option(p)
+    p.add_argument("--ssl-certfile", help="serve over TLS with this certificate (PEM)")
+    p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    p.add_argument("--max-connections", type=positive_int, default=1024,
+                   help="open connections at most; more are refused at once")
+    p.add_argument("--handshake-timeout", type=positive_float, default=10.0,
+                   help="seconds a new connection has to complete its handshake")
 
     p = add("client", "Run a federated client on local .npy data.", cmd_client)
     p.add_argument("--name", required=True, help="this client's unique name")
@@ -393,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to keep retrying until the server is up")
     p.add_argument("--keras-verbose", type=keras_verbosity, default=2,
                    help="Keras fit verbosity: auto, 0, 1 (progress bar) or 2 (a line per epoch)")
+    p.add_argument("--validation-split", type=float, default=0.0,
+                   help="fraction of the data held out for federated evaluation")
+    p.add_argument("--max-retries", type=int, default=5,
+                   help="reconnections in a row after losing the server")
+    p.add_argument("--retry-interval", type=positive_float, default=1.0,
+                   help="seconds before the first reconnection (doubling each try)")
+    token_option(p)
+    p.add_argument("--ssl-cafile", help="connect over TLS, trusting this CA certificate (PEM)")
 
     p = add("partition", "Split a dataset into PyFed's per-client .npy files "
                          "(data_client_<i>.npy, target_client_<i>.npy, data_server.npy, ...).",
@@ -412,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "by_label")  # pyfed.partition.SCHEMES
+
+
+def token_option(p) -> None:
+    p.add_argument("--token-file", help="file holding the federation's shared token (else "
+                                        "$PYFED_TOKEN; never put the token itself on a command line)")
 
 
 def partition_options(p, scheme_flag: str) -> None:

@@ -80,18 +80,20 @@ class Gateway:
             self.finished = True
             sessions = list(self.sessions.values())
         for session in sessions:
-            session.post(None)
+            session.end("the server is shutting down")  # wakes a thread waiting for a job
             session.channel.close()  # unblocks a thread still waiting on this client
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.close()
+        deadline = time.monotonic() + 5.0  # one budget for all threads, not 5 s each
         for thread in list(self._threads):
             if thread is not threading.current_thread():
-                thread.join(timeout=5)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
-    def snapshot(self) -> dict[str, ClientSession]:
+    def snapshot(self, idle_only: bool = False) -> dict[str, ClientSession]:
         with self.lock:
-            return dict(self.sessions)
+            return {name: session for name, session in self.sessions.items()
+                    if session.idle or not idle_only}
 
     # -- accepting --------------------------------------------------------------------------
 
@@ -171,17 +173,23 @@ class Gateway:
     # -- the handshake ----------------------------------------------------------------------
 
     def _handshake(self, channel: Channel, deadline: float) -> ClientSession | None:
-        hello = channel.receive(deadline=deadline)  # the state table only allows HELLO here
+        hello = channel.receive(deadline=deadline)  # the state table allows HELLO (or ERROR)
+        if not isinstance(hello, messages.Hello):
+            logger.warning("%s ended the handshake before HELLO: %r", channel.peer,
+                           getattr(hello, "reason", hello.KIND.name)[:200])
+            return None
         try:
             self._check_hello(hello)
             if self.token is not None:
                 self._authenticate(channel, hello, deadline)
         except Refused as refusal:
-            logger.warning("refused %s from %s: %s", hello.client_name[:40], channel.peer, refusal.reason)
+            # %r: a name comes from the network and must not be able to forge log lines
+            logger.warning("refused %r from %s: %s", hello.client_name[:40], channel.peer, refusal.reason)
             with contextlib.suppress(PyFedError):
                 channel.send(messages.Error(reason=refusal.reason, code=refusal.code))
             return None
         name = hello.client_name
+        welcome = self.welcome(name)  # before registering: a failure here leaves no trace
         session = ClientSession(name, channel, self.pool, evaluates=hello.evaluates)
         with self.changed:
             if self.finished:
@@ -197,17 +205,17 @@ class Gateway:
         if replaced is not None:
             # The same name reconnecting (a restarted or reconnected client) is the same
             # identity: the new connection takes over; the old one's work is dropped.
-            logger.warning("%s reconnected from %s; dropping its old connection from %s",
+            logger.warning("%r reconnected from %s; dropping its old connection from %s",
                            name, channel.peer, replaced.address)
             replaced.end("replaced by a new connection")
             replaced.channel.close()
         try:
-            channel.send(self.welcome(name))
-        except PyFedError:
+            channel.send(welcome)
+        except BaseException:
             self._drop(session)
             raise
         channel.limits = FrameLimits(max_body_bytes=self.max_message_bytes)
-        logger.info("%s joined from %s", name, channel.peer)
+        logger.info("%s joined from %s", name if name.isidentifier() else repr(name), channel.peer)
         with self.changed:
             self.changed.notify_all()
         return session
@@ -242,8 +250,8 @@ class Gateway:
                                         proof=auth.server_proof(self.token, hello.nonce, server_nonce)))
         answer = channel.receive(deadline=deadline)
         if not isinstance(answer, messages.Auth):  # the state table leaves only ERROR here
-            logger.warning("authentication failed from %s: the client gave up (%s)",
-                           channel.peer, answer.reason)
+            logger.warning("authentication failed from %s: the client gave up (%r)",
+                           channel.peer, answer.reason[:200])
             raise PyFedError(f"{channel.peer} ended the handshake: {answer.reason}")
         expected = auth.client_proof(self.token, hello.nonce, server_nonce, hello.client_name)
         if not auth.proofs_match(expected, answer.proof):

@@ -30,10 +30,12 @@ def validate_update(weights: tuple, spec: list[TensorSpec], num_examples: int,
     if len(weights) != len(spec):
         raise UpdateRejected(f"update has {len(weights)} tensors; the model has {len(spec)}")
     for index, (array, expected) in enumerate(zip(weights, spec)):
-        if tuple(array.shape) != tuple(expected.shape) or array.dtype.str != expected.dtype:
-            raise UpdateRejected(
-                f"tensor {index} ({expected.path or expected.name}) is {array.dtype.str}"
-                f"{list(array.shape)}; expected {expected.dtype}{list(expected.shape)}")
+        label = f"tensor {index} ({expected.path or expected.name})"
+        if tuple(array.shape) != tuple(expected.shape):
+            raise UpdateRejected(f"{label} has shape {list(array.shape)}; expected shape "
+                                 f"{list(expected.shape)}")
+        if array.dtype.str != expected.dtype:
+            raise UpdateRejected(f"{label} has dtype {array.dtype.str}; expected dtype {expected.dtype}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise UpdateRejected(
                 f"tensor {index} ({expected.path or expected.name}) contains NaN or Inf")
@@ -66,11 +68,16 @@ class Collector:
             self.bytes_in += nbytes
 
     def _check_expected(self, client: str, result_round: int) -> None:
+        """Called with the lock held. A bad answer from a client we wait for ends its turn."""
         if self.closed and client not in self.answered:
             raise UpdateRejected(f"arrived after round {self.server_round} closed; not counted")
         if result_round != self.server_round:
-            raise UpdateRejected(
-                f"{self.kind} result is for round {result_round}; the current round is {self.server_round}")
+            reason = (f"{self.kind} result is for round {result_round}; the current round is "
+                      f"{self.server_round}")
+            if client in self.pending:  # it answered, wrongly: don't wait for it any more
+                self.failures[client] = reason
+                self._cond.notify_all()
+            raise UpdateRejected(reason)
         if client not in self.expected or client in self.answered or client in self.failures:
             raise UpdateRejected(f"{client} was not asked for a {self.kind} result in round {self.server_round}")
 

@@ -8,6 +8,7 @@ jobs to the clients' sessions and waits on each round's collector, with a deadli
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -125,6 +126,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.tensorboard_process = None  # set by launch_tensorboard=True; it outlives train()
         self.final_model_path: Path | None = None
         self._first_round = 1
+        self._shut_down = False
 
     # ------------------------------------------------------------------------------------------
     # Public API
@@ -135,14 +137,15 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         if self.run_dir is not None:
             return
         checkpoint = self._load_resume_checkpoint() if self.resume else None
-        self.port = self.gateway.start()
         if checkpoint is not None:
-            self.run_dir = self.logdir / checkpoint.run_name
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            run_dir = self.logdir / checkpoint.run_name
+            run_dir.mkdir(parents=True, exist_ok=True)
         else:
-            self.run_dir = new_run_dir(self.logdir, self.run_name)
-        (self.run_dir / RUN_MARKER).write_text(self.run_id)
-        self.tb = RunLogger(self.run_dir)
+            run_dir = new_run_dir(self.logdir, self.run_name)
+        (run_dir / RUN_MARKER).write_text(self.run_id)
+        self.tb = RunLogger(run_dir)
+        self.run_dir = run_dir  # before accepting: WELCOME names the run
+        self.port = self.gateway.start()
         self._announce()
 
     def train(self) -> History:
@@ -166,7 +169,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             self._finish("completed")
         except KeyboardInterrupt:
             self._stop_clients("the server was stopped (Ctrl-C)")
-            self._shutdown()
+            self._shutdown()  # before the message: TensorBoard is flushed when it is printed
             print(f"PyFed server stopped by Ctrl-C during round {server_round}; "
                   f"{self._resume_hint(server_round)}", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
@@ -256,7 +259,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
     def _run_round(self, server_round: int) -> None:
         self.gateway.wait_for(self._min("min_available_clients"), self.wait_timeout, self._say)
         parameters = self.adapter.get_weights()
-        sessions = self.gateway.snapshot()
+        # Only idle clients: one still working on a round that closed at its deadline would
+        # start this round late; it is sampled again as soon as it is free.
+        sessions = self._idle_sessions()
         plan = self._plan(self.strategy.configure_fit(server_round, parameters, sorted(sessions)),
                           sessions)
         timeout = max((c["round_timeout"] for c in plan.values() if "round_timeout" in c),
@@ -301,6 +306,17 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             print(round_line(server_round, self.rounds, len(fit.answered), fit_metrics, seconds,
                              bytes_in, bytes_out, extra=extra), flush=True)
 
+    def _idle_sessions(self) -> dict:
+        """The idle clients, waiting (bounded by ``wait_timeout``) until there are enough."""
+        needed = self._min("min_available_clients")
+        limit = self.wait_timeout if self.wait_timeout is not None else self.round_timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            sessions = self.gateway.snapshot(idle_only=True)
+            if len(sessions) >= needed or (deadline is not None and time.monotonic() > deadline):
+                return sessions
+            time.sleep(0.05)
+
     def _wait(self, collector: Collector, timeout: float | None, doing: str) -> None:
         """Wait for the round, saying every ``progress_interval`` s whom it waits on."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -314,7 +330,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             if deadline is not None and time.monotonic() >= deadline:
                 collector.close(f"no answer within the round's {timeout:g} s deadline")
                 return
-            left = "no deadline" if deadline is None else f"{deadline - time.monotonic():.0f} s left"
+            left = ("no deadline" if deadline is None
+                    else f"{math.ceil(deadline - time.monotonic())} s left")
             self._say(f"round {collector.server_round}/{self.rounds} · {doing} · waiting for "
                       f"{', '.join(pending)} ({len(collector.answered)} of "
                       f"{len(collector.expected)} answered) · {left}")
@@ -389,7 +406,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         where = self.checkpoint_dir or self.run_dir
         if not done:
             return "no round had completed, so there is no checkpoint"
-        return f"rounds 1-{done} are saved in {where}; restart with resume=True (--resume) to continue"
+        rounds = "round 1 is" if done == 1 else f"rounds 1-{done} are"
+        return f"{rounds} saved in {where}; restart with resume=True (--resume) to continue"
 
     def _save_final_model(self) -> None:
         """Atomically: write beside the target, then ``os.replace``."""
@@ -421,6 +439,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             session.notify_stop(reason)
 
     def _shutdown(self) -> None:
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.gateway.stop()
         if self.tb is not None:
             self.tb.close()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import select
+import ssl
 import threading
 from dataclasses import dataclass
 
@@ -20,6 +22,14 @@ from .rounds import Collector, UpdateRejected
 from .transport import BufferPool, Channel
 
 logger = logging.getLogger("pyfed")
+
+# How often an idle connection's socket is checked: a client that hangs up between rounds is
+# dropped within this, instead of being counted (and sampled) until a round finds it dead.
+# Checks start fast after the handshake and after each job (garbage and hang-ups come then),
+# and back off to IDLE_CHECK_SECONDS, so a thousand idle clients cost almost nothing.
+IDLE_CHECK_SECONDS = 0.5
+IDLE_CHECK_FIRST = 0.02
+IDLE_READ_TIMEOUT = 5.0
 
 
 @dataclass
@@ -47,6 +57,7 @@ class ClientSession:
         self.pool = pool
         self.jobs: queue.Queue = queue.Queue()
         self.alive = True
+        self.busy = False
         self._alive_lock = threading.Lock()
         self.finished = threading.Event()
 
@@ -71,32 +82,75 @@ class ClientSession:
         self.channel.close()
 
     def end(self, reason: str) -> None:
-        """Mark the session over and fail every job still queued, so no round waits for it."""
+        """Mark the session over, fail every job still queued (no round waits for it), and
+        wake its thread if it is waiting for a job."""
         with self._alive_lock:
             self.alive = False
         while True:
             try:
                 job = self.jobs.get_nowait()
             except queue.Empty:
-                return
+                break
             if isinstance(job, RequestJob):
                 job.collector.fail(self.name, reason)
+        self.jobs.put(None)
+
+    @property
+    def idle(self) -> bool:
+        """Ready for a round: nothing queued or in progress (not still working on a round that
+        closed at its deadline), and nothing unasked-for waiting on its socket."""
+        return self.alive and not self.busy and self.jobs.empty() and not self._unsolicited()
+
+    def _unsolicited(self) -> bool:
+        """Has the client sent something, or hung up, while nobody asked it anything?"""
+        sock = self.channel.sock
+        try:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return True
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):  # closed under us
+            return True
+        return bool(readable)
+
+    def _read_unsolicited(self) -> None:
+        """Between jobs a client may only PING; anything else (a hang-up, an early FIT_RESULT,
+        garbage) ends the session now, instead of when the next round finds it."""
+        message = self.channel.receive(timeout=IDLE_READ_TIMEOUT)  # the state table judges it
+        if isinstance(message, messages.Error):
+            raise PyFedError(f"{self.name} ended the session: {message.reason}")
 
     def serve(self) -> None:
         """Run jobs until FINISH, shutdown (``None``) or a failure (which propagates)."""
+        poll = IDLE_CHECK_FIRST
         while True:
-            job = self.jobs.get()
+            try:
+                job = self.jobs.get(timeout=poll)
+            except queue.Empty:
+                if self._unsolicited():
+                    self._read_unsolicited()
+                poll = min(poll * 2, IDLE_CHECK_SECONDS)
+                continue
+            poll = IDLE_CHECK_FIRST
             if job is None:
                 return
             if isinstance(job, FinishJob):
                 self.channel.send(messages.Finish(weights=tuple(job.weights), reason=job.reason))
                 self.finished.set()
                 return
-            self._request(job)
+            if job.collector.closed:  # its round ended while this job waited: don't train on it
+                job.collector.fail(self.name, "the round closed before it could start")
+                continue
+            self.busy = True
+            try:
+                self._request(job)
+            finally:
+                self.busy = False
 
     def _request(self, job: RequestJob) -> None:
         collector = job.collector
         try:
+            if self._unsolicited():  # e.g. a FIT_RESULT sent before any FIT: never count it
+                self._read_unsolicited()
             collector.sent(self.channel.send(job.request))
         except PyFedError as exc:
             collector.fail(self.name, f"could not send {job.request.KIND.name}: {exc}")

@@ -48,7 +48,7 @@ def recv_exactly(sock: socket.socket, n: int, deadline: float) -> bytes | None:
         sock.settimeout(remaining)
         try:
             chunk = sock.recv(min(n - got, 1 << 20))
-        except socket.timeout:
+        except TimeoutError:
             raise TimeoutError(f"no {n} bytes before the deadline ({got} received)") from None
         if not chunk:
             return None
@@ -84,7 +84,7 @@ def drain_until_closed(sock: socket.socket, timeout: float) -> tuple[bool, bytes
         sock.settimeout(remaining)
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return False, bytes(data), time.monotonic() - start
         except (ConnectionResetError, BrokenPipeError):
             return True, bytes(data), time.monotonic() - start
@@ -136,7 +136,13 @@ def decode_frames(data: bytes) -> list:
 
 
 def server(args) -> None:
+    import faulthandler
+    import signal
+
     from pyfed import FL_Server
+
+    # `kill -USR1 <pid>` dumps every thread's stack to the log: how a hung server is diagnosed.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     from pyfed.models import SoftmaxRegression
 
     options = {}
@@ -259,10 +265,19 @@ def evil_session(port: int, mode: str, args) -> None:
             kind = message.KIND
             if kind is MessageKind.FIT:
                 rounds_seen += 1
-                if mode in ("second-hello", "early-result", "garbage-after-welcome"):
-                    # The server should already have dropped us; answer nothing, wait for EOF.
+                if mode in ("second-hello", "garbage-after-welcome"):
+                    # A server that reads a client only after sending it FIT finds our illegal
+                    # bytes now: answer nothing and wait for it to hang up.
                     emit("GOT_FIT", {"mode": mode, "round": message.round})
                     continue
+                if mode == "silent":  # never answers: the round waits on us
+                    emit("GOT_FIT", {"mode": mode, "round": message.round})
+                    continue
+                if mode == "early-result":
+                    # Our FIT_RESULT went first, so this FIT means the server took it for the
+                    # answer: say so and leave (staying silent would only stall later rounds).
+                    emit("GOT_FIT", {"mode": mode, "round": message.round})
+                    return
                 if mode == "oversize-body":
                     header = json.dumps({"fields": {"round": message.round, "num_examples": 1},
                                          "arrays": []}).encode()
@@ -287,7 +302,7 @@ def evil_session(port: int, mode: str, args) -> None:
             else:
                 emit("UNEXPECTED", {"mode": mode, "kind": kind.name})
         emit("TIMEOUT", {"mode": mode})
-    except Exception as exc:  # report, never hang: the test reads these lines
+    except Exception as exc:  # noqa: BLE001  (report, never hang: the test reads these lines)
         emit("FAILED", {"mode": mode, "error": f"{type(exc).__name__}: {exc}"})
     finally:
         sock.close()

@@ -37,8 +37,8 @@ def server(args) -> None:
     history = srv.train()
     results = srv.test(test_x, test_y, "sparse_categorical_crossentropy", ["accuracy"])
     print("RESULT " + json.dumps({"history": history.to_dict(), "test": results,
-                                  "run_dir": str(srv.run_dir), "weights": weights_hash(model.get_weights())}),
-          flush=True)
+                                  "run_dir": str(srv.run_dir), "final_model": str(srv.final_model_path),
+                                  "weights": weights_hash(model.get_weights())}), flush=True)
 
 
 def client(args) -> None:

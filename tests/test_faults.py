@@ -94,6 +94,11 @@ def client_args(port, logdir, index, *, clients=3, slow=None, slow_rounds=None,
     return args
 
 
+def assert_clean(output: str) -> None:
+    """No internal error on the way: a handled fault is a WARNING, never a traceback."""
+    assert "Traceback" not in output and " ERROR " not in output, output
+
+
 def warnings_of(output: str) -> list[str]:
     return [line for line in output.splitlines() if " WARNING " in line]
 
@@ -124,6 +129,7 @@ def baseline_run(tmp_path_factory):
             group.role(f"client_{i}", *client_args(port, logdir, i))
         codes = group.wait_all(timeout=60)
         assert all(code == 0 for code in codes.values()), group.dump()
+        assert_clean(group.output("server"))
         result = tagged(group.output("server"), "RESULT")
     assert result["history"]["rounds"] == [1, 2, 3, 4, 5, 6]
     return result
@@ -134,23 +140,27 @@ def baseline_run(tmp_path_factory):
 # ----------------------------------------------------------------------------------------------
 
 def test_round_deadline_closes_the_round_with_enough_clients(tmp_path):
+    # Timeline: every round takes clients 1-2 1.5 s; round 1 closes at its 3 s deadline while
+    # client_3 is still training (3.75 s); round 2 (3.0-4.5 s) leaves client_3 out because it
+    # is still busy with round 1; from round 3 (4.5 s) on, everybody takes part again.
     port, logdir = free_port(), tmp_path / "logs"
     with ProcessGroup(tmp_path / "procs") as group:
-        group.role("server", *server_args(port, logdir, rounds=3, round_timeout=2,
+        group.role("server", *server_args(port, logdir, rounds=4, round_timeout=3,
                                           progress_interval=0.5))
-        group.role("client_1", *client_args(port, logdir, 1))
-        group.role("client_2", *client_args(port, logdir, 2))
-        group.role("client_3", *client_args(port, logdir, 3, slow=6, slow_rounds="1"))
+        group.role("client_1", *client_args(port, logdir, 1, slow=1.5))
+        group.role("client_2", *client_args(port, logdir, 2, slow=1.5))
+        group.role("client_3", *client_args(port, logdir, 3, slow=3.75, slow_rounds="1"))
         codes = group.wait_all(timeout=60)
         outputs = {name: group.output(name) for name in group.procs}
         assert codes == {"server": 0, "client_1": 0, "client_2": 0, "client_3": 0}, group.dump()
 
     server = outputs["server"]
+    assert_clean(server)
     # While it waits, the server says whom it waits for and how long is left.
-    assert re.search(r"^round 1/3 · training · waiting for client_3 \(2 of 3 answered\) · \d+ s left$",
+    assert re.search(r"^round 1/4 · training · waiting for client_3 \(2 of 3 answered\) · \d+ s left$",
                      server, re.MULTILINE), server
     result = tagged(server, "RESULT")
-    assert result["history"]["rounds"] == [1, 2, 3]
+    assert result["history"]["rounds"] == [1, 2, 3, 4]
     # Round 1 closed at its deadline without client_3; its late update was not counted.
     assert participants(result)[0] == 2, result["history"]
     assert clients_per_round(result)[0] == ["client_1", "client_2"]
@@ -158,9 +168,9 @@ def test_round_deadline_closes_the_round_with_enough_clients(tmp_path):
     # client_3 was told its update came too late.
     assert any("update rejected: arrived after round 1 closed" in line
                for line in warnings_of(outputs["client_3"])), outputs["client_3"]
-    # The slow client is not slow any more: later rounds have everybody.
-    assert participants(result) == [2, 3, 3], result["history"]
-    assert clients_per_round(result)[1:] == [["client_1", "client_2", "client_3"]] * 2
+    # Once free, the straggler is sampled again: the last rounds have everybody.
+    assert participants(result)[2:] == [3, 3], result["history"]
+    assert clients_per_round(result)[2:] == [["client_1", "client_2", "client_3"]] * 2
 
 
 def test_round_deadline_fails_the_round_naming_who_was_missing(tmp_path):
@@ -173,7 +183,10 @@ def test_round_deadline_fails_the_round_naming_who_was_missing(tmp_path):
         group.role("client_1", *client_args(port, logdir, 1, **retry))
         group.role("client_2", *client_args(port, logdir, 2, **retry))
         group.role("client_3", *client_args(port, logdir, 3, slow=6, slow_rounds="1", **retry))
+        wait_for_output(group, "server", r"round 1: client_3 did not contribute", 30)
+        failed_at = time.monotonic()
         code = wait_exit(group, "server", 30)
+        exit_seconds = time.monotonic() - failed_at
         server = group.output("server")
         assert code != 0, server
         assert "RoundError" in server, server
@@ -187,6 +200,8 @@ def test_round_deadline_fails_the_round_naming_who_was_missing(tmp_path):
             assert "stopping" in output and "the server failed" in output, output
         for name, client_code in client_codes.items():
             assert client_code >= 0, f"{name} died of signal {-client_code}\n{group.dump()}"
+    # Having failed, the server tells the clients and exits promptly: it has nothing to wait for.
+    assert exit_seconds < 4, f"the server took {exit_seconds:.1f} s to exit after round 1 failed"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,12 +220,13 @@ def test_a_client_killed_mid_round_drops_out_and_the_others_go_on(tmp_path):
         os.kill(victim.pid, signal.SIGKILL)
         assert victim.wait(timeout=10) == -signal.SIGKILL
         # No deadline is set: the server must notice the dropped connection by itself.
-        wait_for_output(group, "server", round_done(2, rounds), 10)
-        assert time.monotonic() - killed_at < 10
+        wait_for_output(group, "server", round_done(2, rounds), 5)
+        assert time.monotonic() - killed_at < 5
         for name in ("server", "client_1", "client_2"):
             assert wait_exit(group, name, 30) == 0, group.dump()
         server = group.output("server")
 
+    assert_clean(server)
     result = tagged(server, "RESULT")
     assert result["history"]["rounds"] == list(range(1, rounds + 1))
     assert participants(result) == [3] + [2] * (rounds - 1), result["history"]
@@ -238,6 +254,7 @@ def test_a_restarted_client_rejoins_under_the_same_name(tmp_path):
         server = group.output("server")
         again = tagged(group.output("client_2_again"), "CLIENT")
 
+    assert_clean(server)
     result = tagged(server, "RESULT")
     assert result["history"]["rounds"] == list(range(1, rounds + 1))
     per_round = clients_per_round(result)
@@ -254,8 +271,9 @@ def test_a_late_joiner_takes_part_in_later_rounds(tmp_path):
     port, logdir, rounds = free_port(), tmp_path / "logs", 4
     with ProcessGroup(tmp_path / "procs") as group:
         group.role("server", *server_args(port, logdir, clients=2, rounds=rounds))
-        group.role("client_1", *client_args(port, logdir, 1, slow=1))
-        group.role("client_2", *client_args(port, logdir, 2, slow=1))
+        # 1.5 s per round leaves client_3 (about 1-2 s to start) time to join before round 4.
+        group.role("client_1", *client_args(port, logdir, 1, slow=1.5))
+        group.role("client_2", *client_args(port, logdir, 2, slow=1.5))
         wait_for_output(group, "server", round_done(1, rounds), 30)
         group.role("client_3", *client_args(port, logdir, 3))
         codes = group.wait_all(timeout=60)
@@ -263,6 +281,7 @@ def test_a_late_joiner_takes_part_in_later_rounds(tmp_path):
         server = group.output("server")
         late = tagged(group.output("client_3"), "CLIENT")
 
+    assert_clean(server)
     result = tagged(server, "RESULT")
     per_round = clients_per_round(result)
     assert result["history"]["rounds"] == [1, 2, 3, 4]
@@ -297,6 +316,7 @@ def test_resume_after_the_server_is_killed(tmp_path, baseline_run):
         clients = {f"client_{i}": tagged(group.output(f"client_{i}"), "CLIENT") for i in (1, 2, 3)}
 
     assert "resuming run" in server, server
+    assert_clean(server)
     result = tagged(server, "RESULT")
     assert result["history"]["rounds"] == [1, 2, 3, 4, 5, 6]  # none lost, none repeated
     assert result["run_dir"] and os.path.samefile(result["run_dir"], run_dir)
@@ -348,6 +368,28 @@ def test_ctrl_c_stops_the_server_cleanly_and_says_how_to_resume(tmp_path):
     for name, output in client_outputs.items():
         assert "stopping" in output, output
         assert client_codes[name] >= 0, f"{name} died of signal {-client_codes[name]}\n{output}"
+
+
+def test_ctrl_c_exits_promptly_while_clients_wait_idle_for_the_next_round(tmp_path):
+    # client_1 and client_2 have answered round 2 and sit idle; client_3 is still training.
+    port, logdir, rounds = free_port(), tmp_path / "logs", 20
+    retry = {"max_retries": 1, "retry_interval": 0.2}
+    with ProcessGroup(tmp_path / "procs") as group:
+        server_proc = group.start("server", [sys.executable, "-c", SIGINT_LAUNCHER, ROLES,
+                                             *server_args(port, logdir, rounds=rounds)])
+        group.role("client_1", *client_args(port, logdir, 1, **retry))
+        group.role("client_2", *client_args(port, logdir, 2, **retry))
+        group.role("client_3", *client_args(port, logdir, 3, slow=5, slow_rounds="2", **retry))
+        wait_for_output(group, "client_3", r"^TRAINING round 2$", 30)
+        time.sleep(0.3)
+        signalled_at = time.monotonic()
+        os.kill(server_proc.pid, signal.SIGINT)
+        code = wait_exit(group, "server", 30)
+        exit_seconds = time.monotonic() - signalled_at
+        server = group.output("server")
+    assert code == 130, server
+    assert server.count("PyFed server stopped by Ctrl-C during round 2") == 1, server
+    assert exit_seconds < 5, f"the server took {exit_seconds:.1f} s to exit after Ctrl-C"
 
 
 # ----------------------------------------------------------------------------------------------

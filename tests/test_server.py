@@ -68,3 +68,15 @@ def test_clients_started_before_the_server(tmp_path):
         assert result["history"]["history"]["participants"] == [3, 3]
         for i in range(1, 4):
             assert tagged(group.output(f"client_{i}"), "CLIENT")["rounds"] == 2
+
+
+def test_final_keras_model_is_saved_in_the_run_folder(digits_run):
+    import keras
+
+    from roles import weights_hash
+
+    result = digits_run["result"]
+    path = result["final_model"]
+    assert path.endswith("final.keras") and path.startswith(result["run_dir"])
+    reloaded = keras.saving.load_model(path)
+    assert weights_hash(reloaded.get_weights()) == result["weights"]

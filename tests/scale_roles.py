@@ -1,0 +1,221 @@
+"""Entry points for the scale tests: ``python scale_roles.py server|clients ...``.
+
+``server``  one FL_Server on a numpy model (no TensorFlow). It prints ``READY {"port": ...}``
+            once it listens, then ``RESULT {json}`` after training: the history, the receive
+            pool's peak use, and its peak RSS above the idle baseline (VmHWM minus the VmRSS read
+            from /proc/self/status after ``start()``, with VmHWM reset there).
+``clients`` ``--count`` FL_Client THREADS in this one process, each with its own socket and
+            handshake, on an echo NumpyModel (or ``--model softmax``: a tiny numpy fit). It
+            prints ``CLIENTS {json}``: how many started, finished, their rounds and any errors.
+
+Every wait is bounded: the server has ``wait_timeout``/``round_timeout``; every client has a
+``connect_timeout`` and a per-message ``timeout``, and the whole process a ``--deadline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+# [(256, 384), (384,), (384, 10), (10,)]: 98,304 + 384 + 3,840 + 10 = 102,538 float32 params.
+SMALL_SHAPES = "256x384,384,384x10,10"
+
+
+def parse_shapes(text: str) -> list[tuple[int, ...]]:
+    """"3x4,4" -> [(3, 4), (4,)]"""
+    return [tuple(int(d) for d in part.split("x")) for part in text.split(",")]
+
+
+def num_params(shapes) -> int:
+    return sum(math.prod(s) for s in shapes)
+
+
+def proc_status() -> dict[str, int]:
+    """VmRSS / VmHWM of this process in bytes."""
+    values = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux >= 4.0: VmHWM := VmRSS
+        return True
+    except OSError:
+        return False
+
+
+def trace_phases(srv, baseline: int) -> list:
+    """Wrap the server's steps (instance attributes only; pyfed is not changed) to note VmHWM
+    and VmRSS above the baseline as each one ends: which step pushed the peak up."""
+    phases: list = []
+    current_round = [0]
+
+    def wrap(owner, attribute: str, label: str):
+        original = getattr(owner, attribute)
+
+        def wrapper(*a, **k):
+            if attribute == "_run_round":
+                current_round[0] = a[0]
+            try:
+                return original(*a, **k)
+            finally:
+                status = proc_status()
+                phases.append([current_round[0], label, status["VmHWM"] - baseline,
+                               status["VmRSS"] - baseline])
+        setattr(owner, attribute, wrapper)
+
+    wrap(srv, "_run_round", "round")
+    wrap(srv.strategy, "begin", "strategy.begin")
+    wrap(srv, "_wait", "results received + folded")
+    wrap(srv.strategy, "finish", "strategy.finish")
+    wrap(srv.adapter, "set_weights", "adapter.set_weights")
+    wrap(srv, "_checkpoint", "checkpoint")
+    wrap(srv, "_save_final_model", "final model saved")
+    wrap(srv, "_finish", "FINISH sent")
+    return phases
+
+
+def server(args) -> None:
+    from pyfed.models import NumpyModel
+    from pyfed.server import FL_Server
+
+    shapes = parse_shapes(args.shapes)
+    rng = np.random.default_rng(0)
+    weights = [rng.random(shape, dtype=np.float32) - np.float32(0.5) for shape in shapes]
+    srv = FL_Server(NumpyModel(weights), args.clients, args.rounds, port=0, logdir=args.logdir,
+                    verbose=0, wait_timeout=args.wait_timeout, round_timeout=args.round_timeout,
+                    buffer_pool_size=args.pool_size, max_connections=max(1024, args.clients + 64))
+    srv.start()
+    gc.collect()
+    baseline = proc_status()
+    hwm_reset = reset_peak_rss()
+    started = time.time()
+    connected = []
+    wait_for = srv.gateway.wait_for
+
+    def timed_wait_for(*a, **k):
+        wait_for(*a, **k)
+        if not connected:
+            connected.append(time.time())
+
+    srv.gateway.wait_for = timed_wait_for
+    phases = trace_phases(srv, baseline["VmRSS"])
+    print("READY " + json.dumps({"port": srv.port, "pid": os.getpid(), "time": started}), flush=True)
+    history = srv.train()
+    status = proc_status()
+    pool = srv.gateway.pool
+    model_bytes = num_params(shapes) * 4
+    print("RESULT " + json.dumps({
+        "history": history.to_dict(), "params": num_params(shapes), "model_bytes": model_bytes,
+        "pool_size": pool.size, "pool_peak_in_use": pool.peak_in_use,
+        "baseline_rss": baseline["VmRSS"], "peak_rss": status["VmHWM"], "hwm_reset": hwm_reset,
+        "peak_above_baseline": status["VmHWM"] - baseline["VmRSS"],
+        "peak_above_baseline_x_model": (status["VmHWM"] - baseline["VmRSS"]) / model_bytes,
+        "phases": phases, "listening_at": started, "all_connected_at": connected[0] if connected else None,
+        "tensorflow_imported": "tensorflow" in sys.modules}), flush=True)
+
+
+def clients(args) -> None:
+    from pyfed.client import FL_Client
+    from pyfed.models import NumpyModel, SoftmaxRegression
+
+    shapes = parse_shapes(args.shapes)
+    threading.stack_size(1 << 20)  # hundreds of threads: 1 MiB of address space each is plenty
+    results: dict[int, dict] = {}
+    lock = threading.Lock()
+
+    def model_for(index: int):
+        if args.model == "softmax":
+            if len(shapes) != 2 or len(shapes[0]) != 2:
+                raise SystemExit("--model softmax needs shapes 'FxC,C'")
+            features, classes = shapes[0]
+            model = SoftmaxRegression(features, classes, seed=index)
+            rng = np.random.default_rng(index)
+            data = rng.random((8, features), dtype=np.float32)
+            return model, data, rng.integers(0, classes, 8)
+        # np.zeros maps pages lazily: hundreds of clients do not pay for their initial weights.
+        return NumpyModel([np.zeros(s, dtype=np.float32) for s in shapes],
+                          num_examples=index + 1), None, None
+
+    def run(index: int) -> None:
+        name = f"{args.prefix}{index}"
+        try:
+            model, data, target = model_for(index)
+            client = FL_Client(name, data, target, server_port=args.port, model=model, verbose=0,
+                               logdir=args.logdir, connect_timeout=args.connect_timeout,
+                               timeout=args.timeout, max_retries=0)
+            client.train(epochs=1, batch_size=8)
+            outcome = {"rounds": client.rounds_trained, "reason": client.final_reason}
+        except BaseException as exc:  # reported, never silent
+            outcome = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        with lock:
+            results[index] = outcome
+
+    started = time.time()
+    threads = [threading.Thread(target=run, args=(args.offset + i,), name=f"client-{i}",
+                                daemon=True) for i in range(args.count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + args.deadline
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    with lock:
+        done = dict(results)
+    errors = {i: r["error"] for i, r in done.items() if "error" in r}
+    print("CLIENTS " + json.dumps({
+        "started": len(threads), "finished": sum(1 for r in done.values() if "error" not in r),
+        "still_running": sum(1 for t in threads if t.is_alive()),
+        "rounds": sorted({r["rounds"] for r in done.values() if "rounds" in r}),
+        "reasons": sorted({str(r["reason"]) for r in done.values() if "reason" in r}),
+        "errors": dict(list(errors.items())[:10]), "num_errors": len(errors),
+        "seconds": time.time() - started,
+        "tensorflow_imported": "tensorflow" in sys.modules}), flush=True)
+    # Daemon threads still stuck (they should not be) die with the process; exit non-zero then.
+    sys.stdout.flush()
+    os._exit(0 if len(done) == len(threads) and not errors else 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["server", "clients"])
+    parser.add_argument("--shapes", default=SMALL_SHAPES)
+    parser.add_argument("--logdir", default=str(Path.cwd() / "pyfed_logs"))
+    # server
+    parser.add_argument("--clients", type=int, default=200, help="server: clients to wait for")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pool-size", type=int, default=2)
+    parser.add_argument("--wait-timeout", type=float, default=60.0)
+    parser.add_argument("--round-timeout", type=float, default=60.0)
+    # clients
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--count", type=int, default=50, help="clients: threads in this process")
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--prefix", default="c")
+    parser.add_argument("--model", choices=["echo", "softmax"], default="echo")
+    parser.add_argument("--connect-timeout", type=float, default=30.0)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--deadline", type=float, default=90.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
+    {"server": server, "clients": clients}[args.role](args)
+
+
+if __name__ == "__main__":
+    main()

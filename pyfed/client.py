@@ -12,8 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import messages
-from . import auth
+from . import auth, compression
+from .compression import validate_codec
 from .errors import (AuthenticationError, ConfigurationError, HandshakeError, PyFedError,
                      ModelMismatchError, NetworkError, TLSError,
                      ProtocolError, RemoteError)
@@ -85,6 +88,10 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         self.ssl_context = client_ssl_context(ssl_cafile) if (use_ssl or ssl_cafile) else None
         self.rounds_trained = 0
         self.reconnections = 0
+        self.codec = "none"
+        self._reference = None
+        self._feedback = compression.ErrorFeedback()
+        self._spec = None
         self._server_proved = False
         self.final_reason: str | None = None
 
@@ -109,6 +116,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                         self.reconnections += 1
                     welcome = self._handshake(channel)
                     self._prepare_model(welcome, loss, optimizer, lr, metrics)
+                    self._start_compression(welcome)
                     if tb is None:
                         tb = self._local_logger(welcome)
                     failures_in_a_row = 0
@@ -235,6 +243,22 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         if hasattr(self.adapter, "compile"):
             self.adapter.compile(loss=loss, optimizer=optimizer, lr=lr, metrics=metrics)
 
+    def _start_compression(self, welcome: messages.Welcome) -> None:
+        """The server picks the codec per run; a new connection starts from a full model."""
+        try:
+            self.codec = validate_codec(welcome.config.get("compression"))
+        except ConfigurationError as exc:  # it came from the network
+            raise ProtocolError(f"the server asked for {exc}") from None
+        self._reference = None
+        self._feedback.reset()
+        self._spec = self.adapter.spec()
+
+    def _incoming_weights(self, message) -> list:
+        if self.codec == "none":
+            return list(message.weights)
+        return compression.decode(self.codec, message.weights, message.config.get("compression"),
+                                  self._spec, self._reference)
+
     def _local_logger(self, welcome: messages.Welcome) -> RunLogger | None:
         """This client's own curves on its own machine, unless the server writes them here."""
         server_run_dir = Path(welcome.config.get("run_dir", ""))
@@ -254,17 +278,24 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
             message = channel.receive(timeout=self.timeout)
             if isinstance(message, messages.Fit):
                 config = {**defaults, **message.config, "round": message.round}
-                self.adapter.set_weights(message.weights)
+                config.pop("compression", None)
+                weights = self._incoming_weights(message)
+                if self.codec != "none":  # the base of this round's deltas, both ways
+                    self._reference = [np.array(w) for w in weights]
+                self.adapter.set_weights(weights)
                 outcome: FitOutcome = self.adapter.fit(self.data, self.target, config)
+                update = self.adapter.get_weights()
+                if self.codec != "none":
+                    update, _ = self._feedback.encode(self.codec, update, self._reference)
                 channel.send(messages.FitResult(
-                    round=message.round, weights=tuple(self.adapter.get_weights()),
+                    round=message.round, weights=tuple(update),
                     num_examples=int(outcome.num_examples), metrics=outcome.metrics,
                     history=outcome.history, first_epoch=outcome.first_epoch))
                 self.rounds_trained += 1
                 if tb is not None and outcome.history:
                     tb.client_history(self.name, outcome.history, outcome.first_epoch)
             elif isinstance(message, messages.Evaluate):
-                self.adapter.set_weights(message.weights)
+                self.adapter.set_weights(self._incoming_weights(message))
                 loss, count, metrics = self.adapter.evaluate(
                     *self.val_data, {**defaults, **message.config, "round": message.round})
                 channel.send(messages.EvaluateResult(round=message.round, num_examples=int(count),

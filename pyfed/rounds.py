@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from . import messages
-from .errors import RoundError
+from .errors import ProtocolError, RoundError
 from .spec import TensorSpec
 from .strategy import EvaluateResult, FitResult, Strategy
 
@@ -123,24 +123,31 @@ class FitCollector(Collector):
     kind = "fit"
 
     def __init__(self, server_round: int, expected: set[str], strategy: Strategy,
-                 spec: list[TensorSpec], max_examples: int, on_history=None):
+                 spec: list[TensorSpec], max_examples: int, on_history=None, decode=None):
         super().__init__(server_round, expected)
         self.strategy = strategy
         self.spec = spec
         self.max_examples = max_examples
         self.on_history = on_history  # callable(name, history, first_epoch), for TensorBoard
+        self.decode = decode  # compressed uplink -> the model's tensors (None: sent as they are)
 
     def add(self, client: str, result: messages.FitResult) -> None:
         """Validate and fold one update. Raises UpdateRejected (the caller tells the client)."""
         with self._cond:
             self._check_expected(client, result.round)
             try:
-                validate_update(result.weights, self.spec, result.num_examples, self.max_examples)
+                weights = result.weights
+                if self.decode is not None:
+                    try:
+                        weights = self.decode(weights)
+                    except ProtocolError as exc:
+                        raise UpdateRejected(f"cannot decompress: {exc}") from None
+                validate_update(weights, self.spec, result.num_examples, self.max_examples)
             except UpdateRejected as exc:
                 self.failures[client] = f"update rejected: {exc}"
                 self._cond.notify_all()
                 raise
-            self.strategy.add(FitResult(client, result.weights, result.num_examples,
+            self.strategy.add(FitResult(client, tuple(weights), result.num_examples,
                                         dict(result.metrics)))
             self.answered.append(client)
             self._cond.notify_all()

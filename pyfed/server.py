@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from . import auth, messages
+from . import auth, compression, messages
+from .compression import Downlink, validate_codec
 from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
 from .errors import ConfigurationError
 from .gateway import Gateway
@@ -66,6 +67,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         max_message_bytes: cap on a received body (default 4 GiB).
         max_examples: cap on a client's declared ``num_examples`` (default 10**9).
         buffer_pool_size: receive buffers shared by all connections (default 2).
+        compression: ``"fp16"`` or ``"int8"`` for the weights in both directions (default none);
+            int8 sends each tensor's delta from the last global model with its own scale.
     """
 
     def __init__(self, curr_model: Any, num_clients: int, rounds: int, port: int = 54321,
@@ -80,7 +83,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                  token_file: str | os.PathLike | None = None, ssl_certfile: str | None = None,
                  ssl_keyfile: str | None = None, handshake_timeout: float = 10.0,
                  max_connections: int = 1024, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_examples: int = 10**9, buffer_pool_size: int = 2):
+                 max_examples: int = 10**9, buffer_pool_size: int = 2,
+                 compression: str | None = None):
         for label, value, low in (("num_clients", num_clients, 1), ("rounds", rounds, 1),
                                   ("max_connections", max_connections, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -108,6 +112,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.resume = resume
         self.max_examples = max_examples
+        self.codec = validate_codec(compression)
+        # The official global model is what clients decode (server-side error feedback).
+        self.downlink = Downlink(self.codec) if self.codec != "none" else None
         self.history = History()
         self.test_data = tuple(test_data) if test_data is not None else None
         self._prepare_centralized_evaluation(loss, metrics)
@@ -228,7 +235,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         return messages.Welcome(
             client_id=name, rounds=self.rounds, run_name=self.run_dir.name, run_id=self.run_id,
             model=self.adapter.describe(), spec_hash=self._spec_hash,
-            config={"run_dir": str(self.run_dir.resolve()), "spec": spec_to_json(self._spec)})
+            config={"run_dir": str(self.run_dir.resolve()), "spec": spec_to_json(self._spec),
+                    "compression": self.codec})
 
     def _announce(self) -> None:
         if self.multi_system:
@@ -259,6 +267,10 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
     def _run_round(self, server_round: int) -> None:
         self.gateway.wait_for(self._min("min_available_clients"), self.wait_timeout, self._say)
         parameters = self.adapter.get_weights()
+        if self.downlink is not None:
+            wire, meta = self.downlink.publish(parameters)
+            parameters = list(self.downlink.model)
+            self.adapter.set_weights(parameters)
         # Only idle clients: one still working on a round that closed at its deadline would
         # start this round late; it is sampled again as soon as it is free.
         sessions = self._idle_sessions()
@@ -266,13 +278,26 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                           sessions)
         timeout = max((c["round_timeout"] for c in plan.values() if "round_timeout" in c),
                       default=self.round_timeout)
+        decode = None
+        if self.downlink is not None:
+            reference = parameters
+            decode = lambda arrays: compression.decode(self.codec, arrays, None, self._spec, reference)  # noqa: E731
         fit = FitCollector(server_round, set(plan), self.strategy, self._spec, self.max_examples,
-                           on_history=self.tb.client_history)
+                           on_history=self.tb.client_history, decode=decode)
         self.strategy.begin(server_round, parameters)
         weights = tuple(parameters)
         for name, config in plan.items():
+            version = None
+            if self.downlink is not None:
+                held = sessions[name].held_version
+                current = (wire, meta)
+                if meta["codec"] == "int8" and held != self.downlink.version - 1:
+                    current = self.downlink.full()  # it lacks the base of this round's delta
+                weights = tuple(current[0])
+                config = {**config, "compression": current[1]}
+                version = self.downlink.version
             sessions[name].post(RequestJob(fit, messages.Fit(round=server_round, weights=weights,
-                                                             config=config), None))
+                                                             config=config), None, version))
         self._wait(fit, timeout, "training")
         for client, reason in sorted(fit.failures.items()):
             logger.warning("round %d: %s did not contribute: %s", server_round, client, reason)
@@ -360,6 +385,10 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             return None
         collector = EvaluateCollector(server_round, set(plan))
         weights = tuple(parameters)
+        if self.downlink is not None:  # evaluation needs no shared base: fp16 is stateless
+            arrays, meta = compression.encode("fp16", parameters)
+            weights = tuple(arrays)
+            plan = {name: {**config, "compression": meta} for name, config in plan.items()}
         for name, config in plan.items():
             sessions[name].post(RequestJob(collector, messages.Evaluate(
                 round=server_round, weights=weights, config=config), None))

@@ -39,6 +39,9 @@ class RequestJob:
     collector: Collector
     request: messages.Message
     timeout: float | None
+    # With compression: the global-model version this request carries, which the client
+    # holds once it is sent (the next int8 delta is taken from it).
+    model_version: int | None = None
 
 
 @dataclass
@@ -58,6 +61,7 @@ class ClientSession:
         self.jobs: queue.Queue = queue.Queue()
         self.alive = True
         self.busy = False
+        self.held_version = 0  # compression: the global-model version this client holds
         self._alive_lock = threading.Lock()
         self.finished = threading.Event()
 
@@ -152,6 +156,8 @@ class ClientSession:
             if self._unsolicited():  # e.g. a FIT_RESULT sent before any FIT: never count it
                 self._read_unsolicited()
             collector.sent(self.channel.send(job.request))
+            if job.model_version is not None:
+                self.held_version = job.model_version
         except PyFedError as exc:
             collector.fail(self.name, f"could not send {job.request.KIND.name}: {exc}")
             raise

@@ -67,7 +67,8 @@ def numpy_server(args) -> None:
 
     srv = FL_Server(NumpyModel(numpy_weights(parse_shapes(args.shapes))), args.clients, args.rounds,
                     port=args.port, logdir=args.logdir, launch_tensorboard=args.launch_tensorboard,
-                    tensorboard_port=args.tensorboard_port)
+                    tensorboard_port=args.tensorboard_port, compression=args.compression,
+                    multi_system=args.multi_system)
     history = srv.train()
     print("RESULT " + json.dumps({"history": history.to_dict(), "run_dir": str(srv.run_dir),
                                   "tensorboard_pid": getattr(srv.tensorboard_process, "pid", None)}),
@@ -77,7 +78,8 @@ def numpy_server(args) -> None:
 def numpy_client(args) -> None:
     from pyfed.models import NumpyModel
 
-    c = FL_Client(f"client_{args.index}", None, None, server_port=args.port, logdir=args.logdir,
+    c = FL_Client(f"client_{args.index}", None, None, server_ip=args.server_ip,
+                  server_port=args.port, logdir=args.logdir,
                   model=NumpyModel(numpy_weights(parse_shapes(args.shapes))),
                   connect_timeout=args.connect_timeout)
     c.train()
@@ -117,7 +119,7 @@ def softmax_server(args) -> None:
                     round_timeout=args.round_timeout, resume=args.resume,
                     checkpoint_dir=args.checkpoint_dir, run_name=args.run_name,
                     multi_system=args.multi_system, progress_interval=args.progress_interval,
-                    **options)
+                    compression=args.compression, **options)
     srv.start()
     print(f"READY {srv.port}", flush=True)
     history = srv.train()
@@ -218,6 +220,7 @@ def main() -> None:
     parser.add_argument("--ssl-keyfile", default=None)
     parser.add_argument("--ssl-cafile", default=None)
     parser.add_argument("--use-ssl", action="store_true")
+    parser.add_argument("--compression", default=None)
     parser.add_argument("--launch-tensorboard", action="store_true")
     parser.add_argument("--tensorboard-port", type=int, default=6006)
     parser.add_argument("--port", type=int, required=True)

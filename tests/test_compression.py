@@ -432,3 +432,71 @@ def test_compressed_fedavg_converges_like_uncompressed():
         assert abs(results[codec][0] - baseline) <= 0.01, (codec, results)
     assert results["fp16"][1] == pytest.approx(0.5, abs=0.01)
     assert results["int8"][1] < 0.35  # round 1's downlink is full; later rounds ~0.26
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: the same federation with each codec, real processes over loopback
+# ---------------------------------------------------------------------------------------------
+
+
+def _federate(tmp_path, codec):
+    from conftest import tagged
+    from procs import ProcessGroup, free_port
+
+    port = free_port()
+    args = ["--port", port, "--clients", 3, "--rounds", 6, "--logdir", tmp_path / codec / "logs"]
+    with ProcessGroup(tmp_path / codec / "procs") as group:
+        group.role("server", "softmax-server", *args, "--compression", codec)
+        for i in (1, 2, 3):
+            group.role(f"client_{i}", "softmax-client", "--port", port, "--clients", 3,
+                       "--index", i, "--logdir", tmp_path / codec / "logs", "--epochs", 1)
+        codes = group.wait_all(timeout=120)
+        assert all(code == 0 for code in codes.values()), group.dump()
+        result = tagged(group.output("server"), "RESULT")
+        clients = [tagged(group.output(f"client_{i}"), "CLIENT") for i in (1, 2, 3)]
+    return result, clients
+
+
+@pytest.fixture(scope="module")
+def codec_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("codecs")
+    return {codec: _federate(base, codec) for codec in ("none", "fp16", "int8")}
+
+
+def test_compressed_runs_match_the_uncompressed_accuracy(codec_runs):
+    accuracy = {codec: run[0]["test"]["accuracy"] for codec, run in codec_runs.items()}
+    print(f"final test accuracy by codec: {accuracy}")
+    for codec in ("fp16", "int8"):
+        assert abs(accuracy[codec] - accuracy["none"]) <= 0.01, accuracy
+
+
+def test_bytes_on_the_wire_fall_about_2x_and_4x(tmp_path):
+    """Both directions, on a 101,770-parameter model with numpy echo clients."""
+    from conftest import tagged
+    from procs import ProcessGroup, free_port
+
+    shapes = "128x768,768,768x4,4,4x10,10"  # 98,304 + 768 + 3,072 + 4 + 40 + 10 floats
+    traffic = {}
+    for codec in ("none", "fp16", "int8"):
+        port = free_port()
+        with ProcessGroup(tmp_path / codec) as group:
+            group.role("server", "numpy-server", "--port", port, "--clients", 2, "--rounds", 3,
+                       "--shapes", shapes, "--logdir", tmp_path / codec / "logs",
+                       "--compression", codec)
+            for i in (1, 2):
+                group.role(f"client_{i}", "numpy-client", "--port", port, "--index", i,
+                           "--shapes", shapes, "--logdir", tmp_path / codec / "logs")
+            codes = group.wait_all(timeout=60)
+            assert all(code == 0 for code in codes.values()), group.dump()
+            history = tagged(group.output("server"), "RESULT")["history"]["history"]
+        # Rounds 2-3: int8's first downlink is a full model (nobody holds a base yet).
+        traffic[codec] = sum(history["bytes_in"][1:]) + sum(history["bytes_out"][1:])
+    print(f"bytes on the wire, rounds 2-3, both directions: {traffic}")
+    assert 1.9 <= traffic["none"] / traffic["fp16"] <= 2.05, traffic
+    assert 3.6 <= traffic["none"] / traffic["int8"] <= 4.05, traffic
+
+
+def test_every_client_ends_with_the_servers_final_model(codec_runs):
+    for codec, (result, clients) in codec_runs.items():
+        for client in clients:
+            assert client["weights"] == result["weights"], codec  # FINISH sends exact weights

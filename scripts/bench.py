@@ -3,6 +3,9 @@
 
     .venv/bin/python scripts/bench.py                      # 3 clients, 15 rounds (+1 warm-up)
     .venv/bin/python scripts/bench.py --clients 3 10 --rounds 5 --json bench.json
+    .venv/bin/python scripts/bench.py --memory-clients 3 10 50   # server memory vs clients
+    .venv/bin/python scripts/bench.py --scale 1000               # 1,000 concurrent clients
+    .venv/bin/python scripts/bench.py --quick                    # smoke run of every section
 
 The model is the README's dense net, 784-500-1000-2000-1000-500-10 with biases (5,402,010
 float32 parameters, 21.6 MB). For each client count N it measures, in the same run:
@@ -25,10 +28,34 @@ sensitive to other load than wall time), the PyFed server's peak RSS above its i
 (VmHWM minus the VmRSS it read from /proc/self/status before any client connected, with VmHWM
 reset there), and a numpy-only client's start-up time.
 
+Two more sections run when asked (then the overhead section above runs only if ``--clients`` is
+given too):
+
+* ``--memory-clients N ...``: the server's peak RSS above its idle baseline on the README model
+  with N echo clients, in multiples of the model size (target: under 4x at the largest N, and
+  flat in N). The clients are threads, ``--per-process`` (10) to a process, each with its own
+  socket and handshake. Unlike the overhead section, the bench keeps no copy of the weights in
+  the server process, and the modules PyFed imports lazily in round 1 (TensorBoard's writer,
+  zipfile) are imported before the baseline, so the figure is what the server itself holds.
+  The report says after which server step (fold, finish, set_weights, checkpoint...) the peak
+  was reached, for the first and last round.
+* ``--scale N ...``: ``--scale-rounds`` (1) round(s) with N concurrent numpy echo clients
+  (threads in ``--scale-processes`` (4) processes) on a 102,538-parameter model: the time until
+  all are connected (from spawning the client processes), the round time, the server's peak
+  memory and its cost per connection, the CPU that N idle connections burn (``--scale-idle``
+  seconds), the accept loop's Thread.start time, and the kernel's listen-queue overflows.
+  ``--py-spy PATH`` records the server with py-spy (50 Hz, raw stacks) and prints its top frames.
+
+``--pool-size`` sets the server's ``buffer_pool_size`` in every section; ``--quick`` is a smoke
+run of all three sections in about a minute (not for comparisons). Child environment variables
+pass through, so e.g. ``MALLOC_MMAP_THRESHOLD_=1048576`` or a ``PYTHONPATH`` with a patched copy
+of pyfed can be compared; both are printed with the results.
+
 Every process it starts is a child it ends by PID in a ``finally``; sockets bind 127.0.0.1 only;
 every wait is bounded (``--timeout`` per client count). No TensorFlow anywhere: the children
 check ``sys.modules`` and report. Internally this file is also the child program
-(``bench.py _pyfed_server ...``, ``_pyfed_client``, ``_floor_client``).
+(``bench.py _pyfed_server ...``, ``_pyfed_client``, ``_floor_client``, ``_scale_server``,
+``_thread_clients``).
 """
 
 from __future__ import annotations
@@ -140,6 +167,13 @@ def recv_exactly(sock: socket.socket, view: memoryview) -> None:
         view = view[received:]
 
 
+def server_pool(server):
+    """The server's receive BufferPool: ``FL_Server.gateway.pool`` (``FL_Server._pool`` before
+    the gateway was split out of server.py)."""
+    gateway = getattr(server, "gateway", None)
+    return gateway.pool if gateway is not None else server._pool
+
+
 def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "n": len(values)}
@@ -156,6 +190,7 @@ def child_pyfed_server(argv: list[str]) -> None:
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--logdir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--pool-size", type=int, default=2)
     args = parser.parse_args(argv)
 
     import gc
@@ -166,7 +201,8 @@ def child_pyfed_server(argv: list[str]) -> None:
 
     weights = model_weights(random=True)
     server = FL_Server(NumpyModel(weights), num_clients=args.clients, rounds=args.rounds, port=0,
-                       logdir=args.logdir, verbose=0, wait_timeout=120)
+                       logdir=args.logdir, verbose=0, wait_timeout=120,
+                       buffer_pool_size=args.pool_size)
 
     # Light instrumentation (wrappers only, nothing in pyfed changes): the whole _run_round call
     # (adds get_weights, TensorBoard scalars and the history record to round_seconds), and where
@@ -228,7 +264,7 @@ def child_pyfed_server(argv: list[str]) -> None:
         "participants": history.history["participants"],
         "bytes_in": history.history["bytes_in"], "bytes_out": history.history["bytes_out"],
         "timings": timings, "baseline": baseline, "status": status, "hwm_reset": hwm_reset,
-        "pool_peak_in_use": server._pool.peak_in_use, "weights_ok": weights_ok,
+        "pool_peak_in_use": server_pool(server).peak_in_use, "weights_ok": weights_ok,
         "pyfed_file": pyfed.rounds.__file__,
         "tensorflow_imported": "tensorflow" in sys.modules})
 
@@ -309,8 +345,283 @@ def child_floor_client(argv: list[str]) -> None:
                     "tensorflow_imported": "tensorflow" in sys.modules})
 
 
+# -- Children of the --memory-clients and --scale sections -------------------------------------
+
+SCALE_SHAPES = [(256, 384), (384,), (384, 10), (10,)]  # 102,538 float32 parameters (0.41 MB)
+
+
+def shapes_to_text(shapes) -> str:
+    return ",".join("x".join(map(str, shape)) for shape in shapes)
+
+
+def shapes_from_text(text: str) -> list[tuple[int, ...]]:
+    return [tuple(int(d) for d in part.split("x")) for part in text.split(",")]
+
+
+def seeded_weights(shapes) -> list[np.ndarray]:
+    """Deterministic float32 weights (regenerated for the final check instead of being kept,
+    so that the bench holds no second copy of the model in the server's memory)."""
+    rng = np.random.default_rng(0)
+    weights = [rng.random(shape, dtype=np.float32) for shape in shapes]
+    for w in weights:
+        w -= np.float32(0.5)
+    return weights
+
+
+def listen_overflows() -> int | None:
+    """TcpExt ListenOverflows of this network namespace: connections the kernel could not queue
+    for accept() because a listen backlog was full (their handshakes are retried 1 s, 3 s, ... later)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:]))
+            return int(table["ListenOverflows"]) if "ListenOverflows" in table else None
+    return None
+
+
+def trace_server_phases(server, baseline_rss: int) -> list:
+    """Wrap the server's steps (instance attributes only; pyfed is not changed) to note VmHWM and
+    VmRSS above the baseline as each ends, so the report can say which step set the peak."""
+    phases: list = []
+    current_round = [0]
+
+    def wrap(owner, attribute: str, label: str) -> None:
+        original = getattr(owner, attribute)
+
+        def wrapper(*a, **k):
+            if attribute == "_run_round":
+                current_round[0] = a[0]
+            try:
+                return original(*a, **k)
+            finally:
+                status = proc_status()
+                phases.append([current_round[0], label, status["VmHWM"] - baseline_rss,
+                               status["VmRSS"] - baseline_rss])
+        setattr(owner, attribute, wrapper)
+
+    wrap(server, "_run_round", "round")
+    wrap(server.strategy, "begin", "begin")
+    wrap(server, "_wait", "fold")
+    wrap(server.strategy, "finish", "finish")
+    wrap(server.adapter, "set_weights", "set_weights")
+    wrap(server, "_checkpoint", "checkpoint")
+    wrap(server, "_save_final_model", "final_model")
+    wrap(server, "_finish", "FINISH")
+    return phases
+
+
+def child_scale_server(argv: list[str]) -> None:
+    """FL_Server for the --memory-clients and --scale sections: no "go" handshake with the
+    parent; it measures memory, connection and round times and writes them to --out."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--shapes", required=True)
+    parser.add_argument("--pool-size", type=int, default=2)
+    parser.add_argument("--idle-seconds", type=float, default=0.0,
+                        help="after every client connected, stay idle this long (idle CPU)")
+    parser.add_argument("--timeout", type=float, required=True)
+    parser.add_argument("--logdir", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    import gc
+    import zipfile  # noqa: F401  (np.savez imports it in round 1: part of the idle baseline)
+
+    import pyfed.rounds
+    from pyfed.models import NumpyModel
+    from pyfed.server import FL_Server
+
+    try:  # imported lazily by the first TensorBoard write: part of the idle baseline, not the round
+        from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: F401
+        from tensorboard.summary.writer.record_writer import RecordWriter  # noqa: F401
+    except ImportError:
+        pass
+
+    shapes = shapes_from_text(args.shapes)
+    # No reference kept here: the server's model is its only copy of the weights.
+    server = FL_Server(NumpyModel(seeded_weights(shapes)), num_clients=args.clients,
+                       rounds=args.rounds, port=0, logdir=args.logdir, verbose=0,
+                       wait_timeout=args.timeout, round_timeout=args.timeout,
+                       buffer_pool_size=args.pool_size,
+                       max_connections=max(1024, args.clients + 64))
+    timings = {"validate": 0.0, "fold": 0.0, "first_result": [], "last_result": [],
+               "round_started": [], "full_round": [], "round_cpu": [], "thread_start": []}
+
+    def timed_total(key, fn):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                timings[key] += time.perf_counter() - start
+        return wrapper
+
+    pyfed.rounds.validate_update = timed_total("validate", pyfed.rounds.validate_update)
+    strategy_add = timed_total("fold", server.strategy.add)
+
+    def add_and_note(result):
+        strategy_add(result)
+        now = time.perf_counter()
+        if len(timings["first_result"]) < len(timings["round_started"]):
+            timings["first_result"].append(now - timings["round_started"][-1])
+        timings["last_result"][-1:] = [now - timings["round_started"][-1]]
+
+    server.strategy.add = add_and_note
+    run_round = server._run_round
+
+    def run_round_timed(server_round):
+        cpu = time.process_time()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        timings["round_started"].append(start)
+        timings["last_result"].append(None)
+        run_round(server_round)
+        timings["full_round"].append(time.perf_counter() - start)
+        timings["round_cpu"].append(time.process_time() - cpu)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        timings.setdefault("round_cpu_user", []).append(after.ru_utime - usage.ru_utime)
+        timings.setdefault("round_cpu_sys", []).append(after.ru_stime - usage.ru_stime)
+        timings.setdefault("round_voluntary_switches", []).append(after.ru_nvcsw - usage.ru_nvcsw)
+        timings.setdefault("round_involuntary_switches", []).append(
+            after.ru_nivcsw - usage.ru_nivcsw)
+
+    server._run_round = run_round_timed
+    # Thread.start waits until the new thread runs: with many threads it is a per-connection
+    # cost paid inside the accept loop.
+    thread_start = threading.Thread.start
+
+    def start_and_time(thread):
+        begin = time.perf_counter()
+        thread_start(thread)
+        if thread.name.startswith("pyfed-conn"):
+            timings["thread_start"].append(time.perf_counter() - begin)
+
+    threading.Thread.start = start_and_time
+
+    connected: dict = {}
+    wait_for = server.gateway.wait_for
+
+    def wait_for_and_note(*a, **k):
+        wait_for(*a, **k)
+        if not connected:
+            connected["at"] = time.time()
+            connected["threads"] = threading.active_count()
+            fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+            connected["open_fds"], connected["max_fd"] = len(fds), max(fds)
+            connected["rss"] = proc_status()["VmRSS"]
+            if args.idle_seconds > 0:
+                cpu, wall = time.process_time(), time.perf_counter()
+                time.sleep(args.idle_seconds)
+                connected["idle_cpu_fraction"] = ((time.process_time() - cpu)
+                                                  / (time.perf_counter() - wall))
+
+    server.gateway.wait_for = wait_for_and_note
+    server.start()  # listening, no client yet: the idle baseline
+    gc.collect()
+    baseline = proc_status()
+    hwm_reset = reset_peak_rss()
+    phases = trace_server_phases(server, baseline["VmRSS"])
+    cpu_start = time.process_time()
+    print("BENCH ready", json.dumps({"port": server.port, "pid": os.getpid(),
+                                     "time": time.time()}), flush=True)
+    error = None
+    try:
+        history = server.train().history
+    except BaseException as exc:  # noqa: BLE001  (reported in the JSON; the parent prints it)
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        history = server.history.history
+    status = proc_status()
+    threading.Thread.start = thread_start
+    weights_ok = error is None and same_weights(server.adapter.get_weights(), seeded_weights(shapes))
+    pool = server_pool(server)
+    emit(args.out, {
+        "error": error, "round_seconds": history.get("round_seconds", []),
+        "participants": history.get("participants", []), "timings": timings,
+        "baseline": baseline, "status": status, "hwm_reset": hwm_reset, "phases": phases,
+        "pool_size": pool.size, "pool_peak_in_use": pool.peak_in_use, "weights_ok": weights_ok,
+        "connected": connected, "cpu_seconds": time.process_time() - cpu_start,
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "pyfed_file": pyfed.rounds.__file__, "tensorflow_imported": "tensorflow" in sys.modules})
+
+
+def child_thread_clients(argv: list[str]) -> None:
+    """--count echo FL_Clients as threads of this one process, each with its own socket and
+    handshake (hundreds of processes would measure the machine, not PyFed)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--offset", type=int, required=True)
+    parser.add_argument("--shapes", required=True)
+    parser.add_argument("--timeout", type=float, required=True)
+    parser.add_argument("--logdir", required=True)
+    parser.add_argument("--spawned-at", type=float, required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    from pyfed.client import FL_Client
+    from pyfed.models import NumpyModel
+
+    imported_at = time.time()
+    shapes = shapes_from_text(args.shapes)
+    threading.stack_size(1 << 20)  # hundreds of threads: 1 MiB of address space each is plenty
+    lock = threading.Lock()
+    outcomes: dict[int, dict] = {}
+
+    def run(index: int) -> None:
+        outcome: dict = {}
+        try:
+            client = FL_Client(f"bench-{index}", None, None, server_port=args.port,
+                               model=NumpyModel([np.zeros(s, dtype=np.float32) for s in shapes],
+                                                num_examples=index + 1),
+                               verbose=0, logdir=args.logdir, connect_timeout=args.timeout,
+                               timeout=args.timeout, max_retries=0)
+            handshake = client._handshake
+
+            def handshake_and_note(channel):
+                outcome["hello_at"] = time.time()
+                welcome = handshake(channel)
+                outcome["welcome_at"] = time.time()
+                return welcome
+
+            client._handshake = handshake_and_note  # an instance attribute: pyfed is unchanged
+            client.train()
+            outcome.update(rounds=client.rounds_trained, reason=client.final_reason)
+        except BaseException as exc:  # noqa: BLE001  (counted and reported by the parent)
+            outcome["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        with lock:
+            outcomes[index] = outcome
+
+    threads = [threading.Thread(target=run, args=(args.offset + i,), daemon=True)
+               for i in range(args.count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + args.timeout
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    with lock:
+        done = dict(outcomes)
+    errors = [o["error"] for o in done.values() if "error" in o]
+    emit(args.out, {
+        "started": len(threads), "finished": sum("error" not in o for o in done.values()),
+        "still_running": sum(t.is_alive() for t in threads), "errors": errors[:5],
+        "num_errors": len(errors), "rounds": [o.get("rounds") for o in done.values()],
+        "imported_s": imported_at - args.spawned_at,
+        "hello_s": [o["hello_at"] - args.spawned_at for o in done.values() if "hello_at" in o],
+        "welcome_s": [o["welcome_at"] - args.spawned_at for o in done.values() if "welcome_at" in o],
+        "handshake_s": [o["welcome_at"] - o["hello_at"] for o in done.values() if "welcome_at" in o],
+        "tensorflow_imported": "tensorflow" in sys.modules})
+    sys.stdout.flush()
+    os._exit(0)  # a thread stuck past the deadline (reported above) must not hold the exit
+
+
 CHILDREN = {"_pyfed_server": child_pyfed_server, "_pyfed_client": child_pyfed_client,
-            "_floor_client": child_floor_client}
+            "_floor_client": child_floor_client, "_scale_server": child_scale_server,
+            "_thread_clients": child_thread_clients}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,9 +715,10 @@ class PyfedSide:
     ("go" on its stdin) and says "done" after it, so its rounds interleave with the floor's."""
 
     def __init__(self, children: Children, phase: Path, num_clients: int, total_rounds: int,
-                 deadline: float):
+                 deadline: float, pool_size: int = 2):
         self.children, self.phase, self.num_clients = children, phase, num_clients
         self.total_rounds, self.deadline = total_rounds, deadline
+        self.pool_size = pool_size
         self.lines: queue.Queue = queue.Queue()
         self.server: subprocess.Popen | None = None
 
@@ -415,7 +727,8 @@ class PyfedSide:
         self.server = self.children.spawn(
             "server", "_pyfed_server", "--clients", str(self.num_clients),
             "--rounds", str(self.total_rounds), "--logdir", str(logdir),
-            "--out", str(self.phase / "server.json"), pipes=True)
+            "--out", str(self.phase / "server.json"), "--pool-size", str(self.pool_size),
+            pipes=True)
         threading.Thread(target=self._read, args=(self.server.stdout,), daemon=True).start()
         ready = json.loads(self._expect("ready"))
         for i in range(self.num_clients):
@@ -565,7 +878,7 @@ class FloorSide:
 
 
 def run_interleaved(num_clients: int, rounds: int, modes: list[str], timeout: float,
-                    workdir: Path) -> tuple[dict, list[dict]]:
+                    workdir: Path, pool_size: int = 2) -> tuple[dict, list[dict]]:
     """1 warm-up + ``rounds`` rounds of PyFed and of each floor mode, taking turns round by
     round (in a rotating order), so background load hits both sides alike."""
     phase = workdir / f"clients-{num_clients}"
@@ -576,7 +889,7 @@ def run_interleaved(num_clients: int, rounds: int, modes: list[str], timeout: fl
     watchdog = threading.Timer(timeout, children.kill_all)  # unblocks any socket call we are in
     watchdog.daemon = True
     floor = FloorSide(children, phase, num_clients, total * len(modes), deadline)
-    pyfed = PyfedSide(children, phase, num_clients, total, deadline)
+    pyfed = PyfedSide(children, phase, num_clients, total, deadline, pool_size)
     floor_rounds: dict[str, list[tuple[float, float, int]]] = {mode: [] for mode in modes}
     try:
         watchdog.start()
@@ -625,6 +938,306 @@ def measure_startup(reps: int, timeout: float) -> dict:
 
     return {"command": f'python -c "{STARTUP_COMMAND}"', "import_seconds": timed(STARTUP_COMMAND),
             "bare_python_seconds": timed("pass"), "numpy_seconds": timed("import numpy")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: the --memory-clients and --scale sections
+# ---------------------------------------------------------------------------------------------
+
+
+def run_thread_clients(label: str, num_clients: int, per_process: int, rounds: int, shapes,
+                       timeout: float, workdir: Path, pool_size: int = 2,
+                       idle_seconds: float = 0.0, py_spy: str | None = None) -> dict:
+    """One FL_Server child and ceil(N / per_process) children of client threads."""
+    phase = workdir / label
+    phase.mkdir()
+    deadline = time.monotonic() + timeout
+    children = Children(phase)
+    watchdog = threading.Timer(timeout, children.kill_all)
+    watchdog.daemon = True
+    lines: queue.Queue = queue.Queue()
+    profiler = None
+    processes = math.ceil(num_clients / per_process)
+    try:
+        watchdog.start()
+        server = children.spawn("server", "_scale_server", "--clients", str(num_clients),
+                                "--rounds", str(rounds), "--shapes", shapes_to_text(shapes),
+                                "--pool-size", str(pool_size), "--idle-seconds", str(idle_seconds),
+                                "--timeout", str(timeout * 0.8), "--logdir", str(phase / "logs"),
+                                "--out", str(phase / "server.json"), pipes=True)
+
+        def read(stream) -> None:
+            for raw in stream:
+                lines.put(raw.decode(errors="replace").rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=read, args=(server.stdout,), daemon=True).start()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{label}: the server never said ready")
+            try:
+                line = lines.get(timeout=min(1.0, remaining))
+            except queue.Empty:
+                children.check_alive()
+                continue
+            if line is None:
+                children.check_alive()
+                raise RuntimeError(f"{label}: the server exited before it was ready:\n"
+                                   f"{children.tail('server')}")
+            if line.startswith("BENCH ready"):
+                ready = json.loads(line[len("BENCH ready"):])
+                break
+        if py_spy:
+            with open(phase / "py-spy.stderr", "wb") as stderr:  # the child keeps its own fd
+                profiler = subprocess.Popen(
+                    [py_spy, "record", "--pid", str(ready["pid"]), "--rate", "50",
+                     "--nonblocking", "--format", "raw", "--output", str(phase / "py-spy.txt")],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+            time.sleep(1.0)  # attached before the first client connects
+        overflows_before = listen_overflows()
+        spawned_at = time.time()
+        for k in range(processes):
+            count = min(per_process, num_clients - k * per_process)
+            children.spawn(f"clients-{k}", "_thread_clients", "--port", str(ready["port"]),
+                           "--count", str(count), "--offset", str(k * per_process),
+                           "--shapes", shapes_to_text(shapes), "--timeout", str(timeout * 0.8),
+                           "--logdir", str(phase / "logs"), "--spawned-at", repr(spawned_at),
+                           "--out", str(phase / f"clients-{k}.json"))
+        children.wait_all(deadline)
+        overflows_after = listen_overflows()
+        server_result = read_json(phase / "server.json")
+        clients = [read_json(phase / f"clients-{k}.json") for k in range(processes)]
+    finally:
+        watchdog.cancel()
+        if profiler is not None:  # py-spy stops by itself when the server exits; bounded anyway
+            try:
+                profiler.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                profiler.kill()
+                profiler.wait(timeout=5)
+        children.close()
+    profile = None
+    if py_spy and (phase / "py-spy.txt").exists():
+        profile = summarize_py_spy(phase / "py-spy.txt")
+        profile["path"] = str(phase / "py-spy.txt")
+    return {"clients": num_clients, "processes": processes, "per_process": per_process,
+            "rounds": rounds, "params": sum(math.prod(s) for s in shapes),
+            "model_bytes": 4 * sum(math.prod(s) for s in shapes), "spawned_at": spawned_at,
+            "server": server_result, "client_processes": clients,
+            "listen_overflows": (None if overflows_before is None or overflows_after is None
+                                 else overflows_after - overflows_before),
+            "profile": profile}
+
+
+# Leaf frames where a thread only waits (py-spy still samples some of them while they wake up).
+WAITING_FRAMES = ("Condition.wait", "Event.wait", "socket.accept", "_wait_for_tstate_lock")
+
+
+def summarize_py_spy(path: Path, top: int = 12) -> dict:
+    """Self and inclusive samples per function from py-spy's raw (collapsed-stack) output."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = waiting = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        samples = int(count)
+        frames = [f for f in stack.split(";") if f and not f.startswith(("thread ", "process "))]
+        if not frames:
+            continue
+        total += samples
+        if frames[-1].startswith(WAITING_FRAMES):
+            waiting += samples
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + samples
+
+    def ranked(table):
+        return [[f, n] for f, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"samples": total, "waiting_leaf_samples": waiting, "self": ranked(own),
+            "inclusive": ranked({f: n for f, n in inclusive.items()
+                                 if "pyfed/" in f and not f.startswith(WAITING_FRAMES)})}
+
+
+def client_problems(run: dict) -> list[str]:
+    server = run["server"]
+    problems = []
+    if server["error"]:
+        problems.append(f"server: {server['error'][:300]}")
+    if any(p != run["clients"] for p in server["participants"]) or \
+            len(server["participants"]) != run["rounds"]:
+        problems.append(f"participants per round {server['participants']}, expected "
+                        f"{run['rounds']} x {run['clients']}")
+    finished = sum(c["finished"] for c in run["client_processes"])
+    if finished != run["clients"]:
+        errors = [e for c in run["client_processes"] for e in c["errors"]]
+        problems.append(f"{finished} of {run['clients']} client threads finished; "
+                        f"e.g. {errors[:2]}")
+    if not server["weights_ok"] and not server["error"]:
+        problems.append("the averaged echoes differ from the global weights")
+    if server["tensorflow_imported"] or any(c["tensorflow_imported"] for c in run["client_processes"]):
+        problems.append("TensorFlow was imported by a child process")
+    return problems
+
+
+def analyse_memory(run: dict) -> dict:
+    server, model_bytes = run["server"], run["model_bytes"]
+    above = server["status"]["VmHWM"] - server["baseline"]["VmRSS"]
+    # The step that first reached (within 1%) the final peak, and each step's peak over rounds.
+    peak_step = next((f"round {r} {label}" for r, label, hwm, _ in server["phases"]
+                      if hwm >= 0.99 * above), None)
+    by_step: dict[str, float] = {}
+    for _, label, hwm, _ in server["phases"]:
+        by_step[label] = max(by_step.get(label, 0), hwm / model_bytes)
+    return {"clients": run["clients"], "processes": run["processes"], "rounds": run["rounds"],
+            "peak_above_baseline_bytes": above, "x_model": above / model_bytes,
+            "baseline_bytes": server["baseline"]["VmRSS"], "hwm_reset": server["hwm_reset"],
+            "pool_size": server["pool_size"], "pool_peak_in_use": server["pool_peak_in_use"],
+            "round_seconds": server["round_seconds"], "peak_step": peak_step,
+            "step_peaks_x_model": by_step, "phases": server["phases"], "model_bytes": model_bytes,
+            "malloc_env": server["malloc_env"],
+            "pyfed_package": os.path.dirname(server["pyfed_file"]), "problems": client_problems(run)}
+
+
+def analyse_scale(run: dict) -> dict:
+    server = run["server"]
+    connected = server["connected"]
+    welcome = [t for c in run["client_processes"] for t in c["welcome_s"]]
+    handshake = [t for c in run["client_processes"] for t in c["handshake_s"]]
+    hello = [t for c in run["client_processes"] for t in c["hello_s"]]
+    starts = server["timings"]["thread_start"]
+    above = server["status"]["VmHWM"] - server["baseline"]["VmRSS"]
+    connected_above = connected.get("rss", server["baseline"]["VmRSS"]) - server["baseline"]["VmRSS"]
+    return {
+        "clients": run["clients"], "processes": run["processes"], "params": run["params"],
+        "model_bytes": run["model_bytes"], "rounds": run["rounds"],
+        "connect_all_seconds": (connected["at"] - run["spawned_at"]) if "at" in connected else None,
+        "client_import_seconds": [c["imported_s"] for c in run["client_processes"]],
+        "hello_seconds": summary(hello) if hello else None,
+        "welcome_seconds": summary(welcome) if welcome else None,
+        "handshake_seconds": summary(handshake) if handshake else None,
+        "round_seconds": server["round_seconds"], "full_round_seconds": server["timings"]["full_round"],
+        "round_cpu_seconds": server["timings"]["round_cpu"],
+        "round_cpu_user_seconds": server["timings"].get("round_cpu_user", []),
+        "round_cpu_sys_seconds": server["timings"].get("round_cpu_sys", []),
+        "round_context_switches": [a + b for a, b in zip(
+            server["timings"].get("round_voluntary_switches", []),
+            server["timings"].get("round_involuntary_switches", []))],
+        "first_result_seconds": server["timings"]["first_result"],
+        "last_result_seconds": server["timings"]["last_result"],
+        "validate_seconds_total": server["timings"]["validate"],
+        "fold_seconds_total": server["timings"]["fold"],
+        "thread_start_seconds": ({"total": sum(starts), **summary(starts)} if starts else None),
+        "idle_cpu_fraction": connected.get("idle_cpu_fraction"),
+        "threads_when_connected": connected.get("threads"), "open_fds": connected.get("open_fds"),
+        "max_fd": connected.get("max_fd"),
+        "server_peak_rss_bytes": server["status"]["VmHWM"],
+        "server_baseline_rss_bytes": server["baseline"]["VmRSS"],
+        "peak_above_baseline_bytes": above,
+        "connected_above_baseline_bytes": connected_above,
+        "per_connection_bytes": connected_above / run["clients"],
+        "listen_overflows": run["listen_overflows"], "pool_peak_in_use": server["pool_peak_in_use"],
+        "server_cpu_seconds": server["cpu_seconds"], "profile": run["profile"],
+        "pyfed_package": os.path.dirname(server["pyfed_file"]),
+        "problems": client_problems(run)}
+
+
+def print_memory_report(rows: list[dict], model_bytes: int, per_process: int,
+                        target: float) -> None:
+    print()
+    print(f"server memory: README model ({model_bytes / 1e6:.1f} MB float32), echo clients as "
+          f"threads ({per_process} per process, each its own socket), {rows[0]['rounds']} rounds; "
+          f"peak RSS above the idle baseline (VmHWM - VmRSS after start(); the bench keeps no "
+          f"copy of the weights); target < {target:g}x model at the largest count, flat in clients")
+    print(f"{'clients':<8} {'procs':<6} {'peak above baseline':<22} {'x model':<8} {'pool peak':<10} "
+          f"{'round s (median)':<17} peak first reached at")
+    for r in rows:
+        print(f"{r['clients']:<8} {r['processes']:<6} {r['peak_above_baseline_bytes'] / 1e6:>8.0f} MB"
+              f"{'':<11} {r['x_model']:<8.2f} {r['pool_peak_in_use']}/{r['pool_size']:<8} "
+              f"{statistics.median(r['round_seconds']) if r['round_seconds'] else float('nan'):<17.3f} "
+              f"{r['peak_step']}")
+    print("peak so far above baseline (x model) as each server step ends, first and last round:")
+    for r in rows:
+        rounds = sorted({phase[0] for phase in r["phases"]})
+        for server_round in dict.fromkeys([rounds[0], rounds[-1]]) if rounds else []:
+            print(f"  {r['clients']:>4} clients, round {server_round}: " + ", ".join(
+                f"{label} {hwm / r['model_bytes']:.2f}" for phase_round, label, hwm, _
+                in r["phases"] if phase_round == server_round))
+    largest, smallest = rows[-1], rows[0]
+    growth = largest["x_model"] - smallest["x_model"]
+    verdict = "ok" if largest["x_model"] < target else "MISSED"
+    print(f"target: {largest['x_model']:.2f}x at {largest['clients']} clients, < {target:g}x "
+          f"{verdict}" + (f"; {smallest['clients']} -> {largest['clients']} clients: {growth:+.2f}x "
+                          f"({'flat' if abs(growth) <= 0.5 else 'GROWS with clients'})"
+                          if len(rows) > 1 else ""))
+    env = rows[0]["malloc_env"]
+    print("allocator: " + (", ".join(f"{k}={v}" for k, v in env.items()) if env else
+                           "glibc defaults (dynamic mmap threshold; try MALLOC_MMAP_THRESHOLD_="
+                           "1048576 to see how much of the peak is freed memory glibc kept)")
+          + f"; pyfed package: {rows[0]['pyfed_package']}")
+    for r in rows:
+        for problem in r["problems"]:
+            print(f"PROBLEM (memory, {r['clients']} clients): {problem}")
+
+
+def print_scale_report(rows: list[dict]) -> None:
+    for r in rows:
+        print()
+        print(f"scale: {r['clients']:,} numpy echo clients (threads in {r['processes']} processes, "
+              f"each its own socket and handshake), {r['params']:,}-param model "
+              f"({r['model_bytes'] / 1e6:.2f} MB), {r['rounds']} round(s)")
+        print(f"{'clients':<8} {'connect all s':<14} {'round s':<9} {'server peak RSS':<16} "
+              f"{'above baseline':<15} {'per connection':<15} {'idle CPU':<9} participants")
+        rounds = ", ".join(f"{s:.2f}" for s in r["round_seconds"]) or "-"
+        idle = (f"{100 * r['idle_cpu_fraction']:.0f}% core" if r["idle_cpu_fraction"] is not None
+                else "-")
+        connect = f"{r['connect_all_seconds']:.2f}" if r["connect_all_seconds"] is not None else "-"
+        print(f"{r['clients']:<8} {connect:<14} {rounds:<9} "
+              f"{r['server_peak_rss_bytes'] / 1e6:>6.0f} MB{'':<7} "
+              f"{r['peak_above_baseline_bytes'] / 1e6:>+6.0f} MB{'':<6} "
+              f"{r['per_connection_bytes'] / 1e3:>5.0f} kB{'':<7} {idle:<9} "
+              f"{r['problems'] and 'see PROBLEM' or 'all'}")
+        print("  connecting: client imports "
+              f"{statistics.median(r['client_import_seconds']):.2f} s after spawn; HELLO sent "
+              + (f"{r['hello_seconds']['median']:.2f} s median / {r['hello_seconds']['max']:.2f} s last"
+                 if r["hello_seconds"] else "-")
+              + "; HELLO -> WELCOME "
+              + (f"{r['handshake_seconds']['median'] * 1e3:.0f} ms median / "
+                 f"{r['handshake_seconds']['max']:.2f} s max" if r["handshake_seconds"] else "-")
+              + (f"; accept backlog overflows {r['listen_overflows']}"
+                 if r["listen_overflows"] is not None else "")
+              + (f"; Thread.start in the accept loop {r['thread_start_seconds']['total']:.2f} s "
+                 f"total, {r['thread_start_seconds']['median'] * 1e6:.0f} us median, "
+                 f"{r['thread_start_seconds']['max'] * 1e3:.1f} ms max"
+                 if r["thread_start_seconds"] else ""))
+        if r["round_seconds"]:
+            print(f"  round: results from {r['first_result_seconds'][0]:.2f} s to "
+                  f"{r['last_result_seconds'][0]:.2f} s after the round began; validate "
+                  f"{r['validate_seconds_total'] * 1e3:.0f} ms + fold "
+                  f"{r['fold_seconds_total'] * 1e3:.0f} ms in all; server CPU "
+                  f"{r['round_cpu_seconds'][0]:.2f} s in round 1 (user "
+                  f"{r['round_cpu_user_seconds'][0]:.2f} + system {r['round_cpu_sys_seconds'][0]:.2f},"
+                  f" {r['round_context_switches'][0]:,} context switches; "
+                  f"{r['server_cpu_seconds']:.2f} s for the whole run); pool peak "
+                  f"{r['pool_peak_in_use']}")
+        print(f"  server when all were connected: {r['threads_when_connected']} threads, "
+              f"{r['open_fds']} open descriptors (highest {r['max_fd']}), "
+              f"{r['connected_above_baseline_bytes'] / 1e6:+.0f} MB RSS above baseline; "
+              f"pyfed package: {r['pyfed_package']}")
+        if r["profile"]:
+            p = r["profile"]
+            print(f"  py-spy ({p['samples']} thread-samples at 50 Hz, {p['waiting_leaf_samples']} of them "
+                  f"in a wait; {p['path']}); top self:")
+            for frame, n in p["self"][:8]:
+                print(f"    {100 * n / max(1, p['samples']):5.1f}%  {frame}")
+            print("  top inclusive pyfed frames (not waiting):")
+            for frame, n in p["inclusive"][:8]:
+                print(f"    {100 * n / max(1, p['samples']):5.1f}%  {frame}")
+        for problem in r["problems"]:
+            print(f"PROBLEM (scale, {r['clients']} clients): {problem}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -709,6 +1322,8 @@ def print_report(results: dict) -> None:
     print(f"model: {model['params']:,} params, {model['bytes'] / 1e6:.1f} MB (float32), "
           f"{'-'.join(map(str, LAYERS))} dense; {results['rounds']} rounds after 1 warm-up, "
           "PyFed and floor rounds interleaved")
+    if results.get("pool_size", 2) != 2:
+        print(f"PyFed server: buffer_pool_size={results['pool_size']} (default 2)")
     print(f"{'clients':<8} {'pyfed median [min-max] s':<26} {'floor median [min-max] s':<26} "
           f"{'ratio':<6} {'target':<13} paired")
     for r in results["runs"]:
@@ -762,10 +1377,15 @@ def print_report(results: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+MEMORY_TARGET = 4.0  # x model: server peak RSS above its idle baseline at the largest count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[3],
-                        help="client counts to measure, e.g. --clients 3 10 (default 3)")
+    parser.add_argument("--clients", type=int, nargs="+", default=None,
+                        help="client counts to measure, e.g. --clients 3 10 (default 3; with "
+                             "--memory-clients or --scale, the overhead section runs only if "
+                             "--clients is given)")
     parser.add_argument("--rounds", type=int, default=15,
                         help="measured rounds per client count, after 1 warm-up (default 15, "
                              "minimum 5)")
@@ -776,35 +1396,109 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor-modes", nargs="+", choices=["threads", "sequential"],
                         default=["threads", "sequential"])
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 if any ratio is above the target")
+                        help="exit 1 if any ratio (or the memory target) is missed")
+    parser.add_argument("--memory-clients", type=int, nargs="+", default=[], metavar="N",
+                        help="server peak RSS above its idle baseline on the README model with N "
+                             "echo clients (threads), e.g. --memory-clients 3 10 50")
+    parser.add_argument("--memory-rounds", type=int, default=3)
+    parser.add_argument("--per-process", type=int, default=10,
+                        help="client threads per client process in --memory-clients (default 10)")
+    parser.add_argument("--pool-size", type=int, default=2,
+                        help="the PyFed server's buffer_pool_size in every section (default 2)")
+    parser.add_argument("--scale", type=int, nargs="+", default=[], metavar="N",
+                        help="one round with N concurrent numpy clients on a 102,538-param model, "
+                             "e.g. --scale 1000")
+    parser.add_argument("--scale-processes", type=int, default=4,
+                        help="client processes the --scale clients are spread over (default 4)")
+    parser.add_argument("--scale-rounds", type=int, default=1)
+    parser.add_argument("--scale-idle", type=float, default=2.0,
+                        help="seconds the --scale server stays idle once all are connected, to "
+                             "measure what idle connections cost (default 2)")
+    parser.add_argument("--py-spy", metavar="PATH",
+                        help="profile the --scale server with this py-spy binary (record, 50 Hz)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run (~1-2 min): --clients 2 --rounds 5 --startup-reps 2 "
+                             "--memory-clients 3 --memory-rounds 2 --scale 100; numbers are "
+                             "not for comparison")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.clients = args.clients or [2]
+        args.rounds, args.startup_reps = 5, min(args.startup_reps, 2)
+        args.memory_clients = args.memory_clients or [3]
+        args.memory_rounds = min(args.memory_rounds, 2)
+        args.scale = args.scale or [100]
+        args.scale_processes = min(args.scale_processes, 2)
+        args.scale_idle = min(args.scale_idle, 0.5)
+    if args.clients is None:
+        args.clients = [] if (args.memory_clients or args.scale) else [3]
     if args.rounds < 5:
         parser.error(f"--rounds must be at least 5; received {args.rounds}")
     if any(n < 1 or n > 64 for n in args.clients):
         parser.error(f"--clients must be between 1 and 64; received {args.clients}")
+    if any(n < 1 or n > 200 for n in args.memory_clients):
+        parser.error(f"--memory-clients must be between 1 and 200; received {args.memory_clients}")
+    if any(n < 1 or n > 4000 for n in args.scale):
+        parser.error(f"--scale must be between 1 and 4000; received {args.scale}")
+    for name in ("memory_rounds", "per_process", "pool_size", "scale_processes", "scale_rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1; received "
+                         f"{getattr(args, name)}")
+    if args.py_spy and not os.access(args.py_spy, os.X_OK):
+        parser.error(f"--py-spy must be an executable; received {args.py_spy}")
 
     model_bytes = model_params() * 4
     results = {"model": {"layers": list(LAYERS), "params": model_params(), "bytes": model_bytes,
                          "dtype": "float32"},
                "rounds": args.rounds, "warmup_rounds": 1, "cpus": os.cpu_count(),
                "python": sys.version.split()[0], "numpy": np.__version__,
-               "load_average_start": os.getloadavg()[0], "runs": []}
+               "load_average_start": os.getloadavg()[0], "pool_size": args.pool_size,
+               "runs": [], "memory": [], "scale": []}
     with tempfile.TemporaryDirectory(prefix="pyfed-bench-") as tmp:
         workdir = Path(tmp)
         for num_clients in args.clients:
             print(f"... {num_clients} clients: PyFed and floor rounds, interleaved",
                   file=sys.stderr, flush=True)
             pyfed, floors = run_interleaved(num_clients, args.rounds, args.floor_modes,
-                                            args.timeout, workdir)
+                                            args.timeout, workdir, args.pool_size)
             results["runs"].append(analyse(num_clients, pyfed, floors, model_bytes))
-        print("... client start-up", file=sys.stderr, flush=True)
-        results["startup"] = measure_startup(args.startup_reps, timeout=60)
+        if args.clients:
+            print("... client start-up", file=sys.stderr, flush=True)
+            results["startup"] = measure_startup(args.startup_reps, timeout=60)
+        for num_clients in args.memory_clients:
+            print(f"... memory: {num_clients} echo clients, README model", file=sys.stderr,
+                  flush=True)
+            run = run_thread_clients(f"memory-{num_clients}", num_clients, args.per_process,
+                                     args.memory_rounds, model_shapes(), args.timeout, workdir,
+                                     pool_size=args.pool_size)
+            results["memory"].append(analyse_memory(run))
+        for num_clients in args.scale:
+            print(f"... scale: {num_clients} clients", file=sys.stderr, flush=True)
+            per_process = math.ceil(num_clients / args.scale_processes)
+            run = run_thread_clients(f"scale-{num_clients}", num_clients, per_process,
+                                     args.scale_rounds, SCALE_SHAPES,
+                                     max(args.timeout, 60 + num_clients * 0.1), workdir,
+                                     pool_size=args.pool_size, idle_seconds=args.scale_idle,
+                                     py_spy=args.py_spy)
+            results["scale"].append(analyse_scale(run))
     results["load_average_end"] = os.getloadavg()[0]
-    print_report(results)
+    if args.clients:
+        print_report(results)
+    if results["memory"]:
+        print_memory_report(results["memory"], model_bytes, args.per_process, MEMORY_TARGET)
+    if results["scale"]:
+        print_scale_report(results["scale"])
+    if args.quick:
+        print("(--quick: a smoke run with few rounds and clients; its numbers are not for "
+              "comparisons)")
+    if not args.clients:
+        print(f"machine: {results['cpus']} CPUs, 1-minute load average "
+              f"{results['load_average_start']:.1f} at the start and "
+              f"{results['load_average_end']:.1f} at the end")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    failed = any(r["problems"] for r in results["runs"])
-    missed = any(not r["meets_target"] for r in results["runs"])
+    failed = any(r["problems"] for r in results["runs"] + results["memory"] + results["scale"])
+    missed = (any(not r["meets_target"] for r in results["runs"])
+              or bool(results["memory"] and results["memory"][-1]["x_model"] >= MEMORY_TARGET))
     return 2 if failed else (1 if args.check and missed else 0)
 
 

@@ -95,10 +95,19 @@ def server(args) -> None:
     from pyfed.models import NumpyModel
     from pyfed.server import FL_Server
 
+    try:  # imported lazily by the first TensorBoard write: part of the idle baseline, not a round
+        from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: F401
+        from tensorboard.summary.writer.record_writer import RecordWriter  # noqa: F401
+    except ImportError:
+        pass
+    import zipfile  # noqa: F401  (np.savez, for the checkpoint, imports it in round 1)
+
     shapes = parse_shapes(args.shapes)
     rng = np.random.default_rng(0)
-    weights = [rng.random(shape, dtype=np.float32) - np.float32(0.5) for shape in shapes]
-    srv = FL_Server(NumpyModel(weights), args.clients, args.rounds, port=0, logdir=args.logdir,
+    # No reference kept here: the server's model is the only copy of the weights, as it would
+    # be in a server script that built its model and handed it over.
+    srv = FL_Server(NumpyModel([rng.random(shape, dtype=np.float32) for shape in shapes]),
+                    args.clients, args.rounds, port=0, logdir=args.logdir,
                     verbose=0, wait_timeout=args.wait_timeout, round_timeout=args.round_timeout,
                     buffer_pool_size=args.pool_size, max_connections=max(1024, args.clients + 64))
     srv.start()
@@ -162,7 +171,7 @@ def clients(args) -> None:
                                timeout=args.timeout, max_retries=0)
             client.train(epochs=1, batch_size=8)
             outcome = {"rounds": client.rounds_trained, "reason": client.final_reason}
-        except BaseException as exc:  # reported, never silent
+        except BaseException as exc:  # noqa: BLE001  (reported, never silent)
             outcome = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         with lock:
             results[index] = outcome

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import procs  # noqa: E402  (tests/ is on sys.path)
+from procs import free_port  # noqa: E402,F401  (re-exported for the CLI tests)
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -25,19 +27,13 @@ PYFED_SCRIPT = Path(sys.executable).with_name("pyfed")
 _TF_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "To enable the following")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def child_env(**extra) -> dict:
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("PYFED_MNIST", None)
-    env.pop("PYFED_DATASET", None)
-    env.update({k: str(v) for k, v in extra.items()})
+    """procs.child_env, without the dataset switches a developer may have set in their shell."""
+    env = procs.child_env(**{"TF_CPP_MIN_LOG_LEVEL": 2, **extra})
+    if "PYFED_MNIST" not in extra:
+        env.pop("PYFED_MNIST", None)
+    if "PYFED_DATASET" not in extra:
+        env.pop("PYFED_DATASET", None)
     return env
 
 

@@ -67,7 +67,10 @@ class Gateway:
     # -- lifetime ---------------------------------------------------------------------------
 
     def start(self) -> int:
-        self._listener = listen(self.host, self.port)
+        # A backlog sized for the expected crowd: a thousand clients connecting at once
+        # otherwise overflow the kernel's queue and wait for SYN retries.
+        self._listener = listen(self.host, self.port,
+                                backlog=max(128, min(self.max_connections, socket.SOMAXCONN)))
         self.port = self._listener.getsockname()[1]
         thread = threading.Thread(target=self._accept_loop, name="pyfed-accept", daemon=True)
         thread.start()

@@ -152,7 +152,10 @@ class FitCollector(Collector):
             self.answered.append(client)
             self._cond.notify_all()
         if self.on_history and result.history:
-            self.on_history(client, result.history, result.first_epoch)
+            try:
+                self.on_history(client, result.history, result.first_epoch)
+            except OSError as exc:  # e.g. too many open files: lose a curve, never the update
+                logger.warning("could not write %s's TensorBoard curve: %s", client, exc)
 
     def require(self, min_fit_clients: int) -> None:
         needed = min(min_fit_clients, len(self.expected)) or 1

@@ -458,8 +458,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             sessions = list(self.gateway.sessions.values())
         for session in sessions:
             session.post(FinishJob(parameters, reason))
+        deadline = time.monotonic() + 60  # one budget for everybody, not 60 s each
         for session in sessions:
-            if not session.finished.wait(timeout=60):
+            if not session.finished.wait(timeout=max(0.0, deadline - time.monotonic())):
                 logger.warning("%s did not receive FINISH in time", session.name)
 
     def _stop_clients(self, reason: str) -> None:

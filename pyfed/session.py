@@ -90,6 +90,7 @@ class ClientSession:
         wake its thread if it is waiting for a job."""
         with self._alive_lock:
             self.alive = False
+        self.finished.set()  # nobody waits for FINISH to reach an ended session
         while True:
             try:
                 job = self.jobs.get_nowait()
@@ -111,10 +112,12 @@ class ClientSession:
         try:
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return True
-            readable, _, _ = select.select([sock], [], [], 0)
+            # poll, not select: select cannot watch descriptors >= 1024 (a busy server has them)
+            poller = select.poll()
+            poller.register(sock, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
         except (OSError, ValueError):  # closed under us
             return True
-        return bool(readable)
 
     def _read_unsolicited(self) -> None:
         """Between jobs a client may only PING; anything else (a hang-up, an early FIT_RESULT,
@@ -149,6 +152,7 @@ class ClientSession:
                 self._request(job)
             finally:
                 self.busy = False
+                job = None  # don't keep this round's weights alive until the next job
 
     def _request(self, job: RequestJob) -> None:
         collector = job.collector
@@ -170,7 +174,12 @@ class ClientSession:
 
         before = self.channel.bytes_received
         try:
-            reply = self.channel.receive(timeout=job.timeout, allocate=allocate)
+            try:
+                reply = self.channel.receive(timeout=job.timeout, allocate=allocate)
+            finally:
+                # Free for the next round before the collector hears the reply: the round
+                # thread wakes on that, and must not find this client still "busy".
+                self.busy = False
             collector.received(self.channel.bytes_received - before)
             if isinstance(reply, messages.Error):
                 collector.fail(self.name, f"client reported: {reply.reason}")

@@ -128,8 +128,8 @@ class Channel:
 
     @contextlib.contextmanager
     def _mapped_errors(self, doing: str, timeout: float | None):
-        self.sock.settimeout(timeout)
         try:
+            self.sock.settimeout(timeout)  # inside: a socket closed under us is an OSError too
             yield
         except (ProtocolError, ConnectionClosed):
             raise

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from . import messages
 from .errors import PyFedError
-from .protocol import FrameLimits
 from .rounds import Collector, UpdateRejected
 from .transport import BufferPool, Channel
 
@@ -199,7 +198,3 @@ class ClientSession:
         finally:
             for buffer in leased:  # the collector folded (or dropped) the update: reuse its buffer
                 self.pool.release(buffer)
-
-
-def welcome_limits(max_message_bytes: int) -> FrameLimits:
-    return FrameLimits(max_body_bytes=max_message_bytes)

@@ -40,55 +40,9 @@ def num_params(shapes) -> int:
     return sum(math.prod(s) for s in shapes)
 
 
-def proc_status() -> dict[str, int]:
-    """VmRSS / VmHWM of this process in bytes."""
-    values = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) * 1024
-    return values
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # Linux >= 4.0: VmHWM := VmRSS
-        return True
-    except OSError:
-        return False
-
-
-def trace_phases(srv, baseline: int) -> list:
-    """Wrap the server's steps (instance attributes only; pyfed is not changed) to note VmHWM
-    and VmRSS above the baseline as each one ends: which step pushed the peak up."""
-    phases: list = []
-    current_round = [0]
-
-    def wrap(owner, attribute: str, label: str):
-        original = getattr(owner, attribute)
-
-        def wrapper(*a, **k):
-            if attribute == "_run_round":
-                current_round[0] = a[0]
-            try:
-                return original(*a, **k)
-            finally:
-                status = proc_status()
-                phases.append([current_round[0], label, status["VmHWM"] - baseline,
-                               status["VmRSS"] - baseline])
-        setattr(owner, attribute, wrapper)
-
-    wrap(srv, "_run_round", "round")
-    wrap(srv.strategy, "begin", "strategy.begin")
-    wrap(srv, "_wait", "results received + folded")
-    wrap(srv.strategy, "finish", "strategy.finish")
-    wrap(srv.adapter, "set_weights", "adapter.set_weights")
-    wrap(srv, "_checkpoint", "checkpoint")
-    wrap(srv, "_save_final_model", "final model saved")
-    wrap(srv, "_finish", "FINISH sent")
-    return phases
+# The memory probes are the benchmark's own, so the test and bench.py measure the same way.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from bench import proc_status, reset_peak_rss, trace_server_phases  # noqa: E402
 
 
 def server(args) -> None:
@@ -124,7 +78,7 @@ def server(args) -> None:
             connected.append(time.time())
 
     srv.gateway.wait_for = timed_wait_for
-    phases = trace_phases(srv, baseline["VmRSS"])
+    phases = trace_server_phases(srv, baseline["VmRSS"])
     print("READY " + json.dumps({"port": srv.port, "pid": os.getpid(), "time": started}), flush=True)
     history = srv.train()
     status = proc_status()

@@ -25,8 +25,86 @@ class UpdateRejected(Exception):
     """An update that must not be aggregated; the reason is sent back to its client."""
 
 
+# Largest magnitude accepted in a floating-point update. Far beyond any trained weight, and low
+# enough that summing a million updates of it (weighted, see strategy.aggregate) stays finite in
+# float32; a value beyond it is a corrupt or hostile update, refused like NaN.
+MAX_ABS_VALUE = 1e18
+
+# Elements checked per step: no model-sized temporary is made (a connection thread's
+# temporaries stay in glibc's per-thread arenas, which made the server's RSS grow with the
+# number of clients).
+_CHECK_CHUNK = 1 << 16
+
+
+def _first_bad_value(array: np.ndarray):
+    """The first value that is NaN, +-Inf or beyond MAX_ABS_VALUE, or None.
+
+    Fast path: one BLAS dot product per chunk. ``sum(x*x) <= MAX_ABS_VALUE**2`` implies every
+    ``|x| <= MAX_ABS_VALUE``, and NaN or Inf anywhere makes the sum NaN or Inf, which fails the
+    comparison; only a failing chunk is looked at value by value (so the two paths agree)."""
+    flat = array.reshape(-1)
+    limit = MAX_ABS_VALUE ** 2
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow here is the signal, not a bug
+        for start in range(0, flat.size, _CHECK_CHUNK):
+            part = flat[start:start + _CHECK_CHUNK]
+            if np.dot(part, part) <= limit:
+                continue
+            bad = part[~(np.abs(part) <= MAX_ABS_VALUE)]
+            if bad.size:
+                return bad[0]
+    return None
+
+
+class ValueScan:
+    """Checks a FIT_RESULT's float values while its body arrives (``Channel.receive``'s
+    ``on_body``), each piece while it is still in cache; :func:`validate_update` then uses the
+    verdict instead of reading the whole update from memory once more. Stops at the first bad
+    value; arrays it did not reach are checked by validate_update as usual."""
+
+    def __init__(self) -> None:
+        self._array = 0        # index of the array being scanned
+        self._position = 0     # body offset scanned up to
+        self.bad: dict[int, float] = {}  # array index -> its first bad value
+        self.scanned: set[int] = set()   # arrays whose every value was checked
+
+    def __call__(self, body, descriptors: list, received: int) -> None:
+        while self._array < len(descriptors) and not self.bad:
+            d = descriptors[self._array]
+            dtype = np.dtype(d["dtype"])
+            start, end = d["offset"], d["offset"] + d["nbytes"]
+            if dtype.kind != "f":
+                self._array += 1
+                continue
+            begin = max(start, self._position)
+            upto = min(end, received)
+            upto = begin + max(0, upto - begin) // dtype.itemsize * dtype.itemsize  # whole values
+            if upto > begin:
+                values = np.frombuffer(body, dtype=dtype, count=(upto - begin) // dtype.itemsize,
+                                       offset=begin)
+                bad = _first_bad_value(values)
+                if bad is not None:
+                    self.bad[self._array] = bad
+                    return
+                self._position = upto
+            if upto < end:
+                return  # the rest of this array has not arrived yet
+            self.scanned.add(self._array)
+            self._array += 1
+
+
+def _describe(value) -> str:
+    value = float(value)
+    if np.isnan(value):
+        return "NaN"
+    if np.isinf(value):
+        return "Inf" if value > 0 else "-Inf"
+    return f"{value:g}"
+
+
 def validate_update(weights: tuple, spec: list[TensorSpec], num_examples: int,
-                    max_examples: int) -> None:
+                    max_examples: int, scan: ValueScan | None = None) -> None:
+    """Raise UpdateRejected naming the first problem: count, shape, dtype, a bad value, or
+    num_examples. ``scan`` holds values already checked as the update arrived."""
     if len(weights) != len(spec):
         raise UpdateRejected(f"update has {len(weights)} tensors; the model has {len(spec)}")
     for index, (array, expected) in enumerate(zip(weights, spec)):
@@ -36,9 +114,13 @@ def validate_update(weights: tuple, spec: list[TensorSpec], num_examples: int,
                                  f"{list(expected.shape)}")
         if array.dtype.str != expected.dtype:
             raise UpdateRejected(f"{label} has dtype {array.dtype.str}; expected dtype {expected.dtype}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise UpdateRejected(
-                f"tensor {index} ({expected.path or expected.name}) contains NaN or Inf")
+        if array.dtype.kind == "f" and array.size:
+            if scan is not None and index in scan.scanned:
+                continue
+            bad = scan.bad[index] if scan is not None and index in scan.bad else _first_bad_value(array)
+            if bad is not None:
+                raise UpdateRejected(f"{label} contains {_describe(bad)}; every value must be finite and "
+                                     f"within +-{MAX_ABS_VALUE:g}")
     if not 0 < num_examples <= max_examples:
         raise UpdateRejected(f"num_examples must be in [1, {max_examples}]; received {num_examples}")
 
@@ -131,22 +213,33 @@ class FitCollector(Collector):
         self.on_history = on_history  # callable(name, history, first_epoch), for TensorBoard
         self.decode = decode  # compressed uplink -> the model's tensors (None: sent as they are)
 
-    def add(self, client: str, result: messages.FitResult) -> None:
+    def value_scan(self) -> ValueScan | None:
+        """A scan to run while the result arrives, or None when the arrays on the wire are not
+        the model's (a compressed update is checked once decoded)."""
+        return ValueScan() if self.decode is None else None
+
+    def add(self, client: str, result: messages.FitResult, scan: ValueScan | None = None) -> None:
         """Validate and fold one update. Raises UpdateRejected (the caller tells the client)."""
+        # Decoding and checking every value read the whole update: done before taking the
+        # lock, so one client's check overlaps another's fold.
+        try:
+            weights = result.weights
+            if self.decode is not None:
+                try:
+                    weights = self.decode(weights)
+                except ProtocolError as exc:
+                    raise UpdateRejected(f"cannot decompress: {exc}") from None
+            validate_update(weights, self.spec, result.num_examples, self.max_examples,
+                            scan if self.decode is None else None)
+            problem = None
+        except UpdateRejected as exc:
+            problem = exc
         with self._cond:
             self._check_expected(client, result.round)
-            try:
-                weights = result.weights
-                if self.decode is not None:
-                    try:
-                        weights = self.decode(weights)
-                    except ProtocolError as exc:
-                        raise UpdateRejected(f"cannot decompress: {exc}") from None
-                validate_update(weights, self.spec, result.num_examples, self.max_examples)
-            except UpdateRejected as exc:
-                self.failures[client] = f"update rejected: {exc}"
+            if problem is not None:
+                self.failures[client] = f"update rejected: {problem}"
                 self._cond.notify_all()
-                raise
+                raise problem
             self.strategy.add(FitResult(client, tuple(weights), result.num_examples,
                                         dict(result.metrics)))
             self.answered.append(client)
@@ -174,7 +267,10 @@ class EvaluateCollector(Collector):
         super().__init__(server_round, expected)
         self.results: list[EvaluateResult] = []
 
-    def add(self, client: str, result: messages.EvaluateResult) -> None:
+    def value_scan(self) -> None:
+        return None  # a loss and metrics: nothing to scan
+
+    def add(self, client: str, result: messages.EvaluateResult, scan=None) -> None:
         with self._cond:
             self._check_expected(client, result.round)
             if not 0 <= result.num_examples or not np.isfinite(result.loss):

@@ -172,9 +172,10 @@ class ClientSession:
             return buffer
 
         before = self.channel.bytes_received
+        scan = collector.value_scan()
         try:
             try:
-                reply = self.channel.receive(timeout=job.timeout, allocate=allocate)
+                reply = self.channel.receive(timeout=job.timeout, allocate=allocate, on_body=scan)
             finally:
                 # Free for the next round before the collector hears the reply: the round
                 # thread wakes on that, and must not find this client still "busy".
@@ -186,7 +187,7 @@ class ClientSession:
                     raise PyFedError(f"{self.name} ended the session: {reply.reason}")
                 return
             try:
-                collector.add(self.name, reply)  # the state table guarantees the reply's kind
+                collector.add(self.name, reply, scan)  # the state table guarantees its kind
             except UpdateRejected as exc:
                 logger.warning("round %d: %s result from %s rejected: %s", collector.server_round,
                                collector.kind, self.name, exc)

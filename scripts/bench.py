@@ -16,9 +16,11 @@ float32 parameters, 21.6 MB). For each client count N it measures, in the same r
   (FIT posted -> every result folded -> ``strategy.finish`` -> ``adapter.set_weights``).
 * The floor: the same topology with raw sockets. The bench process ``sendall``s the weights (one
   contiguous buffer) to N client processes, which ``recv_into`` a preallocated buffer and
-  ``sendall`` it back; the bench ``recv_into``s a preallocated buffer per client, folds a float64
-  weighted sum (``acc += w * x``) and casts the mean to float32. It runs once with one thread
-  per client (as PyFed does) and once sequentially; the faster median is the floor.
+  ``sendall`` it back; the bench ``recv_into``s a preallocated buffer per client and folds the
+  cheapest numpy weighted sum there is: float32 ``acc += w * x`` in cache-sized chunks (one read
+  of each update; PyFed also reads the global weights to sum deltas, and checks every value),
+  then scales it to the mean. It runs once with one thread per client (as PyFed does) and once
+  sequentially; the faster median is the floor.
 
 Each side runs 1 warm-up round plus ``--rounds`` measured rounds, and the sides take turns round
 by round (the PyFed server waits for a "go" from this script before each round), so background
@@ -81,7 +83,13 @@ import numpy as np
 
 HOST = "127.0.0.1"
 LAYERS = (784, 500, 1000, 2000, 1000, 500, 10)
-TARGET_RATIO = 1.5
+# Issue 5's targets for PyFed's round over the floor; other client counts get the 10-client one.
+TARGET_RATIOS = {3: 1.2, 10: 1.3}
+FLOOR_CHUNK = 1 << 16  # elements folded per step, as PyFed's WeightedSum
+
+
+def target_ratio(num_clients: int) -> float:
+    return TARGET_RATIOS.get(num_clients, TARGET_RATIOS[10])
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
 STARTUP_COMMAND = "import pyfed.client, pyfed.models"
@@ -118,7 +126,7 @@ def model_weights(random: bool) -> list[np.ndarray]:
 def same_weights(a, b) -> bool:
     # Averaging N echoes of x gives x back up to rounding (the products w*x are float32).
     return len(a) == len(b) and all(
-        x.shape == y.shape and x.dtype == y.dtype and np.allclose(x, y, rtol=1e-6, atol=0)
+        x.shape == y.shape and x.dtype == y.dtype and np.allclose(x, y, rtol=4e-6, atol=0)
         for x, y in zip(a, b))
 
 
@@ -789,8 +797,9 @@ class FloorSide:
         self.examples = [float(i + 1) for i in range(num_clients)]
         # Preallocated and faulted in, as a tuned server would keep them.
         self.replies = [np.ones(self.weights.nbytes, dtype=np.uint8) for _ in range(num_clients)]
-        self.acc = np.empty(self.weights.size, dtype=np.float64)
+        self.acc = np.empty(self.weights.size, dtype=np.float32)
         self.mean = np.empty(self.weights.size, dtype=np.float32)
+        self.scratch = np.empty(FLOOR_CHUNK, dtype=np.float32)
         self.lock = threading.Lock()
         self.folded = 0
         self.conns: list[socket.socket] = []
@@ -818,11 +827,15 @@ class FloorSide:
 
     def _fold(self, index: int) -> None:
         x = np.frombuffer(self.replies[index], dtype=np.float32)
-        w = self.examples[index]
-        if self.folded == 0:
-            np.multiply(x, w, out=self.acc)
-        else:
-            np.add(self.acc, w * x, out=self.acc)  # acc += w * x
+        w = np.float32(self.examples[index])
+        for start in range(0, x.size, FLOOR_CHUNK):
+            stop = min(start + FLOOR_CHUNK, x.size)
+            if self.folded == 0:
+                np.multiply(x[start:stop], w, out=self.acc[start:stop])
+            else:  # acc += w * x, the product in a cache-resident scratch
+                part = self.scratch[:stop - start]
+                np.multiply(x[start:stop], w, out=part)
+                np.add(self.acc[start:stop], part, out=self.acc[start:stop])
         self.folded += 1
 
     def _exchange(self, index: int, errors: list) -> None:
@@ -859,7 +872,7 @@ class FloorSide:
             for index, conn in enumerate(self.conns):
                 recv_exactly(conn, memoryview(self.replies[index]))
                 self._fold(index)
-        np.multiply(self.acc, 1.0 / sum(self.examples), out=self.mean, casting="same_kind")
+        np.multiply(self.acc, np.float32(1.0 / sum(self.examples)), out=self.mean)
         seconds = time.perf_counter() - start
         cpu_after, faults_after = cpu_and_faults()
         if not same_weights([self.mean], [self.weights]):
@@ -1302,8 +1315,8 @@ def analyse(num_clients: int, pyfed: dict, floors: list[dict], model_bytes: int)
         "floor": {mode: {"round_seconds": f["round_seconds"], "warmup_seconds": f["warmup_seconds"],
                          "summary": f["summary"]} for mode, f in floor_by_mode.items()},
         "floor_mode": best["mode"], "ratio": ratio, "paired_ratio_median": paired,
-        "target": TARGET_RATIO,
-        "meets_target": ratio <= TARGET_RATIO,
+        "target": target_ratio(num_clients),
+        "meets_target": ratio <= target_ratio(num_clients),
         "server_rss": {"baseline_bytes": server["baseline"]["VmRSS"],
                        "peak_bytes": server["status"]["VmHWM"], "peak_above_baseline_bytes": peak_above,
                        "peak_above_baseline_x_model": peak_above / model_bytes,

@@ -206,6 +206,8 @@ def crafted_result(mode: str, fit, huge_examples: int) -> bytes:
         weights[0][0, 0] = np.nan
     elif mode == "inf":
         weights[1][3] = np.inf
+    elif mode == "huge":  # finite, but would overflow a float32 sum
+        weights[0][5, 2] = -3e38
     elif mode == "wrong-shape":
         weights[0] = weights[0][:-1]  # (63, 10) instead of (64, 10)
     elif mode == "wrong-dtype":

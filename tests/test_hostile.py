@@ -410,6 +410,7 @@ def _has(pattern: str, flags=re.IGNORECASE):
 REJECTIONS = {
     "nan": [_has(r"NaN", 0)],
     "inf": [_has(r"Inf", 0)],
+    "huge": [_has(r"-3e\+38"), _has(r"1e\+18")],
     "wrong-shape": [_has(r"shape"), _has(r"\b63\b"), _has(r"64, ?10")],
     "wrong-dtype": [_has(r"dtype"), _has(r"f8|float64"), _has(r"f4|float32")],
     "missing-tensor": [_has(r"tensor"), _has(r"\b1\b"), _has(r"\b2\b")],

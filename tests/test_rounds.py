@@ -89,3 +89,45 @@ def test_centralized_and_federated_evaluation_every_round(tmp_path):
     for tag in ("test/loss", "test/accuracy", "eval/loss", "eval/accuracy"):
         assert [s for s, _ in server[tag]] == [1, 2, 3], tag
     assert " · test loss " in result["server_output"] and " · eval loss " in result["server_output"]
+
+
+# ---------------------------------------------------------------------------------------------
+# validate_update: the value check's fast path (a dot product) and slow path agree
+# ---------------------------------------------------------------------------------------------
+
+def _check(values):
+    import numpy as np
+
+    from pyfed.rounds import UpdateRejected, validate_update
+    from pyfed.spec import TensorSpec
+
+    array = np.asarray(values, dtype=np.float32)
+    spec = [TensorSpec(name="kernel", path="dense/kernel", shape=array.shape, dtype="<f4")]
+    try:
+        validate_update((array,), spec, num_examples=1, max_examples=10)
+    except UpdateRejected as exc:
+        return str(exc)
+    return None
+
+
+def test_value_check_rejects_nan_inf_and_huge_values_anywhere_and_names_them():
+    import numpy as np
+
+    size = 200_000  # several check chunks: the bad value sits in a later one
+    for bad, shown in [(np.nan, "NaN"), (np.inf, "Inf"), (-np.inf, "-Inf"), (-3e38, "-3e+38"),
+                       (2e18, "2e+18")]:
+        values = np.ones(size, dtype=np.float32)
+        values[150_001] = bad
+        reason = _check(values)
+        assert reason is not None and f"contains {shown}" in reason, (bad, reason)
+        assert "dense/kernel" in reason and "1e+18" in reason
+    assert _check(np.ones(size)) is None
+    assert _check(np.zeros(0)) is None
+
+
+def test_value_check_accepts_every_value_within_the_bound_even_when_the_fast_path_overflows():
+    import numpy as np
+
+    # Each 9e17 passes; their squares sum past float32's range, so the slow path decides.
+    assert _check(np.full(70_000, 9e17)) is None
+    assert _check(np.full(10, -1e18)) is None

@@ -499,3 +499,75 @@ def test_listen_on_a_busy_port_is_a_network_error():
             second.close()
     finally:
         first.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching the body as it arrives (the server checks values while they are in cache)
+# ---------------------------------------------------------------------------------------------
+
+def _scan_weights(bad_at):
+    rng = np.random.default_rng(5)
+    weights = [rng.standard_normal(300_001).astype("<f4"), np.arange(9, dtype="<i8"),
+               rng.standard_normal(5), rng.standard_normal(33).astype("<f2"),
+               np.zeros(0, dtype="<f4"), rng.standard_normal((70, 3)).astype("<f4")]
+    if bad_at is not None:
+        index, position, value = bad_at
+        weights[index].reshape(-1)[position] = value
+    return weights
+
+
+@pytest.mark.parametrize("bad_at", [None, (0, 123_457, np.nan), (2, 4, -np.inf),
+                                    (3, 0, np.nan), (5, 209, 3e37)])
+def test_value_scan_checks_the_body_piece_by_piece_as_it_arrives(channels, bad_at):
+    from pyfed.rounds import UpdateRejected, ValueScan, validate_update
+    from pyfed.spec import TensorSpec
+
+    server, client = channels
+    handshake(server, client)
+    server.send(Fit(round=1, weights=(), config={}), timeout=IO_TIMEOUT)
+    client.receive(timeout=IO_TIMEOUT)
+    weights = _scan_weights(bad_at)
+    frame = protocol.encode_bytes(FitResult(round=1, weights=tuple(weights), num_examples=3))
+    # Uneven pieces with pauses, so the body lands in parts that split values.
+    pieces, position, sizes = [], 0, [1, 3, 4093, 65_537, 7, 300_001]
+    while position < len(frame):
+        size = sizes[len(pieces) % len(sizes)]
+        pieces.append(frame[position:position + size])
+        position += size
+
+    def dribble():
+        for index, piece in enumerate(pieces):
+            client.sock.sendall(piece)
+            if index < 40:
+                time.sleep(0.002)
+
+    progress, scan = [], ValueScan()
+
+    def watch(body, descriptors, received):
+        progress.append(received)
+        scan(body, descriptors, received)
+
+    with in_thread(dribble, close_on_error=(server, client)) as sender:
+        message = server.receive(timeout=IO_TIMEOUT, on_body=watch)
+        sender.result()
+    assert progress == sorted(progress) and len(progress) > 10
+    assert all(b - a <= 1 << 20 for a, b in zip([0] + progress, progress))
+    assert progress[-1] == len(frame) - protocol.PREFIX_SIZE - PREFIX.unpack(frame[:20])[4]
+    floats = {i for i, w in enumerate(weights) if w.dtype.kind == "f"}
+    if bad_at is None:
+        assert scan.bad == {} and scan.scanned == floats
+    else:
+        index, _, value = bad_at
+        assert list(scan.bad) == [index]
+        np.testing.assert_array_equal(scan.bad[index], np.array(value, weights[index].dtype))
+        assert scan.scanned == {i for i in floats if i < index}
+    spec = [TensorSpec(name=f"t{i}", shape=w.shape, dtype=w.dtype.str) for i, w in enumerate(weights)]
+
+    def verdict(with_scan):
+        try:
+            validate_update(message.weights, spec, 3, 10, scan if with_scan else None)
+        except UpdateRejected as exc:
+            return str(exc)
+        return None
+    assert verdict(True) == verdict(False)
+    assert (verdict(True) is None) == (bad_at is None)

@@ -1,15 +1,15 @@
 """Aggregation math as pure numpy functions: no sockets, no TensorFlow, tested on their own.
 
-Sums are kept in float64 so that averaging many float32 updates does not lose precision, and
-they are folded one update at a time (:class:`WeightedSum`), so the server never holds more than
-one accumulator plus the update being folded, whatever the number of clients.
+Updates are folded one at a time (:class:`WeightedSum`), so the server never holds more than one
+accumulator plus the update being folded, whatever the number of clients.
 
 An *update* is one client's list of arrays (one per model tensor). Functions that need every
 update at once (median, trimmed mean, Krum) take ``updates[client][tensor]`` and work one tensor
 at a time, so their float64 scratch is O(largest tensor x clients), not O(model x clients).
 
-Every function here returns float64 arrays and never modifies its inputs; strategies cast the
-final result back to the model's dtypes with :func:`cast_to`.
+Functions here never modify their inputs. The robust and server-optimizer functions return
+float64 arrays; strategies cast the final result back to the model's dtypes with
+:func:`cast_to`.
 """
 
 from __future__ import annotations
@@ -18,47 +18,97 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-# Elements per chunk when folding: 64 Ki float64 = 512 KiB, which stays in L2 cache and bounds
-# the scratch memory to one chunk instead of one whole layer.
+# Elements per chunk when folding: 64 Ki elements (256-512 KiB) stay in L2 cache, so each chunk
+# is read from memory once however many operations touch it, and the scratch is one chunk, not
+# one whole layer.
 _CHUNK = 1 << 16
+
+# Weights are folded as num_examples / 2**30 (exact: a power of two), so a float32 product of a
+# weight and a delta stays far below float32's maximum for any num_examples up to ~1e9.
+_WEIGHT_UNIT = float(1 << 30)
 
 Update = Sequence[np.ndarray]
 
 
 class WeightedSum:
-    """Running ``sum(w_i * x_i)`` and ``sum(w_i)`` over lists of arrays, in float64."""
+    """Running ``sum(w_i * x_i)`` and ``sum(w_i)`` over lists of arrays.
 
-    def __init__(self, template: Sequence[np.ndarray]):
+    Without a ``reference`` every tensor is summed in float64. With one (FedAvg passes the
+    global weights the clients started from), float32 and float64 tensors sum the *deltas*
+    ``x_i - reference`` in their own dtype instead, and the mean is ``reference + sum / W``.
+    That halves the accumulator of a float32 model (the server's largest buffer) and its memory
+    traffic. Precision holds because the rounding is relative to the deltas, which a round
+    keeps small against the weights themselves: for N updates the sum's error is about
+    ``sqrt(N) * 6e-8 * |delta|``, below float32's own rounding of the result (``6e-8 * |x|``)
+    whenever ``|delta| < |x| / sqrt(N)``. A plain float32 sum of the weights (Flower's) rounds
+    relative to ``|x|`` instead. Other dtypes (float16, integers) are summed in float64.
+
+    Values must be finite and well inside float32's range (the server rejects updates with
+    ``|x| > 1e18``, see ``rounds.validate_update``), so no sum can overflow.
+    """
+
+    def __init__(self, template: Sequence[np.ndarray],
+                 reference: Sequence[np.ndarray] | None = None):
         self.dtypes = [np.asarray(a).dtype for a in template]
         self.shapes = [np.shape(a) for a in template]
-        self.sums = [np.zeros(shape, dtype=np.float64) for shape in self.shapes]
+        if reference is not None and len(reference) != len(self.shapes):
+            raise ValueError(f"reference has {len(reference)} arrays; expected {len(self.shapes)}")
+        self.references: list[np.ndarray | None] = []
+        self.sums = []
+        for index, (shape, dtype) in enumerate(zip(self.shapes, self.dtypes)):
+            base = None
+            if reference is not None and dtype in (np.float32, np.float64):
+                base = np.asarray(reference[index])
+                if base.shape != shape or base.dtype != dtype:
+                    raise ValueError(f"reference array {index} is {base.dtype}{list(base.shape)};"
+                                     f" expected {dtype}{list(shape)}")
+            self.references.append(base)
+            self.sums.append(np.zeros(shape, dtype=np.float64 if base is None else dtype))
         self.total_weight = 0.0
         self.count = 0
-        self._scratch = np.empty(_CHUNK, dtype=np.float64)
+        self._scratch: dict[np.dtype, np.ndarray] = {}
+
+    def _scratch_for(self, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        if dtype not in self._scratch:
+            self._scratch[dtype] = np.empty(_CHUNK, dtype=dtype)
+        return self._scratch[dtype]
 
     def add(self, arrays: Sequence[np.ndarray], weight: float) -> None:
         if len(arrays) != len(self.sums):
             raise ValueError(f"expected {len(self.sums)} arrays; received {len(arrays)}")
-        for index, (total, array) in enumerate(zip(self.sums, arrays)):
-            if np.shape(array) != total.shape:
+        for index, array in enumerate(arrays):
+            if np.shape(array) != self.shapes[index]:
                 raise ValueError(
-                    f"array {index} has shape {np.shape(array)}; expected {total.shape}")
-            _fold(total.reshape(-1), np.asarray(array).reshape(-1), float(weight), self._scratch)
+                    f"array {index} has shape {np.shape(array)}; expected {self.shapes[index]}")
+        unit_weight = float(weight) / _WEIGHT_UNIT
+        for total, base, array in zip(self.sums, self.references, arrays):
+            values = np.asarray(array).reshape(-1)
+            scratch = self._scratch_for(total.dtype)
+            if base is None:
+                _fold(total.reshape(-1), values, unit_weight, scratch)
+            else:
+                _fold_delta(total.reshape(-1), values, base.reshape(-1), unit_weight, scratch)
         self.total_weight += float(weight)
         self.count += 1
 
     def mean(self, cast: bool = True, in_place: bool = False) -> list[np.ndarray]:
-        """The weighted mean; cast back to each tensor's original dtype unless ``cast=False``
-        (then float64, for server-side optimizers that keep working on it). ``in_place``
-        divides the sums themselves, saving a float64 copy of the model when the accumulator
-        is about to be dropped anyway."""
+        """The weighted mean. Delta-summed tensors come back in their own dtype; the others in
+        float64, cast back to the tensor's dtype unless ``cast=False``. ``in_place`` computes
+        the mean in the sums themselves, saving a copy of the model when the accumulator is
+        about to be dropped anyway."""
         if self.total_weight <= 0:
             raise ValueError("cannot average: no weight was added")
-        if in_place:
-            means = [np.divide(total, self.total_weight, out=total) for total in self.sums]
-        else:
-            means = [total / self.total_weight for total in self.sums]
-        return cast_to(means, self.dtypes) if cast else means
+        unit_total = self.total_weight / _WEIGHT_UNIT
+        means = []
+        for total, base, dtype in zip(self.sums, self.references, self.dtypes):
+            out = total if in_place else None
+            if base is None:
+                mean = np.divide(total, unit_total, out=out)
+                means.append(_cast_back(mean, dtype) if cast else mean)
+            else:
+                means.append(_delta_mean(total, base, unit_total, out))
+        return means
 
 
 def _fold(total: np.ndarray, values: np.ndarray, weight: float, scratch: np.ndarray) -> None:
@@ -71,14 +121,42 @@ def _fold(total: np.ndarray, values: np.ndarray, weight: float, scratch: np.ndar
         np.add(total[start:stop], part, out=total[start:stop])
 
 
+def _fold_delta(total: np.ndarray, values: np.ndarray, base: np.ndarray, weight: float,
+                scratch: np.ndarray) -> None:
+    weight = total.dtype.type(weight)
+    for start in range(0, total.size, _CHUNK):
+        stop = min(start + _CHUNK, total.size)
+        part = scratch[: stop - start]
+        np.subtract(values[start:stop], base[start:stop], out=part)
+        np.multiply(part, weight, out=part)
+        np.add(total[start:stop], part, out=total[start:stop])
+
+
+def _delta_mean(total: np.ndarray, base: np.ndarray, unit_total: float,
+                out: np.ndarray | None) -> np.ndarray:
+    """``base + total / unit_total``, chunk by chunk so ``total`` is read from memory once.
+    Multiplies by the reciprocal: vector division is several times slower, and the extra
+    rounding is relative to the (small) mean delta, not to the weights."""
+    out = np.empty_like(total) if out is None else out
+    flat_total, flat_base, flat_out = total.reshape(-1), base.reshape(-1), out.reshape(-1)
+    scale = total.dtype.type(1.0 / unit_total)
+    for start in range(0, flat_total.size, _CHUNK):
+        stop = min(start + _CHUNK, flat_total.size)
+        part = flat_out[start:stop]
+        np.multiply(flat_total[start:stop], scale, out=part)
+        np.add(part, flat_base[start:stop], out=part)
+    return out
+
+
 def _cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind in "iub":
         return np.rint(values).astype(dtype)
-    return values.astype(dtype)
+    return values.astype(dtype, copy=False)
 
 
 def cast_to(values: Sequence[np.ndarray], dtypes: Sequence[np.dtype]) -> list[np.ndarray]:
-    """Cast float64 results back to the model's dtypes; integer and bool tensors are rounded."""
+    """Cast results back to the model's dtypes (no copy where the dtype already matches);
+    integer and bool tensors are rounded."""
     return [_cast_back(np.asarray(v), np.dtype(d)) for v, d in zip(values, dtypes)]
 
 

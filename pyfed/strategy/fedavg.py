@@ -5,8 +5,10 @@ and evaluation, and runs a round as three hooks a subclass may override::
 
     _start()                 begin(): make the round's accumulator
     _accumulate(result)      add(): fold (or copy) one result
-    _combine() -> float64    finish(): the aggregate of this round's updates
-    _server_update(round, current, aggregate) -> float64   finish(): e.g. a server optimizer
+    _combine() -> arrays     finish(): the aggregate of this round's updates
+    _server_update(round, current, aggregate) -> arrays    finish(): e.g. a server optimizer
+
+finish() casts the result back to the model's dtypes (a no-op for FedAvg's own result).
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class FedAvg(Strategy):
         seed: seeds the client sampling; the client list is sorted first, so the seed alone
             fixes who is chosen each round.
 
-    The average streams: each result is folded into a float64 running sum as it arrives, so
-    the strategy holds O(model) state however many clients there are.
+    The average streams: each result is folded into a running sum of the deltas from the
+    global weights as it arrives, so the strategy holds one model-sized accumulator however
+    many clients there are.
     """
 
     def __init__(self, *, fraction_fit: float = 1.0, fraction_evaluate: float = 1.0,
@@ -155,7 +158,10 @@ class FedAvg(Strategy):
         return parameters, metrics
 
     def _start(self) -> None:
-        self._sum = WeightedSum(self._current) if self._round is not None else None
+        # The deltas from the weights the clients started from are summed in the model's own
+        # float dtype (see WeightedSum): half the memory of a float64 sum, and rounding relative to the small deltas.
+        self._sum = (WeightedSum(self._current, reference=self._current)
+                     if self._round is not None else None)
 
     def _accumulate(self, result: FitResult) -> None:
         self._sum.add(result.weights, result.num_examples)

@@ -62,34 +62,29 @@ class ValueScan:
     value; arrays it did not reach are checked by validate_update as usual."""
 
     def __init__(self) -> None:
-        self._array = 0        # index of the array being scanned
+        self.checked = 0       # arrays before this index had every value checked
+        self.bad = None        # the first bad value, in array ``checked``; None: none found
         self._position = 0     # body offset scanned up to
-        self.bad: dict[int, float] = {}  # array index -> its first bad value
-        self.scanned: set[int] = set()   # arrays whose every value was checked
 
     def __call__(self, body, descriptors: list, received: int) -> None:
-        while self._array < len(descriptors) and not self.bad:
-            d = descriptors[self._array]
+        while self.checked < len(descriptors) and self.bad is None:
+            d = descriptors[self.checked]
             dtype = np.dtype(d["dtype"])
             start, end = d["offset"], d["offset"] + d["nbytes"]
-            if dtype.kind != "f":
-                self._array += 1
-                continue
-            begin = max(start, self._position)
-            upto = min(end, received)
-            upto = begin + max(0, upto - begin) // dtype.itemsize * dtype.itemsize  # whole values
-            if upto > begin:
-                values = np.frombuffer(body, dtype=dtype, count=(upto - begin) // dtype.itemsize,
-                                       offset=begin)
-                bad = _first_bad_value(values)
-                if bad is not None:
-                    self.bad[self._array] = bad
-                    return
-                self._position = upto
-            if upto < end:
-                return  # the rest of this array has not arrived yet
-            self.scanned.add(self._array)
-            self._array += 1
+            if dtype.kind == "f":
+                begin = max(start, self._position)
+                upto = min(end, received)
+                upto = begin + max(0, upto - begin) // dtype.itemsize * dtype.itemsize  # whole values
+                if upto > begin:
+                    values = np.frombuffer(body, dtype=dtype,
+                                           count=(upto - begin) // dtype.itemsize, offset=begin)
+                    self.bad = _first_bad_value(values)
+                    if self.bad is not None:
+                        return
+                    self._position = upto
+                if upto < end:
+                    return  # the rest of this array has not arrived yet
+            self.checked += 1
 
 
 def _describe(value) -> str:
@@ -115,9 +110,10 @@ def validate_update(weights: tuple, spec: list[TensorSpec], num_examples: int,
         if array.dtype.str != expected.dtype:
             raise UpdateRejected(f"{label} has dtype {array.dtype.str}; expected dtype {expected.dtype}")
         if array.dtype.kind == "f" and array.size:
-            if scan is not None and index in scan.scanned:
-                continue
-            bad = scan.bad[index] if scan is not None and index in scan.bad else _first_bad_value(array)
+            if scan is not None and index < scan.checked:
+                continue  # every value was checked as it arrived
+            found = scan is not None and scan.bad is not None and index == scan.checked
+            bad = scan.bad if found else _first_bad_value(array)
             if bad is not None:
                 raise UpdateRejected(f"{label} contains {_describe(bad)}; every value must be finite and "
                                      f"within +-{MAX_ABS_VALUE:g}")
@@ -195,6 +191,11 @@ class Collector:
                     break
                 self._cond.wait(poll if remaining is None else min(poll, remaining))
 
+    def value_scan(self) -> ValueScan | None:
+        """A scan to run on the reply's body as it arrives (see ValueScan); None: no arrays to
+        check."""
+        return None
+
     def failure_summary(self) -> str:
         return "; ".join(f"{c}: {r}" for c, r in sorted(self.failures.items())) or "none failed"
 
@@ -229,8 +230,7 @@ class FitCollector(Collector):
                     weights = self.decode(weights)
                 except ProtocolError as exc:
                     raise UpdateRejected(f"cannot decompress: {exc}") from None
-            validate_update(weights, self.spec, result.num_examples, self.max_examples,
-                            scan if self.decode is None else None)
+            validate_update(weights, self.spec, result.num_examples, self.max_examples, scan)
             problem = None
         except UpdateRejected as exc:
             problem = exc
@@ -266,9 +266,6 @@ class EvaluateCollector(Collector):
     def __init__(self, server_round: int, expected: set[str]):
         super().__init__(server_round, expected)
         self.results: list[EvaluateResult] = []
-
-    def value_scan(self) -> None:
-        return None  # a loss and metrics: nothing to scan
 
     def add(self, client: str, result: messages.EvaluateResult, scan=None) -> None:
         with self._cond:

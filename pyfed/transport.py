@@ -12,6 +12,7 @@ orchestration layers only ever see ``NetworkError``/``ConnectionClosed``/``Proto
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import ssl
@@ -111,10 +112,7 @@ class Channel:
             fields, descriptors = protocol.decode_header(prefix, header)
             body = allocate(prefix.body_length) if prefix.body_length else b""
             if prefix.body_length:
-                progress = None
-                if on_body is not None:
-                    def progress(received):
-                        on_body(body, descriptors, received)
+                progress = None if on_body is None else functools.partial(on_body, body, descriptors)
                 self._recv_exactly(memoryview(body).cast("B"), progress)
         self.bytes_received += protocol.PREFIX_SIZE + prefix.header_length + prefix.body_length
         message = protocol.decode_body(prefix, fields, descriptors, body)

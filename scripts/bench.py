@@ -135,13 +135,15 @@ def model_params() -> int:
 
 
 def proc_status(pid: int | str = "self") -> dict[str, int]:
-    """VmRSS / VmHWM (bytes) of a process, from /proc/<pid>/status."""
+    """VmRSS / VmHWM (bytes) and Threads of a process, from /proc/<pid>/status."""
     values = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, rest = line.partition(":")
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0]) * 1024
+            elif key == "Threads":
+                values[key] = int(rest.split()[0])
     return values
 
 
@@ -214,7 +216,9 @@ def child_pyfed_server(argv: list[str]) -> None:
 
     # Light instrumentation (wrappers only, nothing in pyfed changes): the whole _run_round call
     # (adds get_weights, TensorBoard scalars and the history record to round_seconds), and where
-    # the folded time goes: validate_update and strategy.add run under the collector's lock.
+    # the folded time goes: strategy.add runs under the collector's lock; validate_update before
+    # it, and only for what the ValueScan did not already check while the body arrived (that
+    # part is in the receive, not timed here).
     timings: dict[str, list[float]] = {"full_round": [], "validate": [], "fold": [], "finish": [],
                                        "cpu": [], "faults": []}
     per_round = {"validate": 0.0, "fold": 0.0}

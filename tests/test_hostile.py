@@ -34,6 +34,9 @@ import pytest
 from hostile_roles import decode_frames, drain_until_closed, is_closed_now
 from procs import ProcessGroup
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from bench import proc_status  # noqa: E402  (the benchmark's /proc reader, Threads included)
+
 from pyfed import protocol
 from pyfed.messages import (Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,
                             FitResult, Hello, MessageKind, Ping, Welcome)
@@ -730,18 +733,6 @@ def could_become_a_session(data: bytes) -> bool:
     except protocol.ProtocolError:
         return False
     return prefix.kind is MessageKind.HELLO
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    values = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) * 1024
-            elif key == "Threads":
-                values[key] = int(rest.split()[0])
-    return values
 
 
 @dataclass

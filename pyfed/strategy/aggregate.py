@@ -111,25 +111,29 @@ class WeightedSum:
         return means
 
 
+def _windows(size: int):
+    """Slices covering ``range(size)`` in steps of ``_CHUNK``."""
+    for start in range(0, size, _CHUNK):
+        yield slice(start, min(start + _CHUNK, size))
+
+
 def _fold(total: np.ndarray, values: np.ndarray, weight: float, scratch: np.ndarray) -> None:
-    for start in range(0, total.size, _CHUNK):
-        stop = min(start + _CHUNK, total.size)
-        part = scratch[: stop - start]
+    for window in _windows(total.size):
+        part = scratch[: window.stop - window.start]
         # dtype=float64: otherwise numpy multiplies in the update's dtype (float16 overflows,
         # float32 rounds) and only widens the product when storing it.
-        np.multiply(values[start:stop], weight, out=part, dtype=np.float64)
-        np.add(total[start:stop], part, out=total[start:stop])
+        np.multiply(values[window], weight, out=part, dtype=np.float64)
+        np.add(total[window], part, out=total[window])
 
 
 def _fold_delta(total: np.ndarray, values: np.ndarray, base: np.ndarray, weight: float,
                 scratch: np.ndarray) -> None:
     weight = total.dtype.type(weight)
-    for start in range(0, total.size, _CHUNK):
-        stop = min(start + _CHUNK, total.size)
-        part = scratch[: stop - start]
-        np.subtract(values[start:stop], base[start:stop], out=part)
+    for window in _windows(total.size):
+        part = scratch[: window.stop - window.start]
+        np.subtract(values[window], base[window], out=part)
         np.multiply(part, weight, out=part)
-        np.add(total[start:stop], part, out=total[start:stop])
+        np.add(total[window], part, out=total[window])
 
 
 def _delta_mean(total: np.ndarray, base: np.ndarray, unit_total: float,
@@ -140,11 +144,10 @@ def _delta_mean(total: np.ndarray, base: np.ndarray, unit_total: float,
     out = np.empty_like(total) if out is None else out
     flat_total, flat_base, flat_out = total.reshape(-1), base.reshape(-1), out.reshape(-1)
     scale = total.dtype.type(1.0 / unit_total)
-    for start in range(0, flat_total.size, _CHUNK):
-        stop = min(start + _CHUNK, flat_total.size)
-        part = flat_out[start:stop]
-        np.multiply(flat_total[start:stop], scale, out=part)
-        np.add(part, flat_base[start:stop], out=part)
+    for window in _windows(flat_total.size):
+        part = flat_out[window]
+        np.multiply(flat_total[window], scale, out=part)
+        np.add(part, flat_base[window], out=part)
     return out
 
 

@@ -23,8 +23,9 @@ float32 parameters, 21.6 MB). For each client count N it measures, in the same r
   sequentially; the faster median is the floor.
 
 Each side runs 1 warm-up round plus ``--rounds`` measured rounds, and the sides take turns round
-by round (the PyFed server waits for a "go" from this script before each round), so background
-load on a small machine hits both alike. The table gives the median [min-max] and the ratio of
+by round (the PyFed server waits for a "go" from this script before each round, and answers
+"done" only after the checkpoint it saves between rounds, so that never overlaps a floor round),
+so background load on a small machine hits both alike. The table gives the median [min-max] and the ratio of
 the medians. Also reported: CPU time and minor page faults per round on each side (less
 sensitive to other load than wall time), the PyFed server's peak RSS above its idle baseline
 (VmHWM minus the VmRSS it read from /proc/self/status before any client connected, with VmHWM
@@ -220,7 +221,7 @@ def child_pyfed_server(argv: list[str]) -> None:
     # it, and only for what the ValueScan did not already check while the body arrived (that
     # part is in the receive, not timed here).
     timings: dict[str, list[float]] = {"full_round": [], "validate": [], "fold": [], "finish": [],
-                                       "cpu": [], "faults": []}
+                                       "checkpoint": [], "cpu": [], "faults": []}
     per_round = {"validate": 0.0, "fold": 0.0}
 
     def timed(store, fn):
@@ -257,9 +258,18 @@ def child_pyfed_server(argv: list[str]) -> None:
         timings["faults"].append(faults_after - faults)
         timings["validate"].append(per_round["validate"])
         timings["fold"].append(per_round["fold"])
+
+    def checkpoint_then_done(server_round):
+        # train() saves a checkpoint after each round, outside round_seconds. "done" waits for
+        # it, so it never runs during (and slows) the floor's next round.
+        start = time.perf_counter()
+        checkpoint(server_round)
+        timings["checkpoint"].append(time.perf_counter() - start)
         print("BENCH done", server_round, flush=True)
 
     server._run_round = run_round_timed
+    checkpoint = server._checkpoint
+    server._checkpoint = checkpoint_then_done
 
     server.start()  # listening, no client yet: this is the idle baseline
     gc.collect()
@@ -1312,7 +1322,8 @@ def analyse(num_clients: int, pyfed: dict, floors: list[dict], model_bytes: int)
                   "breakdown_median_seconds": {
                       "validate_update (all clients)": med(server["timings"]["validate"][1:]),
                       "strategy.add (all clients)": med(server["timings"]["fold"][1:]),
-                      "strategy.finish": med(server["timings"]["finish"][1:])},
+                      "strategy.finish": med(server["timings"]["finish"][1:]),
+                      "checkpoint (after the round)": med(server["timings"]["checkpoint"][1:])},
                   "bytes_out_per_round": server["bytes_out"][-1],
                   "bytes_in_per_round": server["bytes_in"][-1],
                   "buffer_pool_peak_in_use": server["pool_peak_in_use"]},

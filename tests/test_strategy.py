@@ -603,3 +603,57 @@ def test_weighted_sum_rejects_a_reference_that_does_not_match():
         aggregate.WeightedSum([np.zeros(3, np.float32)], reference=[np.zeros(3)])
     with pytest.raises(ValueError, match="reference has 2 arrays; expected 1"):
         aggregate.WeightedSum([np.zeros(3, np.float32)], reference=[np.zeros(3)] * 2)
+
+
+def _fedavg_round(strategy, server_round, current, updates):
+    strategy.begin(server_round, current)
+    for index, (update, count) in enumerate(updates):
+        strategy.add(FitResult(f"c{index}", tuple(update), count))
+    return strategy.finish()[0]
+
+
+def _assert_all_close(got, want):  # a function, so no loop variable keeps a result alive
+    for array, expected in zip(got, want):
+        np.testing.assert_allclose(array, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fedavg_recycles_accumulator_memory_only_once_nothing_references_it():
+    """FedAvg's accumulator becomes the next global model; memory from an earlier round is
+    written again only when no array, view or memoryview of it is left anywhere."""
+    rng = np.random.default_rng(11)
+    shapes = [(300, 20), (20,), (0,), (20, 7)]
+    strategy = FedAvg()
+    current = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    held = []  # what a user (or a slow reader) kept of each round's result
+    for server_round in range(1, 7):
+        updates = [([c + rng.standard_normal(c.shape).astype(np.float32) for c in current], k)
+                    for k in (1, 2, 3)]
+        want = [_float64_fedavg([u[0][i] for u in updates], [1, 2, 3]).astype(np.float32)
+                for i in range(len(shapes))]
+        current = _fedavg_round(strategy, server_round, current, updates)
+        _assert_all_close(current, want)
+        if server_round == 2:
+            held = [np.array(a) for a in current], memoryview(current[3])  # a copy, and a view
+    # Round 2's result was held (through a memoryview of one tensor): never overwritten.
+    copies, view = held
+    np.testing.assert_array_equal(np.asarray(view), copies[3])
+    assert strategy._blocks.reused >= 2  # the others were reused
+    # Without the view, its memory is reused too.
+    reused = strategy._blocks.reused
+    del view, held
+    for server_round in range(7, 10):
+        current = _fedavg_round(strategy, server_round, current, [(current, 1)])
+    assert strategy._blocks.reused == reused + 3
+
+
+def test_recycled_blocks_hand_out_a_block_only_when_unreferenced():
+    blocks = aggregate.RecycledBlocks(keep=2)
+    first = blocks.take(1000)
+    alive = first[10:20]  # a view keeps the block alive
+    del first
+    second = blocks.take(1000)
+    assert not np.shares_memory(second, alive)
+    del second
+    third = blocks.take(1000)  # the second block is free again
+    assert blocks.reused == 1 and not np.shares_memory(third, alive)
+    assert blocks.take(999).nbytes == 999  # another size: a new block

@@ -551,7 +551,6 @@ def test_value_scan_checks_the_body_piece_by_piece_as_it_arrives(channels, bad_a
         message = server.receive(timeout=IO_TIMEOUT, on_body=watch)
         sender.result()
     assert progress == sorted(progress) and len(progress) > 10
-    assert all(b - a <= 1 << 20 for a, b in zip([0] + progress, progress))
     assert progress[-1] == len(frame) - protocol.PREFIX_SIZE - PREFIX.unpack(frame[:20])[4]
     if bad_at is None:
         assert scan.bad is None and scan.checked == len(weights)  # every array, to the end

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ConfigurationError, RoundError
 from . import _checks
-from .aggregate import WeightedSum, cast_to, weighted_loss, weighted_metrics
+from .aggregate import RecycledBlocks, WeightedSum, cast_to, weighted_loss, weighted_metrics
 from .base import EvaluateResult, FitResult, Strategy
 
 logger = logging.getLogger("pyfed")
@@ -88,6 +88,7 @@ class FedAvg(Strategy):
         self._round: int | None = None
         self._current: list[np.ndarray] = []
         self._fit_metrics: list[tuple[int, dict]] = []
+        self._blocks = RecycledBlocks()  # accumulator memory, reused across rounds
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(fraction_fit={self.fraction_fit}, "
@@ -160,7 +161,7 @@ class FedAvg(Strategy):
     def _start(self) -> None:
         # The deltas from the weights the clients started from are summed in the model's own
         # float dtype (see WeightedSum): half the memory of a float64 sum, and rounding relative to the small deltas.
-        self._sum = (WeightedSum(self._current, reference=self._current)
+        self._sum = (WeightedSum(self._current, reference=self._current, blocks=self._blocks)
                      if self._round is not None else None)
 
     def _accumulate(self, result: FitResult) -> None:

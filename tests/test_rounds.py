@@ -113,11 +113,13 @@ def _check(values):
 def test_value_check_rejects_nan_inf_and_huge_values_anywhere_and_names_them():
     import numpy as np
 
-    size = 200_000  # several check chunks: the bad value sits in a later one
+    from pyfed.rounds import _CHECK_CHUNK
+
+    size = 2 * _CHECK_CHUNK + 1000  # several check chunks: the bad value sits in a later one
     for bad, shown in [(np.nan, "NaN"), (np.inf, "Inf"), (-np.inf, "-Inf"), (-3e38, "-3e+38"),
                        (2e18, "2e+18")]:
         values = np.ones(size, dtype=np.float32)
-        values[150_001] = bad
+        values[_CHECK_CHUNK + 1001] = bad
         reason = _check(values)
         assert reason is not None and f"contains {shown}" in reason, (bad, reason)
         assert "dense/kernel" in reason and "1e+18" in reason

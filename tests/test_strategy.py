@@ -657,3 +657,61 @@ def test_recycled_blocks_hand_out_a_block_only_when_unreferenced():
     third = blocks.take(1000)  # the second block is free again
     assert blocks.reused == 1 and not np.shares_memory(third, alive)
     assert blocks.take(999).nbytes == 999  # another size: a new block
+
+
+def test_the_last_fold_computes_the_same_mean_in_the_same_pass():
+    """add(last=True) turns each chunk into the mean as it folds it: bitwise the same result as
+    folding then calling mean(), and nothing can be added after it."""
+    rng = np.random.default_rng(5)
+    base = [rng.standard_normal((700, 300)).astype(np.float32), rng.standard_normal(9),
+            np.arange(5, dtype=np.int32)]
+    updates = [[(base[0] + rng.standard_normal((700, 300))).astype(np.float32),
+                base[1] * k, base[2] + k] for k in range(1, 4)]
+    counts = [7, 2, 5]
+    two_pass = aggregate.WeightedSum(base, reference=base)
+    fused = aggregate.WeightedSum(base, reference=base)
+    for index, (update, count) in enumerate(zip(updates, counts)):
+        two_pass.add(update, count)
+        fused.add(update, count, last=index == len(updates) - 1)
+    want = two_pass.mean()
+    assert fused.means_ready
+    copies = fused.mean()  # not in place: copies
+    assert not np.shares_memory(copies[0], fused.sums[0])
+    got = fused.mean(in_place=True)
+    assert got[0] is fused.sums[0]
+    for mean in (copies, got):
+        for a, b in zip(mean, want):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="cannot add after the last update"):
+        fused.add(updates[0], 1)
+
+
+def test_fedavg_add_last_finishes_like_add_and_subclasses_keep_their_fold():
+    rng = np.random.default_rng(9)
+    current = [rng.standard_normal((50, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)]
+    results = [fit(f"c{k}", *[c + k for c in current], n=k) for k in (1, 2, 3)]
+
+    def run(strategy, use_last):
+        strategy.begin(1, current)
+        for result in results[:-1]:
+            strategy.add(result)
+        (strategy.add_last if use_last else strategy.add)(results[-1])
+        return strategy.finish()
+
+    plain, plain_metrics = run(FedAvg(), use_last=False)
+    fused, fused_metrics = run(FedAvg(), use_last=True)
+    assert plain_metrics == fused_metrics
+    for a, b in zip(plain, fused):
+        np.testing.assert_array_equal(a, b)
+
+    class Counting(FedAvg):  # a subclass with its own fold still sees every result
+        def _accumulate(self, result):
+            self.seen = getattr(self, "seen", 0) + 1
+            super()._accumulate(result)
+
+    counting = Counting()
+    counted, _ = run(counting, use_last=True)
+    assert counting.seen == 3
+    for a, b in zip(plain, counted):
+        np.testing.assert_array_equal(a, b)

@@ -5,6 +5,7 @@ The server calls, each round::
     plan = strategy.configure_fit(round, parameters, clients)   # who trains, with what config
     strategy.begin(round, parameters)
     strategy.add(result)            # once per arriving result, as it arrives
+    strategy.add_last(result)       # instead, for the last one expected (default: add)
     parameters, metrics = strategy.finish()
     plan = strategy.configure_evaluate(round, parameters, clients)   # optional
     loss, metrics = strategy.aggregate_evaluate(round, results)
@@ -68,6 +69,12 @@ class Strategy(ABC):
     @abstractmethod
     def add(self, result: FitResult) -> None:
         """Fold one result in. Copy anything you keep: ``result.weights`` is reused afterwards."""
+
+    def add_last(self, result: FitResult) -> None:
+        """Fold the round's last result: ``finish`` follows, with no other ``add`` between.
+        The server calls this when every client it asked has answered, so a strategy can
+        begin finishing in the same pass (FedAvg computes the mean there). Default: ``add``."""
+        self.add(result)
 
     @abstractmethod
     def finish(self) -> tuple[list[np.ndarray], dict]:

@@ -141,6 +141,16 @@ class FedAvg(Strategy):
         self._accumulate(result)
         self._fit_metrics.append((result.num_examples, dict(result.metrics)))
 
+    def add_last(self, result: FitResult) -> None:
+        # FedAvg's own fold computes the mean as it folds the last result (one pass over the
+        # model less, on the round's critical path); a subclass's _accumulate is left alone.
+        if type(self)._accumulate is not FedAvg._accumulate:
+            return self.add(result)
+        if self._round is None:
+            raise RuntimeError(f"{type(self).__name__}.add_last called before begin()")
+        self._sum.add(result.weights, result.num_examples, last=True)
+        self._fit_metrics.append((result.num_examples, dict(result.metrics)))
+
     def finish(self) -> tuple[list[np.ndarray], dict]:
         if self._round is None:
             raise RuntimeError(f"{type(self).__name__}.finish called before begin()")

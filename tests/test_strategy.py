@@ -715,3 +715,34 @@ def test_fedavg_add_last_finishes_like_add_and_subclasses_keep_their_fold():
     assert counting.seen == 3
     for a, b in zip(plain, counted):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("clients", [3, 16, 17, 40])
+def test_fedavg_sums_small_rounds_plainly_and_large_ones_as_deltas(clients):
+    """Up to PLAIN_SUM_MAX_CLIENTS, FedAvg sums the float32 weights themselves (no second read
+    of the global weights); above, the deltas from them. Both match their own WeightedSum
+    bitwise, and the plain sum stays within N - 1 float32 steps of the exact float64 mean."""
+    from pyfed.strategy.fedavg import PLAIN_SUM_MAX_CLIENTS
+
+    rng = np.random.default_rng(clients)
+    current = [rng.standard_normal(3_000).astype(np.float32), np.arange(3, dtype=np.int64)]
+    updates = [[(current[0] + 0.05 * rng.standard_normal(3_000)).astype(np.float32), current[1] + k]
+               for k in range(clients)]
+    counts = rng.integers(1, 2_000, clients)
+    strategy = FedAvg()
+    plan = strategy.configure_fit(1, current, [f"c{k:03d}" for k in range(clients)])
+    assert len(plan) == clients
+    strategy.begin(1, current)
+    for k, (update, count) in enumerate(zip(updates, counts)):
+        result = FitResult(f"c{k:03d}", tuple(update), int(count))
+        (strategy.add_last if k == clients - 1 else strategy.add)(result)
+    got, _ = strategy.finish()
+    plain = clients <= PLAIN_SUM_MAX_CLIENTS
+    own = aggregate.WeightedSum(current, reference=None if plain else current, own_dtype=True)
+    for update, count in zip(updates, counts):
+        own.add(update, int(count))
+    np.testing.assert_array_equal(got[0], own.mean()[0])
+    np.testing.assert_array_equal(got[1], np.rint(_float64_fedavg([u[1] for u in updates], counts)))
+    exact = _float64_fedavg([u[0] for u in updates], counts)
+    steps = np.abs(got[0] - exact) / (np.spacing(np.float32(1)) * np.abs(np.stack([u[0] for u in updates])).max(axis=0))
+    assert steps.max() <= (clients - 1 if plain else 1.0), steps.max()

@@ -195,6 +195,17 @@ def summary(values: list[float]) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def timed(store, fn):
+    """``fn`` wrapped to pass its wall time in seconds to ``store``, even when it raises."""
+    def wrapper(*a, **k):
+        start = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            store(time.perf_counter() - start)
+    return wrapper
+
+
 def child_pyfed_server(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, required=True)
@@ -223,15 +234,6 @@ def child_pyfed_server(argv: list[str]) -> None:
     timings: dict[str, list[float]] = {"full_round": [], "validate": [], "fold": [], "finish": [],
                                        "checkpoint": [], "cpu": [], "faults": []}
     per_round = {"validate": 0.0, "fold": 0.0}
-
-    def timed(store, fn):
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                store(time.perf_counter() - start)
-        return wrapper
 
     def add_to(key):
         def store(seconds):
@@ -476,13 +478,7 @@ def child_scale_server(argv: list[str]) -> None:
                "round_started": [], "full_round": [], "round_cpu": [], "thread_start": []}
 
     def timed_total(key, fn):
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                timings[key] += time.perf_counter() - start
-        return wrapper
+        return timed(lambda seconds: timings.__setitem__(key, timings[key] + seconds), fn)
 
     pyfed.rounds.validate_update = timed_total("validate", pyfed.rounds.validate_update)
 

@@ -101,9 +101,8 @@ class WeightedSum:
                     f"array {index} has shape {np.shape(array)}; expected {self.shapes[index]}")
         unit_weight = float(weight) / _WEIGHT_UNIT
         first = self.count == 0
-        self.total_weight += float(weight)
-        self.count += 1
-        if last and self.total_weight <= 0:
+        total_weight = self.total_weight + float(weight)  # the mean's, when last
+        if last and total_weight <= 0:
             raise ValueError("cannot average: no weight was added")
         for total, base, own, array in zip(self.sums, self.references, self.in_own_dtype, arrays):
             values = np.asarray(array).reshape(-1)
@@ -111,9 +110,11 @@ class WeightedSum:
             if not own:
                 _fold(total.reshape(-1), values, unit_weight, scratch, first)
             else:
-                scale = _mean_scale(total.dtype, self.total_weight) if last else None
+                scale = _mean_scale(total.dtype, total_weight) if last else None
                 _fold_own(total.reshape(-1), values, None if base is None else base.reshape(-1),
                           unit_weight, scratch, first, scale)
+        self.total_weight = total_weight
+        self.count += 1
         self.means_ready = last
 
     def mean(self, cast: bool = True, in_place: bool = False) -> list[np.ndarray]:
@@ -163,7 +164,7 @@ def _fold_own(total: np.ndarray, values: np.ndarray, base: np.ndarray | None, we
               scratch: np.ndarray, first: bool, mean_scale=None) -> None:
     """``total += weight * (values - base)`` (``weight * values`` without a base; ``=`` when
     ``first``), in total's dtype; with a ``mean_scale``, each chunk then becomes the mean
-    ``base + total * mean_scale`` at once, the same arithmetic as :func:`_own_mean`."""
+    ``base + total * mean_scale`` at once, with :func:`_to_mean`, as :func:`_own_mean`."""
     weight = total.dtype.type(weight)
     for window in _windows(total.size):
         part = total[window] if first else scratch[: window.stop - window.start]
@@ -175,9 +176,8 @@ def _fold_own(total: np.ndarray, values: np.ndarray, base: np.ndarray | None, we
         if not first:
             np.add(total[window], part, out=total[window])
         if mean_scale is not None:
-            np.multiply(total[window], mean_scale, out=total[window])
-            if base is not None:
-                np.add(total[window], base[window], out=total[window])
+            _to_mean(total[window], None if base is None else base[window], mean_scale,
+                     total[window])
 
 
 def _mean_scale(dtype: np.dtype, total_weight: float):
@@ -195,11 +195,17 @@ def _own_mean(total: np.ndarray, base: np.ndarray | None, scale,
     flat_total, flat_out = total.reshape(-1), out.reshape(-1)
     flat_base = None if base is None else base.reshape(-1)
     for window in _windows(flat_total.size):
-        part = flat_out[window]
-        np.multiply(flat_total[window], scale, out=part)
-        if flat_base is not None:
-            np.add(part, flat_base[window], out=part)
+        _to_mean(flat_total[window], None if flat_base is None else flat_base[window], scale,
+                 flat_out[window])
     return out
+
+
+def _to_mean(total: np.ndarray, base: np.ndarray | None, scale, out: np.ndarray) -> None:
+    """``out = base + total * scale`` for one chunk: the one place the mean is computed, so
+    the fused last fold and :func:`_own_mean` agree bitwise."""
+    np.multiply(total, scale, out=out)
+    if base is not None:
+        np.add(out, base, out=out)
 
 
 class RecycledBlocks:

@@ -142,19 +142,18 @@ class FedAvg(Strategy):
         self._start()
 
     def add(self, result: FitResult) -> None:
-        if self._round is None:
-            raise RuntimeError(f"{type(self).__name__}.add called before begin()")
-        self._accumulate(result)
-        self._fit_metrics.append((result.num_examples, dict(result.metrics)))
+        self._add(result, self._accumulate)
 
     def add_last(self, result: FitResult) -> None:
         # FedAvg's own fold computes the mean as it folds the last result (one pass over the
         # model less, on the round's critical path); a subclass's _accumulate is left alone.
-        if type(self)._accumulate is not FedAvg._accumulate:
-            return self.add(result)
+        own_fold = type(self)._accumulate is FedAvg._accumulate
+        self._add(result, self._accumulate_last if own_fold else self._accumulate)
+
+    def _add(self, result: FitResult, fold) -> None:
         if self._round is None:
-            raise RuntimeError(f"{type(self).__name__}.add_last called before begin()")
-        self._sum.add(result.weights, result.num_examples, last=True)
+            raise RuntimeError(f"{type(self).__name__}.add called before begin()")
+        fold(result)
         self._fit_metrics.append((result.num_examples, dict(result.metrics)))
 
     def finish(self) -> tuple[list[np.ndarray], dict]:
@@ -192,6 +191,9 @@ class FedAvg(Strategy):
 
     def _accumulate(self, result: FitResult) -> None:
         self._sum.add(result.weights, result.num_examples)
+
+    def _accumulate_last(self, result: FitResult) -> None:
+        self._sum.add(result.weights, result.num_examples, last=True)
 
     def _combine(self) -> list[np.ndarray]:
         return self._sum.mean(cast=False, in_place=True)  # the accumulator is replaced next

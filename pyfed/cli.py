@@ -1,4 +1,4 @@
-"""The ``pyfed`` command: ``experiment``, ``server``, ``client`` and ``partition``.
+"""The ``pyfed`` command: ``experiment``, ``server``, ``client``, ``partition`` and ``token``.
 
 Expected failures (a :class:`~pyfed.errors.PyFedError`, a missing data file) print one line to
 stderr and exit with status 2, like argparse's own usage errors; only bugs show a traceback.
@@ -302,6 +302,20 @@ def cmd_partition(args) -> int:
     return EXIT_OK
 
 
+def cmd_token(args) -> int:
+    from .auth import new_token, write_token_file
+
+    token = new_token()
+    if args.out is None:
+        print(token, flush=True)
+        return EXIT_OK
+    write_token_file(args.out, token)
+    # The token itself stays off the screen (and out of scrollback and CI logs).
+    print(f"wrote a new token to {args.out} (readable by you only); give it to the server and "
+          f"every client with --token-file {args.out}", flush=True)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------------------------
@@ -432,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "--shards-per-client label-sorted shards; by_label gives each client "
                         "whole classes")
     partition_options(p, "--scheme")
+
+    p = add("token", "Make a strong shared token for --token-file or $PYFED_TOKEN: 32 random "
+                     "bytes as 43 URL-safe characters, printed (or written with --out).",
+            cmd_token)
+    p.add_argument("--out", metavar="FILE",
+                   help="write it to this new file, readable by you only (mode 0600), "
+                        "instead of printing it; an existing file is never overwritten")
     return parser
 
 

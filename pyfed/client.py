@@ -17,8 +17,8 @@ import numpy as np
 from . import messages
 from . import auth, compression
 from .compression import validate_codec
-from .errors import (AuthenticationError, ConfigurationError, HandshakeError, PyFedError,
-                     ModelMismatchError, NetworkError, TLSError,
+from .errors import (AuthenticationError, ConfigurationError, DuplicateNameError,
+                     HandshakeError, PyFedError, ModelMismatchError, NetworkError, TLSError,
                      ProtocolError, RemoteError)
 from .logs import RUN_MARKER, RunLogger
 from .models import FitOutcome, as_adapter
@@ -93,6 +93,9 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         self._feedback = compression.ErrorFeedback()
         self._spec = None
         self._server_proved = False
+        # From the server's WELCOME: presented when reconnecting, so this process (and only
+        # this one) can take its name back from a connection the server still thinks alive.
+        self._reconnect_secret: str | None = None
         self.final_reason: str | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -102,7 +105,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         """Take part in every round until the server says FINISH. Returns the final model.
 
         A lost connection is retried (``max_retries``, ``retry_interval``); refusals (a wrong
-        token, a different model, a duplicate run) are not, and raise at once.
+        token, a different model, a name another live client has) are not, and raise at once.
         """
         defaults = {"epochs": epochs, "batch_size": batch_size, "verbose": self.verbose}
         tb = None
@@ -182,7 +185,8 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
             client_name=self.name, protocol_version=VERSION,
             spec_hash=spec_hash(self.adapter.spec()) if ready else None,
             spec=spec_to_json(self.adapter.spec()) if ready else None,
-            evaluates=self.val_data is not None, nonce=nonce))
+            evaluates=self.val_data is not None, nonce=nonce,
+            reconnect_secret=self._reconnect_secret))
         reply = channel.receive(timeout=60)
         if isinstance(reply, messages.Challenge):
             reply = self._answer_challenge(channel, nonce, reply)
@@ -193,7 +197,8 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
             if reply.code == "server_full":
                 raise NetworkError(f"{where} is full: {reply.reason}")
             error = {"model_mismatch": ModelMismatchError,
-                     "authentication_failed": AuthenticationError}.get(reply.code, HandshakeError)
+                     "authentication_failed": AuthenticationError,
+                     "duplicate_name": DuplicateNameError}.get(reply.code, HandshakeError)
             raise error(f"{self.name}: {where} refused the connection: {reply.reason}")
         if not isinstance(reply, messages.Welcome):
             raise ProtocolError(f"expected WELCOME, received {reply.KIND.name}")
@@ -202,6 +207,8 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                 f"{self.name}: the server at {self.server_ip}:{self.server_port} did not "
                 "authenticate itself, but this client has a token; refusing to train with it")
         channel.limits = FrameLimits(max_body_bytes=self.max_message_bytes)
+        if reply.reconnect_secret is not None:
+            self._reconnect_secret = reply.reconnect_secret
         return reply
 
     def _answer_challenge(self, channel: Channel, nonce: str | None,

@@ -39,6 +39,10 @@ class HandshakeError(PyFedError):
     """The peer refused this connection during the handshake (e.g. duplicate name)."""
 
 
+class DuplicateNameError(HandshakeError):
+    """Another live client already has this name; choose another (retrying will not help)."""
+
+
 class ModelMismatchError(HandshakeError):
     """The client's model does not have the architecture the server trains."""
 

@@ -10,7 +10,9 @@ peer that sends nothing, or dribbles bytes, is gone after ``handshake_timeout`` 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -55,6 +57,7 @@ class Gateway:
         self.max_connections = max_connections
         self.max_message_bytes = max_message_bytes
         self.sessions: dict[str, ClientSession] = {}
+        self._secrets: dict[str, str] = {}  # name -> reconnect secret, while the name is live
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.finished = False
@@ -181,39 +184,25 @@ class Gateway:
             logger.warning("%s ended the handshake before HELLO: %r", channel.peer,
                            getattr(hello, "reason", hello.KIND.name)[:200])
             return None
+        name = hello.client_name
         try:
             self._check_hello(hello)
             if self.token is not None:
                 self._authenticate(channel, hello, deadline)
+            # Only now: an unauthenticated peer must not learn the model's shapes, nor who is
+            # connected from where (the duplicate-name check below).
+            self._check_model(hello)
+            welcome = self.welcome(name)  # before registering: a failure here leaves no trace
+            session = ClientSession(name, channel, self.pool, evaluates=hello.evaluates)
+            secret = self._register(session, hello.reconnect_secret)
         except Refused as refusal:
             # %r: a name comes from the network and must not be able to forge log lines
-            logger.warning("refused %r from %s: %s", hello.client_name[:40], channel.peer, refusal.reason)
+            logger.warning("refused %r from %s: %s", name[:40], channel.peer, refusal.reason)
             with contextlib.suppress(PyFedError):
                 channel.send(messages.Error(reason=refusal.reason, code=refusal.code))
             return None
-        name = hello.client_name
-        welcome = self.welcome(name)  # before registering: a failure here leaves no trace
-        session = ClientSession(name, channel, self.pool, evaluates=hello.evaluates)
-        with self.changed:
-            if self.finished:
-                refusal = "training has finished; this server accepts no more clients"
-            else:
-                refusal = None
-                replaced = self.sessions.get(name)
-                self.sessions[name] = session
-        if refusal is not None:
-            with contextlib.suppress(PyFedError):
-                channel.send(messages.Error(reason=refusal, code="finished"))
-            return None
-        if replaced is not None:
-            # The same name reconnecting (a restarted or reconnected client) is the same
-            # identity: the new connection takes over; the old one's work is dropped.
-            logger.warning("%r reconnected from %s; dropping its old connection from %s",
-                           name, channel.peer, replaced.address)
-            replaced.end("replaced by a new connection")
-            replaced.channel.close()
         try:
-            channel.send(welcome)
+            channel.send(dataclasses.replace(welcome, reconnect_secret=secret))
         except BaseException:
             self._drop(session)
             raise
@@ -223,7 +212,50 @@ class Gateway:
             self.changed.notify_all()
         return session
 
+    def _register(self, session: ClientSession, presented_secret) -> str:
+        """Enter ``session`` under its name and return the name's reconnect secret.
+
+        A name belongs to one live connection. Another HELLO may take it over only if it
+        presents the secret the holder was given (the same client reconnecting, e.g. over a
+        half-open connection the server still believes alive) or if the holder's socket has
+        closed (a dead or restarted process); anyone else is refused and told who holds it.
+        A takeover keeps the secret, so a client that lost the WELCOME carrying it still has it.
+        """
+        name = session.name
+        with self.changed:
+            if self.finished:
+                raise Refused("finished", "training has finished; this server accepts no more clients")
+            holder = self.sessions.get(name)
+            secret = self._secrets.get(name)
+            if holder is None:
+                how = None
+                secret = auth.new_reconnect_secret()
+            elif auth.reconnect_secret_matches(secret, presented_secret):
+                how = "reconnected"
+            elif _hung_up(holder.channel.sock):
+                how = "closed"
+                secret = auth.new_reconnect_secret()  # a new process: a new identity
+            else:
+                raise Refused("duplicate_name",
+                              f"client name {name!r} is already connected (from {holder.address}); "
+                              "choose another name")
+            self.sessions[name] = session
+            self._secrets[name] = secret
+        if holder is not None:
+            if how == "reconnected":
+                # The same client (it holds the secret): the new connection takes over and
+                # the old one's work is dropped.
+                logger.warning("%r reconnected from %s; dropping its old connection from %s",
+                               name, session.address, holder.address)
+            else:
+                logger.warning("%r joined from %s; its old connection from %s had closed",
+                               name, session.address, holder.address)
+            holder.end("replaced by a new connection")
+            holder.channel.close()
+        return secret
+
     def _check_hello(self, hello: messages.Hello) -> None:
+        """What may be answered before authentication: nothing about the model or the clients."""
         name = hello.client_name
         if hello.protocol_version != VERSION:
             raise Refused("version", f"protocol version {hello.protocol_version} is not "
@@ -231,6 +263,8 @@ class Gateway:
         if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
             raise Refused("bad_name", f"client name must be 1-{MAX_NAME_LENGTH} printable "
                                       f"characters; received {name[:40]!r}")
+
+    def _check_model(self, hello: messages.Hello) -> None:
         if hello.spec_hash is not None and hello.spec_hash != self.spec_hash:
             detail = ""
             if hello.spec is not None:
@@ -267,6 +301,7 @@ class Gateway:
         with self.changed:
             if self.sessions.get(session.name) is session:
                 del self.sessions[session.name]
+                self._secrets.pop(session.name, None)
                 if not self.finished:
                     logger.warning("%s (%s) disconnected", session.name, session.address)
             session.end("disconnected")
@@ -286,3 +321,30 @@ class Gateway:
                         f"only {len(self.sessions)} of {count} clients connected within "
                         f"{timeout:g} s ({', '.join(sorted(self.sessions)) or 'none'})")
                 self.changed.wait(1.0 if remaining is None else min(1.0, remaining))
+
+
+_HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Has the peer closed or reset this connection? Asked without consuming a byte, from any
+    thread (the connection's own thread may be reading it), and without blocking."""
+    try:
+        poller = select.poll()  # poll, not select: descriptors >= 1024 are common here
+        poller.register(sock.fileno(), select.POLLIN | _HUNG_UP)
+        events = poller.poll(0)
+    except (OSError, ValueError):  # closed under us
+        return True
+    if not events:
+        return False
+    mask = events[0][1]
+    if mask & _HUNG_UP:  # POLLRDHUP (Linux) says "the peer sent FIN" even with data queued
+        return True
+    if hasattr(select, "POLLRDHUP"):
+        return False  # readable data, no FIN: alive
+    try:  # elsewhere: a readable socket at EOF peeks 0 bytes (raw TCP, beneath any TLS layer)
+        return socket.socket.recv(sock, 1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True

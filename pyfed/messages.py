@@ -49,6 +49,9 @@ class Hello(Message):
     evaluates: bool = False  # the client holds out data for federated evaluation
     # With spec_hash: the client's own model spec, so a mismatch can name the first difference.
     spec: list | None = None
+    # The secret an earlier WELCOME gave this client: only it lets a reconnection take over
+    # the name from a connection the server still thinks is alive.
+    reconnect_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class Welcome(Message):
     model: dict = field(default_factory=dict)
     spec_hash: str = ""
     config: dict = field(default_factory=dict)
+    # Present it in HELLO when reconnecting; anyone else claiming this name is refused.
+    reconnect_secret: str | None = None
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                 self._say("warning: " + message)
         else:
             self._say(f"PyFed server listening on {self.host}:{self.port}")
+        advice = auth.weak_token_warning(self.gateway.token)  # resolve_token logged it already
+        if advice is not None:
+            self._say("warning: " + advice)
 
     def _say(self, line: str) -> None:
         logger.debug(line)

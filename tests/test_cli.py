@@ -236,3 +236,70 @@ def test_experiment_split_is_unchanged_by_default_and_follows_partition():
     with pytest.raises(ConfigurationError, match="--alpha applies to --partition dirichlet only; "
                                                  "received --alpha 0.1 with --partition not given"):
         split_data(args, x, y, args.partition, "--partition")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens: `pyfed token`, and an empty $PYFED_TOKEN (issue 10 A.10)
+# ---------------------------------------------------------------------------------------------
+
+def test_token_command_prints_a_new_strong_token_each_time(tmp_path):
+    with Processes(tmp_path / "procs") as procs:
+        for name in ("first", "second"):
+            procs.start(name, [*PYFED, "token"], cwd=tmp_path)
+        for name in ("first", "second"):
+            assert procs.wait(name, 30) == 0, procs.dump()
+            assert procs.err(name) == "", procs.dump()
+        tokens = [procs.out(name) for name in ("first", "second")]
+    for output in tokens:
+        # secrets.token_urlsafe(32): 32 random bytes as 43 URL-safe base64 characters.
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}\n", output), output
+    assert tokens[0] != tokens[1]
+
+
+def test_token_command_writes_a_private_file_once_and_servers_accept_it(tmp_path):
+    import os
+    import stat
+
+    from pyfed.auth import resolve_token
+
+    with Processes(tmp_path / "procs") as procs:
+        procs.start("write", [*PYFED, "token", "--out", "fed.token"], cwd=tmp_path)
+        assert procs.wait("write", 30) == 0, procs.dump()
+        written = procs.out("write")
+        procs.start("again", [*PYFED, "token", "--out", "fed.token"], cwd=tmp_path)
+        assert procs.wait("again", 30) == 2, procs.dump()
+        again = procs.err("again").strip()
+    token_file = tmp_path / "fed.token"
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    token = token_file.read_text()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}\n", token), token
+    assert token.strip() not in written and "fed.token" in written, written  # not on the screen
+    assert resolve_token(token_file=token_file) == token.strip().encode()
+    # An existing token file is never overwritten: the federation would lose its token.
+    assert again == ("pyfed token: error: token file fed.token already exists; remove it first "
+                     "or choose another --out"), again
+    assert token_file.read_text() == token
+
+
+NUMPY_MODEL = """
+def model():
+    from pyfed.models import SoftmaxRegression
+    return SoftmaxRegression(64, 10)
+"""
+
+
+def test_server_with_an_empty_pyfed_token_exits_2_with_one_line(tmp_path):
+    from cliprocs import child_env
+
+    (tmp_path / "numpy_model.py").write_text(NUMPY_MODEL)
+    with Processes(tmp_path / "procs") as procs:
+        procs.start("server", [*PYFED, "server", "--model", "numpy_model.py:model", "--clients",
+                               "1", "--rounds", "1", "--port", free_port(), "--logdir", "logs"],
+                    cwd=tmp_path, env=child_env(PYFED_TOKEN=""))
+        assert procs.wait("server", 60) == 2, procs.dump()
+        stderr = procs.err("server").strip()
+        assert procs.out("server") == ""
+    assert stderr == ("pyfed server: error: $PYFED_TOKEN is set but empty: set it to the "
+                      "federation's token (`pyfed token` makes one), or unset it to run without "
+                      "authentication"), stderr
+    assert not (tmp_path / "logs").exists()  # refused before it started anything

@@ -156,3 +156,115 @@ def test_model_mismatch_names_both_hashes_and_the_first_differing_tensor(tmp_pat
         assert "first difference: tensor 1: expected weight_1 [4] <f4, received weight_1 [5] <f4" in output, output[-1500:]
         hashes = [w for w in output.split() if len(w.strip(",.;")) == 64]
         assert len(hashes) >= 2  # both full spec hashes are named
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10 A.10: nothing before authentication, weak and empty tokens
+# ---------------------------------------------------------------------------------------------
+
+
+def test_before_authentication_a_peer_learns_nothing_about_the_model_or_the_clients(tmp_path):
+    import socket
+    import time
+
+    from hostile_roles import drain_until_closed, read_frame
+    from test_hostile import wait_for
+
+    from pyfed import auth, protocol
+    from pyfed.messages import Auth, Challenge, Error, Hello
+
+    wrong_spec = [["weight_0", [3, 4], "<f4", "weight_0"]]
+
+    def ask(port, hello, answer=None):
+        """The server's replies to ``hello`` (and to AUTH(answer(challenge)) if it challenges)."""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(protocol.encode_bytes(hello))
+            replies = [read_frame(sock, time.monotonic() + 10)]
+            if isinstance(replies[0], Challenge) and answer is not None:
+                sock.sendall(protocol.encode_bytes(Auth(proof=answer(replies[0]))))
+                replies.append(read_frame(sock, time.monotonic() + 10))
+            assert drain_until_closed(sock, 10)[0], "the server left the connection open"
+        return replies
+
+    with ProcessGroup(tmp_path / "procs") as group:
+        group.role("server", "softmax-server", "--port", 0, "--clients", 2, "--rounds", 1,
+                   "--logdir", tmp_path / "logs", "--token", TOKEN)
+        port = int(wait_for(group, "server", r"^READY (\d+)$", 30).group(1))
+        group.role("client_1", "softmax-client", "--port", port, "--index", 1, "--clients", 2,
+                   "--logdir", tmp_path / "logs", "--token", TOKEN, "--max-retries", 0)
+        wait_for(group, "server", r"client_1 joined from", 30)
+
+        # A wrong model and no token: only "authentication required".
+        no_token = ask(port, Hello(client_name="probe", spec_hash="0" * 64, spec=wrong_spec))
+        # A wrong model and a wrong token: challenged like anyone, then "authentication failed".
+        nonce = auth.new_nonce()
+        wrong_token = ask(port, Hello(client_name="probe", spec_hash="0" * 64, spec=wrong_spec,
+                                      nonce=nonce), answer=lambda challenge: "0" * 64)
+        # A live client's name and no token: nothing about who holds it, or from where.
+        live_name = ask(port, Hello(client_name="client_1", reconnect_secret="0" * 43))
+        # The right token and a wrong model: now the mismatch is explained.
+        nonce = auth.new_nonce()
+        token = TOKEN.encode()
+        authenticated = ask(port, Hello(client_name="probe", spec_hash="0" * 64, spec=wrong_spec,
+                                        nonce=nonce),
+                            answer=lambda c: auth.client_proof(token, nonce, c.nonce, "probe"))
+
+        for replies in (no_token, live_name):
+            assert [type(r) for r in replies] == [Error], replies
+            assert replies[0].code == "authentication_failed", replies
+            assert replies[0].reason.startswith("authentication required: this server needs a "
+                                                "token"), replies
+        assert [type(r) for r in wrong_token] == [Challenge, Error], wrong_token
+        assert wrong_token[1].code == "authentication_failed"
+        assert wrong_token[1].reason == "authentication failed: wrong token"
+        for reply in (*no_token, wrong_token[1], *live_name):
+            text = reply.reason.lower()
+            assert not any(word in text for word in ("model", "spec", "hash", "weight", "shape",
+                                                     "client_1", "127.0.0.1", "connected")), reply
+        assert [type(r) for r in authenticated] == [Challenge, Error], authenticated
+        assert authenticated[1].code == "model_mismatch", authenticated
+        assert "first difference" in authenticated[1].reason
+
+        # The server kept serving: its real client trains with a second one.
+        group.role("client_2", "softmax-client", "--port", port, "--index", 2, "--clients", 2,
+                   "--logdir", tmp_path / "logs", "--token", TOKEN, "--max-retries", 0)
+        codes = group.wait_all(timeout=90)
+        assert codes == {"server": 0, "client_1": 0, "client_2": 0}, group.dump()
+
+
+WEAK_TOKEN = "ten-bytes!"  # 10 bytes: above the hard minimum of 8, below the advised 16
+
+
+def test_a_weak_token_trains_but_the_server_warns_once(tmp_path):
+    with ProcessGroup(tmp_path / "procs") as group:
+        start_federation(group, tmp_path, server=("--token", WEAK_TOKEN),
+                         clients=[("client_1", ("--token", WEAK_TOKEN)),
+                                  ("client_2", ("--token", WEAK_TOKEN))])
+        codes = group.wait_all(timeout=90)
+        assert all(code == 0 for code in codes.values()), group.dump()
+        server = group.output("server")
+        client = group.output("client_1")
+    advice = ("the token is 10 bytes long: one recorded handshake lets an attacker guess a short "
+              "token offline; use at least 16 random bytes (`pyfed token` prints a strong one)")
+    printed = [line for line in server.splitlines() if line == "warning: " + advice]
+    logged = [line for line in server.splitlines() if " WARNING " in line and line.endswith(advice)]
+    assert len(printed) == 1 and len(logged) == 1, server
+    assert any(line.endswith(advice) for line in client.splitlines()), client
+    assert WEAK_TOKEN not in server + client  # the warning never shows the token
+
+
+def test_a_strong_token_gives_no_warning_and_an_empty_one_is_an_error(tmp_path, monkeypatch):
+    from pyfed import auth
+    from pyfed.errors import ConfigurationError
+
+    monkeypatch.setenv("PYFED_TOKEN", "")
+    with pytest.raises(ConfigurationError, match=r"^\$PYFED_TOKEN is set but empty"):
+        auth.resolve_token()
+    assert auth.resolve_token(TOKEN) == TOKEN.encode()  # an explicit token wins over the env
+    monkeypatch.delenv("PYFED_TOKEN")
+    assert auth.resolve_token() is None
+    assert auth.weak_token_warning(TOKEN.encode()) is None
+    assert auth.weak_token_warning(None) is None
+    assert "10 bytes" in auth.weak_token_warning(WEAK_TOKEN.encode())
+    with pytest.raises(ConfigurationError, match="at least 8 bytes; received 7"):
+        auth.resolve_token("7 bytes")

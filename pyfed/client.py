@@ -23,6 +23,7 @@ from .errors import (AuthenticationError, ConfigurationError, DuplicateNameError
 from .logs import RUN_MARKER, RunLogger
 from .models import FitOutcome, as_adapter
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES, VERSION, FrameLimits, Role
+from .safe_text import printable
 from .spec import spec_hash, spec_to_json
 from .transport import Channel, client_ssl_context, connect, tls_handshake
 
@@ -192,14 +193,15 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
             reply = self._answer_challenge(channel, nonce, reply)
         if isinstance(reply, messages.Error):
             where = f"the server at {self.server_ip}:{self.server_port}"
+            reason = printable(reply.reason, 1000)  # from the network: one line, escaped
             if reply.code == "server_stopped":
-                raise ServerStopped(f"{where} is stopping: {reply.reason}")
+                raise ServerStopped(f"{where} is stopping: {reason}")
             if reply.code == "server_full":
-                raise NetworkError(f"{where} is full: {reply.reason}")
+                raise NetworkError(f"{where} is full: {reason}")
             error = {"model_mismatch": ModelMismatchError,
                      "authentication_failed": AuthenticationError,
                      "duplicate_name": DuplicateNameError}.get(reply.code, HandshakeError)
-            raise error(f"{self.name}: {where} refused the connection: {reply.reason}")
+            raise error(f"{self.name}: {where} refused the connection: {reason}")
         if not isinstance(reply, messages.Welcome):
             raise ProtocolError(f"expected WELCOME, received {reply.KIND.name}")
         if self.token is not None and nonce is not None and not self._server_proved:
@@ -237,7 +239,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
             if spec_hash(self.adapter.spec()) != welcome.spec_hash:
                 raise ModelMismatchError(
                     f"{self.name}: this client's model has a different architecture from the "
-                    f"server's (spec hash {welcome.spec_hash[:16]}...)")
+                    f"server's (spec hash {printable(welcome.spec_hash[:16])}...)")
         if self.adapter is None:
             from .models import adapter_from_description
 
@@ -246,7 +248,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
             if spec_hash(self.adapter.spec()) != welcome.spec_hash:
                 raise ModelMismatchError(
                     f"{self.name}: the rebuilt model's spec hash differs from the server's "
-                    f"({welcome.spec_hash[:16]}...)")
+                    f"({printable(welcome.spec_hash[:16])}...)")
         if hasattr(self.adapter, "compile"):
             self.adapter.compile(loss=loss, optimizer=optimizer, lr=lr, metrics=metrics)
 
@@ -309,15 +311,16 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                                                      loss=float(loss), metrics=metrics))
             elif isinstance(message, messages.Finish):
                 self.adapter.set_weights(message.weights)
-                self.final_reason = message.reason
-                logger.info("%s: training finished (%s)", self.name, message.reason)
+                self.final_reason = printable(message.reason)  # printed by the CLI
+                logger.info("%s: training finished (%s)", self.name, printable(message.reason))
                 return
             elif isinstance(message, messages.Error):
+                reason = printable(message.reason, 1000)  # from the network: one line, escaped
                 if message.code == "server_stopped":
-                    raise ServerStopped(f"the server is stopping: {message.reason}")
+                    raise ServerStopped(f"the server is stopping: {reason}")
                 if message.fatal:
-                    raise RemoteError(f"{self.name}: the server ended the session: {message.reason}")
-                logger.warning("%s: %s", self.name, message.reason)
+                    raise RemoteError(f"{self.name}: the server ended the session: {reason}")
+                logger.warning("%s: %s", self.name, reason)
 
 
 def _hold_out(data, target, validation_split: float, val_data):

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import ConfigurationError, ProtocolError
 from .protocol import ALIGNMENT
+from .safe_text import printable
 from .spec import TensorSpec, spec_of_arrays
 
 CODECS = ("none", "fp16", "int8")
@@ -31,7 +32,7 @@ def validate_codec(name: str | None) -> str:
         return "none"
     if not isinstance(name, str) or name.lower() not in CODECS:
         raise ConfigurationError(f"compression must be one of {', '.join(CODECS)} (or None); "
-                                 f"received {name!r}")
+                                 f"received {printable(repr(name), 80)}")
     return name.lower()
 
 
@@ -154,7 +155,8 @@ def decode(codec: str | None, arrays: Sequence, meta: dict | None, spec: Sequenc
             raise ProtocolError(f"compression meta must be an object; received {type(meta).__name__}")
         sent = meta.get("codec", codec)
         if sent not in (codec, "none", "fp16" if codec == "int8" else "none"):
-            raise ProtocolError(f"message is compressed with {sent!r}; this run uses {codec!r}")
+            raise ProtocolError(f"message is compressed with {printable(repr(sent), 80)}; this "
+                                f"run uses {codec!r}")
         codec = sent
     if not isinstance(arrays, (list, tuple)):
         raise ProtocolError(f"expected a list of arrays; received {type(arrays).__name__}")
@@ -174,7 +176,8 @@ def decode(codec: str | None, arrays: Sequence, meta: dict | None, spec: Sequenc
             raise ProtocolError(f"int8 scales array is {scales.dtype.str} {list(scales.shape)}; "
                                 f"expected float32 [{len(floats)}] (one per float tensor)")
         if meta is not None and "base" in meta and meta["base"] != (held := fingerprint(reference)):
-            raise ProtocolError(f"int8 delta is against model {meta['base']!r}; this peer holds "
+            raise ProtocolError(f"int8 delta is against model {printable(repr(meta['base']), 80)}; "
+                                f"this peer holds "
                                 f"{held!r} (a missed round? resync with a full model)")
         scale_of = dict(zip(floats, scales.astype(np.float32).tolist()))
     out = []

@@ -19,6 +19,13 @@ class ProtocolError(PyFedError):
     """Bytes or messages that break the wire format or the conversation's state table."""
 
 
+class InvalidValue(ProtocolError):
+    """A well-framed message with a field of the wrong type, out of range or of the wrong shape.
+
+    The frame itself is intact, so the receiver can refuse just this message (and tell the
+    peer why, with a non-fatal ERROR) and keep the connection where the state table allows."""
+
+
 class NetworkError(PyFedError):
     """A socket failed: refused, reset, timed out, or closed by the peer."""
 
@@ -49,6 +56,11 @@ class ModelMismatchError(HandshakeError):
 
 class RemoteError(PyFedError):
     """The peer sent an ERROR message; its reason is the message of this exception."""
+
+
+class UpdateRejected(PyFedError):
+    """One client's result is refused (a bad value, a bound it breaks); the reason goes back to
+    that client in a non-fatal ERROR, and the round goes on without it."""
 
 
 class RoundError(PyFedError):

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 
 from . import auth, messages, protocol
-from .errors import PyFedError
+from .errors import InvalidValue, PyFedError
 from .protocol import HANDSHAKE_LIMITS, VERSION, FrameLimits, Role
+from .safe_text import printable
 from .session import ClientSession
 from .spec import first_difference, spec_from_json
 from .transport import BufferPool, Channel, listen, tls_handshake
@@ -161,7 +162,10 @@ class Gateway:
                 session.serve()
         except PyFedError as exc:
             who = session.name if session else peer
-            logger.warning("connection %s (%s) ended: %s", who, peer, exc)
+            logger.warning("connection %s (%s) ended: %s", who, peer, printable(exc, 1000))
+            if isinstance(exc, InvalidValue) and channel is not None:  # say which value, and why
+                with contextlib.suppress(PyFedError):
+                    channel.send_notice(messages.Error(reason=str(exc), code="invalid_value"))
         except Exception:  # a bug must not take the server down; log it with its traceback
             logger.exception("unexpected error serving %s", peer)
         finally:
@@ -181,8 +185,8 @@ class Gateway:
     def _handshake(self, channel: Channel, deadline: float) -> ClientSession | None:
         hello = channel.receive(deadline=deadline)  # the state table allows HELLO (or ERROR)
         if not isinstance(hello, messages.Hello):
-            logger.warning("%s ended the handshake before HELLO: %r", channel.peer,
-                           getattr(hello, "reason", hello.KIND.name)[:200])
+            logger.warning("%s ended the handshake before HELLO: %s", channel.peer,
+                           printable(getattr(hello, "reason", hello.KIND.name)))
             return None
         name = hello.client_name
         try:
@@ -269,12 +273,13 @@ class Gateway:
             detail = ""
             if hello.spec is not None:
                 try:
-                    detail = "; first difference: " + first_difference(self.spec, spec_from_json(hello.spec))
+                    detail = "; first difference: " + printable(
+                        first_difference(self.spec, spec_from_json(hello.spec)), 400)
                 except (TypeError, ValueError):
                     detail = "; the client's spec could not be read"
             raise Refused("model_mismatch",
-                          f"model mismatch: the client's model has spec hash {hello.spec_hash}, "
-                          f"the server trains {self.spec_hash}{detail}")
+                          f"model mismatch: the client's model has spec hash "
+                          f"{printable(hello.spec_hash)}, the server trains {self.spec_hash}{detail}")
 
     def _authenticate(self, channel: Channel, hello: messages.Hello, deadline: float) -> None:
         if not auth.valid_nonce(hello.nonce):
@@ -287,9 +292,9 @@ class Gateway:
                                         proof=auth.server_proof(self.token, hello.nonce, server_nonce)))
         answer = channel.receive(deadline=deadline)
         if not isinstance(answer, messages.Auth):  # the state table leaves only ERROR here
-            logger.warning("authentication failed from %s: the client gave up (%r)",
-                           channel.peer, answer.reason[:200])
-            raise PyFedError(f"{channel.peer} ended the handshake: {answer.reason}")
+            logger.warning("authentication failed from %s: the client gave up (%s)",
+                           channel.peer, printable(answer.reason))
+            raise PyFedError(f"{channel.peer} ended the handshake: {printable(answer.reason)}")
         expected = auth.client_proof(self.token, hello.nonce, server_nonce, hello.client_name)
         if not auth.proofs_match(expected, answer.proof):
             logger.warning("authentication failed from %s", channel.peer)

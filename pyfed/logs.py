@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from .safe_text import printable
+
 logger = logging.getLogger("pyfed")
 
 RUN_MARKER = ".pyfed_run"
@@ -108,7 +110,7 @@ class RunLogger:
         writer = self.client(name)
         length = max((len(v) for v in history.values()), default=0)
         for offset in range(length):
-            values = {f"epoch_{metric}": series[offset]
+            values = {f"epoch_{printable(metric)}": series[offset]
                       for metric, series in history.items() if offset < len(series)}
             writer.scalars(values, first_epoch + offset)
         writer.flush()
@@ -155,9 +157,10 @@ _SHORT = {"accuracy": "acc", "sparse_categorical_accuracy": "acc", "categorical_
 
 
 def format_metrics(prefix: str, metrics: dict) -> str:
-    # Loss first, as Keras prints it; then the other metrics in a stable order.
+    # Loss first, as Keras prints it; then the other metrics in a stable order. Metric names
+    # come from the clients: escaped, so none can start a line of its own.
     ordered = sorted(metrics.items(), key=lambda item: (item[0] != "loss", item[0]))
-    parts = [f"{_SHORT.get(name, name)} {value:.4g}" for name, value in ordered
+    parts = [f"{_SHORT.get(name, printable(name, 64))} {value:.4g}" for name, value in ordered
              if isinstance(value, (int, float))]
     return f"{prefix} " + " ".join(parts) if parts else ""
 

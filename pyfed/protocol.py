@@ -7,7 +7,8 @@ scalar fields and one descriptor per array: ``{"dtype": "<f4", "shape": [...], "
 
 Everything a peer sends is checked before it is trusted: lengths against caps *before* any
 buffer is allocated, dtypes against an allow-list (never object), shapes/offsets/sizes against
-each other and against the body. Nothing is ever unpickled.
+each other and against the body, and every header field's type and range (:mod:`pyfed.limits`).
+Nothing is ever unpickled.
 
 The legal order of messages lives in one transition table (:data:`TRANSITIONS`), as in h11;
 :class:`Conversation` enforces it for one side of one connection.
@@ -27,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ProtocolError
+from . import limits
+from .errors import InvalidValue, ProtocolError
+from .safe_text import printable
 from .messages import (  # noqa: F401  (re-exported: protocol is the one import users need)
     MESSAGE_TYPES, VERSION, Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,
     FitResult, Hello, Message, MessageKind, Ping, Welcome)
@@ -170,6 +173,8 @@ def frame_nbytes(buffers: list) -> int:
 
 
 def _type_check(kind: MessageKind, name: str, value: Any, annotation: Any) -> None:
+    """A field of the wrong type is an InvalidValue: the frame is intact, only its value is
+    refused."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -187,7 +192,7 @@ def _type_check(kind: MessageKind, name: str, value: Any, annotation: Any) -> No
         if option in (str, dict, list) and isinstance(value, option):
             return
     allowed = tuple(getattr(o, "__name__", str(o)) for o in options)
-    raise ProtocolError(
+    raise InvalidValue(
         f"{kind.name} field {name!r} must be {' or '.join(allowed)}; received {type(value).__name__}")
 
 
@@ -205,12 +210,18 @@ def decode_header(prefix: FramePrefix, header: bytes | bytearray | memoryview) -
 
     Returns ``(fields, array_descriptors)``. Called before the body is received, so a hostile
     header can never make us allocate or read more than its (already capped) body length.
+
+    A malformed frame raises :class:`ProtocolError`. A well-formed one whose field has the
+    wrong type, or a value outside its range or shape (:mod:`pyfed.limits`), raises its
+    subclass :class:`InvalidValue`: checked last, so the frame is known to be intact and the
+    receiver may refuse just this message.
     """
     kind = prefix.kind
     try:
-        parsed = json.loads(bytes(header).decode("utf-8"))
+        parsed = json.loads(bytes(header).decode("utf-8"), parse_int=limits.int_parser())
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting -> RecursionError
-        raise ProtocolError(f"{kind.name} header is not valid UTF-8 JSON: {exc}") from None
+        raise ProtocolError(f"{kind.name} header is not valid UTF-8 JSON: "
+                            f"{printable(exc)}") from None
     if not isinstance(parsed, dict) or set(parsed) != {"fields", "arrays"}:
         raise ProtocolError(f"{kind.name} header must be an object with 'fields' and 'arrays'")
     fields, descriptors = parsed["fields"], parsed["arrays"]
@@ -222,17 +233,19 @@ def decode_header(prefix: FramePrefix, header: bytes | bytearray | memoryview) -
     expected = {f.name: f for f in dataclasses.fields(cls) if f.name != cls.ARRAY_FIELD}
     unknown = set(fields) - set(expected)
     if unknown:
-        raise ProtocolError(f"{kind.name} has unexpected fields {sorted(unknown)}")
-    for name, f in expected.items():
-        if name not in fields:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProtocolError(f"{kind.name} is missing required field {name!r}")
-            continue
-        _type_check(kind, name, fields[name], hints[name])
-
+        raise ProtocolError(f"{kind.name} has unexpected fields {printable(sorted(unknown))}")
+    missing = [name for name, f in expected.items() if name not in fields
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ProtocolError(f"{kind.name} is missing required field {missing[0]!r}")
     if cls.ARRAY_FIELD is None and descriptors:
         raise ProtocolError(f"{kind.name} carries no arrays; received {len(descriptors)}")
     _validate_descriptors(kind, descriptors, prefix.body_length)
+
+    for name in expected:
+        if name in fields:
+            _type_check(kind, name, fields[name], hints[name])
+    limits.check_fields(kind.name, fields)
     return fields, descriptors
 
 
@@ -246,15 +259,16 @@ def _validate_descriptors(kind: MessageKind, descriptors: list, body_length: int
             raise ProtocolError(f"{where}: descriptor must have exactly dtype, shape, offset, nbytes")
         dtype, shape, offset, nbytes = d["dtype"], d["shape"], d["offset"], d["nbytes"]
         if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
-            raise ProtocolError(
-                f"{where}: dtype {dtype!r} is not allowed; expected bool, int, uint or float")
+            raise ProtocolError(f"{where}: dtype {printable(repr(dtype), 80)} is not allowed; "
+                                "expected bool, int, uint or float")
         if (not isinstance(shape, list) or len(shape) > MAX_NDIM
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
-            raise ProtocolError(f"{where}: shape {shape!r} must be a list of at most "
-                                f"{MAX_NDIM} non-negative integers")
+            raise ProtocolError(f"{where}: shape {printable(repr(shape), 80)} must be a list of "
+                                f"at most {MAX_NDIM} non-negative integers")
         for label, value in (("offset", offset), ("nbytes", nbytes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ProtocolError(f"{where}: {label} {value!r} must be a non-negative integer")
+                raise ProtocolError(f"{where}: {label} {printable(repr(value), 80)} must be a "
+                                    "non-negative integer")
         # numpy's own rule: the non-zero dimensions times the item size must fit in intp, even
         # for an empty array (a shape like [0, 10**30] would otherwise pass the nbytes check).
         if math.prod(s for s in shape if s) * int(dtype[2:]) > np.iinfo(np.intp).max:
@@ -367,6 +381,18 @@ class Conversation:
     def receive(self, message: Message) -> None:
         self._advance(self.role.peer, message, "receive")
 
+    def refuse(self, kind: MessageKind, problem: InvalidValue) -> None:
+        """A ``kind`` message arrived whose values ``problem`` refuses. Where the table allows
+        the message, the conversation moves on as if it had been received (the receiver
+        answers with a non-fatal ERROR); otherwise this raises the table's ProtocolError. An
+        ERROR or PING with a bad value leaves nothing to keep: a plain ProtocolError."""
+        if kind in (K.ERROR, K.PING) or self.state not in _LIVE_STATES:
+            raise ProtocolError(str(problem))
+        next_state = TRANSITIONS.get((self.state, self.role.peer, kind))
+        if next_state is None:
+            self._illegal(self.role.peer, kind, "receive")
+        self.state = next_state
+
     def _advance(self, sender: Role, message: Message, verb: str) -> None:
         kind = message.KIND
         if self.state in _LIVE_STATES and kind is K.PING and self.state is not State.START:
@@ -381,10 +407,13 @@ class Conversation:
             return
         next_state = TRANSITIONS.get((self.state, sender, kind))
         if next_state is None:
-            action = (f"received {kind.name} from the {sender.value}" if verb == "receive"
-                      else f"tried to send {kind.name}")
-            allowed = sorted(k.name for (s, r, k) in TRANSITIONS if s is self.state and r is sender)
-            raise ProtocolError(
-                f"{self.role.value} {action} in state {self.state.name}; "
-                f"expected one of {allowed or ['nothing']} (or PING/ERROR)")
+            self._illegal(sender, kind, verb)
         self.state = next_state
+
+    def _illegal(self, sender: Role, kind: MessageKind, verb: str):
+        action = (f"received {kind.name} from the {sender.value}" if verb == "receive"
+                  else f"tried to send {kind.name}")
+        allowed = sorted(k.name for (s, r, k) in TRANSITIONS if s is self.state and r is sender)
+        raise ProtocolError(
+            f"{self.role.value} {action} in state {self.state.name}; "
+            f"expected one of {allowed or ['nothing']} (or PING/ERROR)")

@@ -14,15 +14,12 @@ import time
 import numpy as np
 
 from . import messages
-from .errors import ProtocolError, RoundError
+from .errors import ProtocolError, RoundError, UpdateRejected  # noqa: F401  (UpdateRejected: re-exported)
+from .safe_text import printable
 from .spec import TensorSpec
 from .strategy import EvaluateResult, FitResult, Strategy
 
 logger = logging.getLogger("pyfed")
-
-
-class UpdateRejected(Exception):
-    """An update that must not be aggregated; the reason is sent back to its client."""
 
 
 # Largest magnitude accepted in a floating-point update. Far beyond any trained weight, and low
@@ -101,7 +98,14 @@ def _describe(value) -> str:
 def validate_update(weights: tuple, spec: list[TensorSpec], num_examples: int,
                     max_examples: int, scan: ValueScan | None = None) -> None:
     """Raise UpdateRejected naming the first problem: count, shape, dtype, a bad value, or
-    num_examples. ``scan`` holds values already checked as the update arrived."""
+    num_examples. ``scan`` holds values already checked as the update arrived.
+
+    ``max_examples`` bounds a client's declared ``num_examples``, which is its weight in the
+    examples-weighted mean. The count cannot be verified, so this bounds one client's influence
+    only weakly: within the cap it may still claim far more examples than it has, and a small
+    weight on a huge update still moves the model a long way. The strategies'
+    ``max_update_norm`` bounds the update itself (the L2 norm of its delta from the global
+    model)."""
     if len(weights) != len(spec):
         raise UpdateRejected(f"update has {len(weights)} tensors; the model has {len(spec)}")
     for index, (array, expected) in enumerate(zip(weights, spec)):
@@ -170,6 +174,7 @@ class Collector:
             self._cond.notify_all()
 
     def fail(self, client: str, reason: str) -> None:
+        reason = printable(reason, 500)  # it may quote the client, and it is logged
         with self._cond:
             if client in self.expected and client not in self.answered and client not in self.failures:
                 self.failures[client] = reason
@@ -219,6 +224,7 @@ class FitCollector(Collector):
         self.max_examples = max_examples
         self.on_history = on_history  # callable(name, history, first_epoch), for TensorBoard
         self.decode = decode  # compressed uplink -> the model's tensors (None: sent as they are)
+        self.broken: str | None = None  # why the strategy's aggregate cannot be trusted
 
     def value_scan(self) -> ValueScan | None:
         """A scan to run while the result arrives, or None when the arrays on the wire are not
@@ -226,9 +232,16 @@ class FitCollector(Collector):
         return ValueScan() if self.decode is None else None
 
     def add(self, client: str, result: messages.FitResult, scan: ValueScan | None = None) -> None:
-        """Validate and fold one update. Raises UpdateRejected (the caller tells the client)."""
-        # Decoding and checking every value read the whole update: done before taking the
-        # lock, so one client's check overlaps another's fold.
+        """Validate and fold one update. Raises UpdateRejected (the caller tells the client).
+
+        Whatever goes wrong with one update stays with that update: an exception from the
+        strategy's ``screen`` refuses it, and one from its fold (which may have left the
+        round's accumulator half-updated) closes the round now, and :meth:`require` fails it
+        with that reason: a RoundError the server handles, never an exception on its thread
+        from inside a fold."""
+        # Decoding, checking every value and the strategy's screen (max_update_norm's pass over
+        # the update) read the whole update: done before taking the lock, so one client's check
+        # overlaps another's fold.
         try:
             weights = result.weights
             if self.decode is not None:
@@ -237,9 +250,17 @@ class FitCollector(Collector):
                 except ProtocolError as exc:
                     raise UpdateRejected(f"cannot decompress: {exc}") from None
             validate_update(weights, self.spec, result.num_examples, self.max_examples, scan)
+            update = FitResult(client, tuple(weights), result.num_examples, dict(result.metrics))
+            screen = getattr(self.strategy, "screen", None)
+            if screen is not None:
+                update = screen(update)
             problem = None
         except UpdateRejected as exc:
             problem = exc
+        except Exception as exc:  # a strategy bug: this update is refused, the round goes on
+            logger.warning("round %d: checking %s's update failed: %s: %s", self.server_round,
+                           client, type(exc).__name__, printable(exc))
+            problem = UpdateRejected(f"the server could not check it ({type(exc).__name__})")
         with self._cond:
             self._check_expected(client, result.round)
             if problem is not None:
@@ -249,16 +270,40 @@ class FitCollector(Collector):
             # The last answer expected: the strategy may finish as it folds (FedAvg's mean).
             last = self._outstanding() == 1  # _check_expected: this client is outstanding
             fold = getattr(self.strategy, "add_last", self.strategy.add) if last else self.strategy.add
-            fold(FitResult(client, tuple(weights), result.num_examples, dict(result.metrics)))
+            try:
+                fold(update)
+            except UpdateRejected as exc:  # refused before anything was folded (the contract)
+                self.failures[client] = f"update rejected: {exc}"
+                self._cond.notify_all()
+                raise
+            except Exception as exc:
+                self._fold_failed(client, exc)
+                raise UpdateRejected("the server could not aggregate it "
+                                     f"({type(exc).__name__}); this round is abandoned") from None
             self.answered.append(client)
             self._cond.notify_all()
         if self.on_history and result.history:
             try:
                 self.on_history(client, result.history, result.first_epoch)
-            except OSError as exc:  # e.g. too many open files: lose a curve, never the update
-                logger.warning("could not write %s's TensorBoard curve: %s", client, exc)
+            except Exception as exc:  # e.g. too many open files: lose a curve, never the update
+                logger.warning("could not write %s's TensorBoard curve: %s: %s", client,
+                               type(exc).__name__, printable(exc))
+
+    def _fold_failed(self, client: str, exc: Exception) -> None:
+        """Called with the lock held: the strategy's fold raised, so its running aggregate may
+        hold part of this update. Nothing more can be folded into it: the round closes now."""
+        self.broken = (f"folding {client}'s update failed ({type(exc).__name__}: "
+                       f"{printable(exc)}), so the round's aggregate is incomplete")
+        logger.error("round %d: %s", self.server_round, self.broken)
+        self.failures[client] = self.broken
+        self.closed = True
+        for other in self.pending:
+            self.failures[other] = "the round closed early: its aggregate is incomplete"
+        self._cond.notify_all()
 
     def require(self, min_fit_clients: int) -> None:
+        if self.broken is not None:
+            raise RoundError(f"round {self.server_round} failed: {self.broken}")
         needed = min(min_fit_clients, len(self.expected)) or 1
         if len(self.answered) < needed:
             raise RoundError(

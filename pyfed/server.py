@@ -65,7 +65,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         handshake_timeout: seconds a new connection has for its whole handshake (default 10).
         max_connections: open connections at most (default 1024); more are refused at once.
         max_message_bytes: cap on a received body (default 4 GiB).
-        max_examples: cap on a client's declared ``num_examples`` (default 10**9).
+        max_examples: cap on a client's declared ``num_examples`` (default 10**9), i.e. on its
+            weight in the mean. The count cannot be checked, so this bounds a client's influence
+            only weakly; a strategy's ``max_update_norm`` bounds the update itself.
         buffer_pool_size: receive buffers shared by all connections (default 2).
         compression: ``"fp16"`` or ``"int8"`` for the weights in both directions (default none);
             int8 sends each tensor's delta from the last global model with its own scale.

@@ -16,8 +16,9 @@ import threading
 from dataclasses import dataclass
 
 from . import messages
-from .errors import PyFedError
+from .errors import InvalidValue, PyFedError
 from .rounds import Collector, UpdateRejected
+from .safe_text import printable
 from .transport import BufferPool, Channel
 
 logger = logging.getLogger("pyfed")
@@ -123,7 +124,7 @@ class ClientSession:
         garbage) ends the session now, instead of when the next round finds it."""
         message = self.channel.receive(timeout=IDLE_READ_TIMEOUT)  # the state table judges it
         if isinstance(message, messages.Error):
-            raise PyFedError(f"{self.name} ended the session: {message.reason}")
+            raise PyFedError(f"{self.name} ended the session: {printable(message.reason)}")
 
     def serve(self) -> None:
         """Run jobs until FINISH, shutdown (``None``) or a failure (which propagates)."""
@@ -176,26 +177,38 @@ class ClientSession:
         try:
             try:
                 reply = self.channel.receive(timeout=job.timeout, allocate=allocate, on_body=scan)
+            except InvalidValue as exc:  # refused on its header (the body was skipped)
+                self.busy = False
+                collector.received(self.channel.bytes_received - before)
+                collector.fail(self.name, f"update rejected: {exc}")
+                self._reject(collector, exc)
+                return
             finally:
                 # Free for the next round before the collector hears the reply: the round
                 # thread wakes on that, and must not find this client still "busy".
                 self.busy = False
             collector.received(self.channel.bytes_received - before)
             if isinstance(reply, messages.Error):
-                collector.fail(self.name, f"client reported: {reply.reason}")
+                reason = printable(reply.reason)
+                collector.fail(self.name, f"client reported: {reason}")
                 if reply.fatal:
-                    raise PyFedError(f"{self.name} ended the session: {reply.reason}")
+                    raise PyFedError(f"{self.name} ended the session: {reason}")
                 return
             try:
                 collector.add(self.name, reply, scan)  # the state table guarantees its kind
             except UpdateRejected as exc:
-                logger.warning("round %d: %s result from %s rejected: %s", collector.server_round,
-                               collector.kind, self.name, exc)
-                self.channel.send(messages.Error(reason=f"update rejected: {exc}",
-                                                 code="update_rejected", fatal=False))
-        except PyFedError as exc:
-            collector.fail(self.name, str(exc))
+                self._reject(collector, exc)
+        except Exception as exc:  # a bug too: the round hears of it instead of waiting
+            collector.fail(self.name, str(exc) if isinstance(exc, PyFedError)
+                           else f"{type(exc).__name__}: {exc}")
             raise
         finally:
             for buffer in leased:  # the collector folded (or dropped) the update: reuse its buffer
                 self.pool.release(buffer)
+
+    def _reject(self, collector: Collector, problem: Exception) -> None:
+        """Tell the client why its result was refused; its session goes on."""
+        logger.warning("round %d: %s result from %s rejected: %s", collector.server_round,
+                       collector.kind, self.name, problem)
+        self.channel.send(messages.Error(reason=f"update rejected: {problem}",
+                                         code="update_rejected", fatal=False))

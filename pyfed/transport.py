@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import protocol
-from .errors import ConnectionClosed, NetworkError, ProtocolError, TLSError
+from .errors import ConnectionClosed, InvalidValue, NetworkError, ProtocolError, TLSError
 from .protocol import Conversation, FrameLimits, Message, Role
 
 # sendmsg takes at most IOV_MAX buffers per call.
@@ -108,7 +108,11 @@ class Channel:
             prefix_bytes = self._recv_exactly(bytearray(protocol.PREFIX_SIZE))
             prefix = protocol.parse_prefix(prefix_bytes, self.limits)
             header = self._recv_exactly(bytearray(prefix.header_length))
-            fields, descriptors = protocol.decode_header(prefix, header)
+            try:
+                fields, descriptors = protocol.decode_header(prefix, header)
+            except InvalidValue as problem:
+                self._refuse(prefix, problem)
+                raise
             body = allocate(prefix.body_length) if prefix.body_length else b""
             if prefix.body_length:
                 progress = None if on_body is None else functools.partial(on_body, body, descriptors)
@@ -117,6 +121,21 @@ class Channel:
         message = protocol.decode_body(prefix, fields, descriptors, body)
         self.conversation.receive(message)
         return message
+
+    def _refuse(self, prefix: protocol.FramePrefix, problem: InvalidValue) -> None:
+        """A well-framed message whose values are refused: if the state table allows it here,
+        read its body into a small scratch buffer and drop it (nothing is allocated by its
+        size), so the next frame can be read and the caller can answer with a non-fatal
+        ERROR. Otherwise the conversation's ProtocolError propagates and the body is never
+        read."""
+        self.conversation.refuse(prefix.kind, problem)
+        scratch = memoryview(bytearray(min(prefix.body_length, 1 << 16)))
+        left = prefix.body_length
+        while left:
+            piece = min(left, len(scratch))
+            self._recv_exactly(scratch[:piece])
+            left -= piece
+        self.bytes_received += protocol.PREFIX_SIZE + prefix.header_length + prefix.body_length
 
     def _recv_exactly(self, buffer, progress=None):
         view = memoryview(buffer)

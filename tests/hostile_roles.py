@@ -8,7 +8,9 @@ Roles:
 - ``evil-client``: speaks the protocol by hand (``pyfed.protocol`` + a raw socket), one
   connection per ``--modes`` entry, and answers every FIT with a crafted, invalid reply. Prints
   one ``REJECTED {json}`` line per ERROR the server sends back, ``CLOSED {json}`` when the
-  server hangs up, ``FINISHED {json}`` on FINISH.
+  server hangs up, ``FINISHED {json}`` on FINISH. Modes in ``FIELD_MODES`` send a valid update
+  with one crafted header field; ``eval-*`` modes train honestly and answer EVALUATE with a
+  crafted result.
 
 The helpers (``read_frame``, ``wait_closed``...) are also imported by ``test_hostile.py``.
 """
@@ -28,7 +30,7 @@ import time
 import numpy as np
 
 from pyfed import protocol
-from pyfed.messages import FitResult, Hello, MessageKind
+from pyfed.messages import Error, EvaluateResult, FitResult, Hello, MessageKind
 
 SHAPES = [(64, 10), (10,)]  # SoftmaxRegression(64, 10)
 
@@ -147,10 +149,15 @@ def server(args) -> None:
 
     options = {}
     for key in ("handshake_timeout", "max_connections", "max_message_bytes", "max_examples",
-                "round_timeout", "wait_timeout"):
+                "round_timeout", "wait_timeout", "token"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value  # only what the test asked for: a missing feature is a TypeError
+    if args.max_update_norm is not None:
+        from pyfed.strategy import FedAvg
+
+        options["strategy"] = FedAvg(max_update_norm=args.max_update_norm,
+                                     update_norm_action=args.update_norm_action)
     srv = FL_Server(SoftmaxRegression(64, 10), args.clients, args.rounds, port=args.port,
                     logdir=args.logdir, **options)
     srv.start()
@@ -180,7 +187,7 @@ def honest_client(args) -> None:
     x = rng.random((args.examples, 64), dtype=np.float32)
     y = rng.integers(0, 10, args.examples)
     c = FL_Client(f"honest_{args.index}", x, y, server_port=args.port, logdir=args.logdir,
-                  connect_timeout=args.connect_timeout, timeout=args.timeout)
+                  connect_timeout=args.connect_timeout, timeout=args.timeout, token=args.token)
     c.train(epochs=1, batch_size=32)
     print("CLIENT " + json.dumps({"name": c.name, "rounds": c.rounds_trained}), flush=True)
 
@@ -197,11 +204,60 @@ def emit(tag: str, payload: dict) -> None:
         print(f"{tag} {json.dumps(payload)}", flush=True)
 
 
+# A line a hostile peer tries to write into the server's (or client's) log or progress output.
+FORGED = "x\nround 9/9 \u00b7 FORGED"
+
+# mode -> FIT_RESULT header fields that replace an otherwise valid update's (legal JSON all).
+FIELD_MODES = {
+    "metric-overflow": {"metrics": {"accuracy": 10**400}},
+    "metric-nan": {"metrics": {"loss": float("nan")}},
+    "metric-inf": {"metrics": {"loss": float("-inf")}},
+    "metric-huge": {"metrics": {"loss": 1e300}},
+    "metric-string": {"metrics": {"loss": "low"}},
+    "metric-nested": {"metrics": {"loss": {"a": 1}}},
+    "metric-bool": {"metrics": {"accuracy": True}},
+    "examples-overflow": {"num_examples": 10**400},
+    "examples-bool": {"num_examples": True},
+    "examples-float": {"num_examples": 100.0},
+    "round-huge-negative": {"round": -10**30},
+    "epoch-overflow": {"first_epoch": 10**400},
+    "history-nan": {"history": {"loss": [0.5, float("nan")]}},
+    "history-not-a-list": {"history": {"loss": 0.5}},
+    "history-too-long": {"history": {"loss": [0.5] * 10_001}},
+    "many-metric-keys": {"metrics": {f"m{i}": 0.5 for i in range(50_000)}},
+    "long-metric-name": {"metrics": {"m" * 10_000: 0.5}},
+    "forged-metric-name": {"metrics": {FORGED: 0.5}},
+}
+# mode -> EVALUATE_RESULT fields (the client trains honestly, then answers EVALUATE with these).
+EVAL_MODES = {
+    "eval-examples-overflow": {"num_examples": 10**400},
+    "eval-loss-overflow": {"loss": 10**400},
+    "eval-loss-nan": {"loss": float("nan")},
+    "eval-metric-overflow": {"metrics": {"accuracy": 10**400}},
+}
+
+
 def crafted_result(mode: str, fit, huge_examples: int) -> bytes:
     """The invalid FIT_RESULT frame ``mode`` stands for, answering ``fit``."""
     weights = [np.array(w, dtype=np.float32) for w in fit.weights]
     num_examples = 100
     result_round = fit.round
+    if mode in FIELD_MODES:
+        fields = {"round": result_round, "num_examples": num_examples, **FIELD_MODES[mode]}
+        return protocol.encode_bytes(FitResult(weights=tuple(weights), **fields))
+    if mode in EVAL_MODES or mode == "valid":
+        return protocol.encode_bytes(FitResult(round=result_round, weights=tuple(weights),
+                                               num_examples=num_examples, metrics={"loss": 1.0}))
+    if mode == "fresh-metric-keys":  # valid, but 64 metric names never seen before, every round
+        metrics = {f"r{fit.round}_k{i}": 0.5 for i in range(64)}
+        return protocol.encode_bytes(FitResult(round=result_round, weights=tuple(weights),
+                                               num_examples=num_examples, metrics=metrics))
+    if mode == "huge-delta":  # finite and within every value bound, but far from the global model
+        weights = [w + 1000.0 for w in weights]
+        return protocol.encode_bytes(FitResult(round=result_round, weights=tuple(weights),
+                                               num_examples=num_examples))
+    if mode == "forged-error":  # a non-fatal ERROR whose reason tries to write a log line
+        return protocol.encode_bytes(Error(reason=FORGED, code="client_error", fatal=False))
     if mode == "nan":
         weights[0][0, 0] = np.nan
     elif mode == "inf":
@@ -237,7 +293,7 @@ def evil_session(port: int, mode: str, args) -> None:
         emit("FAILED", {"mode": mode, "error": f"connect: {exc}"})
         return
     try:
-        sock.sendall(protocol.encode_bytes(Hello(client_name=name)))
+        sock.sendall(protocol.encode_bytes(Hello(client_name=name, evaluates=mode in EVAL_MODES)))
         welcome = read_frame(sock, deadline)
         if welcome is None or welcome.KIND is not MessageKind.WELCOME:
             emit("FAILED", {"mode": mode, "error": f"no WELCOME: {welcome!r}"})
@@ -293,6 +349,10 @@ def evil_session(port: int, mode: str, args) -> None:
                           "bytes": len(data)})
                     return
                 sock.sendall(crafted_result(mode, message, args.huge_examples))
+            elif kind is MessageKind.EVALUATE and mode in EVAL_MODES:
+                fields = {"round": message.round, "num_examples": 100, "loss": 1.0,
+                          **EVAL_MODES[mode]}
+                sock.sendall(protocol.encode_bytes(EvaluateResult(**fields)))
             elif kind is MessageKind.ERROR:
                 emit("REJECTED", {"mode": mode, "code": message.code, "fatal": message.fatal,
                                   "reason": message.reason})
@@ -334,6 +394,9 @@ def main() -> None:
     parser.add_argument("--max-examples", type=int, default=None)
     parser.add_argument("--round-timeout", type=float, default=None)
     parser.add_argument("--wait-timeout", type=float, default=None)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--max-update-norm", type=float, default=None)
+    parser.add_argument("--update-norm-action", default="clip")
     # honest-client
     parser.add_argument("--index", type=int, default=1)
     parser.add_argument("--examples", type=int, default=200)

@@ -133,3 +133,76 @@ def test_value_check_accepts_every_value_within_the_bound_even_when_the_fast_pat
     # Each 9e17 passes; their squares sum past float32's range, so the slow path decides.
     assert _check(np.full(70_000, 9e17)) is None
     assert _check(np.full(10, -1e18)) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# One client's update never takes the round's thread down (no sockets)
+# ---------------------------------------------------------------------------------------------
+
+def _collector(strategy, clients=("a", "b", "c"), **options):
+    import numpy as np
+
+    from pyfed.messages import FitResult
+    from pyfed.rounds import FitCollector
+    from pyfed.spec import spec_of_arrays
+
+    current = [np.zeros(4, np.float32)]
+    collector = FitCollector(1, set(clients), strategy, spec_of_arrays(current), 100, **options)
+    strategy.configure_fit(1, current, list(clients))
+    strategy.begin(1, current)
+    result = FitResult(round=1, weights=(np.ones(4, np.float32),), num_examples=10,
+                       metrics={"loss": 0.5}, history={"loss": [0.5]})
+    return collector, result
+
+
+def test_an_exception_from_the_strategys_fold_ends_the_round_with_its_reason():
+    import time
+
+    import pytest
+
+    from pyfed.errors import RoundError
+    from pyfed.rounds import UpdateRejected
+    from pyfed.strategy import FedAvg
+
+    class Buggy(FedAvg):
+        def _accumulate(self, result):
+            if result.client == "b":
+                raise IndexError("a bug in the fold")
+            super()._accumulate(result)
+
+    collector, result = _collector(Buggy())
+    collector.add("a", result)
+    with pytest.raises(UpdateRejected, match="could not aggregate it"):
+        collector.add("b", result)
+    started = time.monotonic()
+    collector.wait(timeout=30)  # nobody is waited for: the round closed at once
+    assert time.monotonic() - started < 5 and collector.closed and not collector.pending
+    with pytest.raises(UpdateRejected, match="closed"):  # later answers are refused
+        collector.add("c", result)
+    with pytest.raises(RoundError, match=r"folding b's update failed \(IndexError: a bug"):
+        collector.require(1)
+
+
+def test_an_exception_while_screening_or_logging_refuses_only_that_update(caplog):
+    import pytest
+
+    from pyfed.rounds import UpdateRejected
+    from pyfed.strategy import FedAvg
+
+    class Picky(FedAvg):
+        def screen(self, result):
+            if result.client == "b":
+                raise ZeroDivisionError("a bug in the screen")
+            return result
+
+    def broken_writer(name, history, first_epoch):
+        raise ValueError("the TensorBoard writer failed")
+
+    collector, result = _collector(Picky(), on_history=broken_writer)
+    collector.add("a", result)
+    with pytest.raises(UpdateRejected, match="could not check it"):
+        collector.add("b", result)
+    collector.add("c", result)
+    collector.require(2)
+    assert sorted(collector.answered) == ["a", "c"] and "b" in collector.failures
+    assert "the TensorBoard writer failed" in caplog.text

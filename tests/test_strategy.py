@@ -746,3 +746,150 @@ def test_fedavg_sums_small_rounds_plainly_and_large_ones_as_deltas(clients):
     exact = _float64_fedavg([u[0] for u in updates], counts)
     steps = np.abs(got[0] - exact) / (np.spacing(np.float32(1)) * np.abs(np.stack([u[0] for u in updates])).max(axis=0))
     assert steps.max() <= (clients - 1 if plain else 1.0), steps.max()
+
+
+# ---------------------------------------------------------------------------------------------
+# max_update_norm: norm-bounded updates (clip or reject), and the metric-name cap
+# ---------------------------------------------------------------------------------------------
+
+ALL_STRATEGIES = [
+    (FedAvg, {}), (FedProx, {"proximal_mu": 0.1}), (FedAvgM, {"server_momentum": 0.5}),
+    (FedAdam, {}), (FedYogi, {}), (FedAdagrad, {}), (FedMedian, {}),
+    (FedTrimmedAvg, {"beta": 0.0}), (Krum, {}), (MultiKrum, {"num_to_keep": 2}),
+]
+
+
+def _norm(update, reference):
+    return float(np.sqrt(sum(np.sum((np.asarray(u, F64) - np.asarray(r, F64)) ** 2)
+                             for u, r in zip(update, reference) if np.asarray(u).dtype.kind == "f")))
+
+
+def test_update_norm_matches_numpy_over_float_tensors_in_chunks_and_never_overflows():
+    from pyfed.strategy.aggregate import _CHUNK
+
+    rng = np.random.default_rng(3)
+    reference = [rng.standard_normal(2 * _CHUNK + 7).astype(np.float32),
+                 rng.standard_normal((3, 4)), np.arange(5), rng.standard_normal(9).astype(np.float16)]
+    update = [reference[0] + rng.standard_normal(reference[0].size).astype(np.float32),
+              reference[1] + 2.0, reference[2] + 1000, (reference[3] + 60000).astype(np.float16)]
+    got = aggregate.update_norm(update, reference)
+    assert got == pytest.approx(_norm(update, reference), rel=1e-6)  # the int tensor left out
+    # Values near the accepted bound (1e18): float32 squares overflow, float64 does not.
+    big = [np.full(3 * _CHUNK, 9e17, np.float32)]
+    assert aggregate.update_norm(big, [np.full(3 * _CHUNK, -9e17, np.float32)]) == pytest.approx(
+        1.8e18 * np.sqrt(3 * _CHUNK), rel=1e-6)
+    assert aggregate.update_norm([np.zeros(0, np.float32)], [np.zeros(0, np.float32)]) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        aggregate.update_norm([np.zeros(3)], [np.zeros(4)])
+
+
+def test_max_update_norm_clip_scales_each_delta_to_the_bound_before_the_mean():
+    current = [np.array([1.0, 1.0, 1.0, 1.0], np.float32), np.array([0.5, -0.5], np.float16),
+               np.array([10, 20], np.int64)]
+    big = [current[0] + np.float32(3.0), current[1] + np.float16(4.0), current[2] + 7]
+    small = [current[0] + np.float32(0.1), current[1], current[2] + 1]
+    bound = 2.0
+    norm_big = _norm(big, current)  # sqrt(4*9 + 2*16) = 8.25
+    scale = bound / norm_big
+    expected_big = [current[0] + scale * 3.0, current[1] + scale * 4.0, current[2] + 7]
+    want = [(3 * np.asarray(e, F64) + 1 * np.asarray(s, F64)) / 4
+            for e, s in zip(expected_big, small)]
+    for last in (False, True):  # the fused last fold clips the same way
+        strategy = FedAvg(max_update_norm=bound)
+        strategy.configure_fit(1, current, ["a", "b"])  # a small round: still sums deltas
+        strategy.begin(1, current)
+        strategy.add(FitResult("a", tuple(big), 3))
+        (strategy.add_last if last else strategy.add)(FitResult("b", tuple(small), 1))
+        new, _ = strategy.finish()
+        np.testing.assert_allclose(new[0], want[0], rtol=1e-6)
+        np.testing.assert_allclose(new[1], want[1], rtol=1e-3)
+        assert new[2].tolist() == np.rint(want[2]).tolist()  # integers are not clipped
+        assert _norm(new[:2], current[:2]) <= bound * (1 + 1e-3)
+    # A strategy's screen measures once: add() reuses the norm it attached.
+    strategy = FedAvg(max_update_norm=bound)
+    strategy.begin(1, current)
+    screened = strategy.screen(FitResult("a", tuple(big), 3))
+    assert screened.delta_norm == pytest.approx(norm_big, rel=1e-6)
+
+
+def test_max_update_norm_reject_refuses_before_folding_and_names_norm_and_bound():
+    from pyfed.errors import UpdateRejected
+
+    current = [np.zeros(4, np.float32)]
+    strategy = FedAvg(max_update_norm=1.0, update_norm_action="reject")
+    strategy.begin(1, current)
+    with pytest.raises(UpdateRejected) as info:
+        strategy.screen(FitResult("evil", (np.full(4, 100.0, np.float32),), 5))
+    assert str(info.value).startswith("update norm 200 exceeds max_update_norm 1 ")
+    with pytest.raises(UpdateRejected):  # add() checks too (a caller that did not screen)
+        strategy.add(FitResult("evil", (np.full(4, 100.0, np.float32),), 5))
+    strategy.add(FitResult("ok", (np.full(4, 0.25, np.float32),), 1))  # norm 0.5: folded as is
+    new, _ = strategy.finish()
+    assert new[0].tolist() == [0.25] * 4
+    with pytest.raises(UpdateRejected, match="must be finite"):
+        strategy.begin(2, current)
+        strategy.screen(FitResult("nan", (np.array([np.nan, 0, 0, 0], np.float32),), 1))
+
+
+@pytest.mark.parametrize("make,options", ALL_STRATEGIES, ids=[c.__name__ for c, _ in ALL_STRATEGIES])
+def test_every_strategy_takes_max_update_norm(make, options):
+    from pyfed.errors import UpdateRejected
+
+    rng = np.random.default_rng(0)
+    current = [np.zeros(6, np.float32)]
+    honest = [FitResult(f"h{i}", (rng.normal(0, 0.01, 6).astype(np.float32),), 10) for i in range(4)]
+    evil = FitResult("evil", (np.full(6, 1e6, np.float32),), 10)
+    rejecting = make(max_update_norm=0.5, update_norm_action="reject", **options)
+    assert "max_update_norm=0.5" in repr(rejecting)
+    rejecting.configure_fit(1, current, [r.client for r in honest] + ["evil"])
+    rejecting.begin(1, current)
+    with pytest.raises(UpdateRejected, match="max_update_norm 0.5"):
+        rejecting.screen(evil)
+    clipping = make(max_update_norm=0.5, **options)
+    new, _ = run_round(clipping, 1, current, honest + [evil])
+    assert np.all(np.isfinite(new[0]))
+    if make in (FedAvg, FedProx, FedTrimmedAvg, Krum, MultiKrum):  # a mean or a pick of clipped
+        assert _norm(new, current) <= 0.5 * (1 + 1e-6)
+    if make is FedAvgM:  # heavy-ball momentum: the first step is the clipped mean itself
+        assert _norm(new, current) <= 0.5 * (1 + 1e-6)
+
+
+def test_max_update_norm_options_are_validated_and_none_costs_nothing():
+    for value in (0, -1.0, float("inf"), float("nan"), "x", True, [1]):
+        with pytest.raises(ConfigurationError) as info:
+            FedAvg(max_update_norm=value)
+        assert str(info.value).startswith("max_update_norm must be in (0, inf); received ")
+    with pytest.raises(ConfigurationError) as info:
+        Krum(max_update_norm=1.0, update_norm_action="drop")
+    assert str(info.value) == "update_norm_action must be 'clip' or 'reject'; received 'drop'"
+    assert FedAvg(max_update_norm=2).max_update_norm == 2.0
+    # Unset: screen hands the result back untouched, and nothing else changes.
+    strategy = FedAvg()
+    strategy.begin(1, [np.zeros(2)])
+    result = fit("a", [1.0, 2.0])
+    assert strategy.screen(result) is result and result.delta_norm is None
+
+
+def test_the_union_of_metric_names_is_capped_and_the_most_reported_names_win():
+    from pyfed.limits import MAX_METRICS
+
+    honest = [(10, {"loss": 0.5, "accuracy": 0.9}) for _ in range(3)]
+    inventive = [(10**6, {f"x{i:03d}": 1.0 for i in range(MAX_METRICS)}) for _ in range(2)]
+    kept = aggregate.common_metrics(honest + inventive, MAX_METRICS)
+    names = set().union(*(m for _, m in kept))
+    assert len(names) == MAX_METRICS and {"loss", "accuracy"} <= names
+    small = [(1, {"a": 1.0}), (2, {"b": 2.0})]
+    assert aggregate.common_metrics(small, MAX_METRICS) is small  # under the cap: untouched
+    strategy = FedAvg()
+    _, metrics = run_round(strategy, 1, [np.zeros(1)],
+                           [fit(f"c{i}", [1.0], n=n, **m) for i, (n, m) in enumerate(honest + inventive)])
+    assert len(metrics) == MAX_METRICS and metrics["loss"] == pytest.approx(0.5)
+
+
+def test_a_metrics_aggregation_fn_that_fails_costs_the_metrics_not_the_round(caplog):
+    strategy = FedAvg(fit_metrics_aggregation_fn=lambda pairs: {
+        "acc": sum(n * m["accuracy"] for n, m in pairs)})  # a client without "accuracy": KeyError
+    new, metrics = run_round(strategy, 1, [np.zeros(1)],
+                             [fit("a", [1.0], accuracy=0.5), fit("b", [3.0], loss=1.0)])
+    assert new[0].tolist() == [2.0] and metrics == {}
+    assert "KeyError" in caplog.text and "could not be aggregated" in caplog.text

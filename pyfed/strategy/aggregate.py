@@ -14,6 +14,7 @@ float64 arrays; strategies cast the final result back to the model's dtypes with
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -50,6 +51,11 @@ class WeightedSum:
 
     Values must be finite and well inside float32's range (the server rejects updates with
     ``|x| > 1e18``, see ``rounds.validate_update``), so no sum can overflow.
+
+    ``add(..., delta_scale=s)`` folds the update ``reference + s * (x - reference)`` instead of
+    ``x`` (max_update_norm's clip): free for tensors summed as deltas (the weight is scaled),
+    one more read of the reference for the others. It needs a ``reference``; integer and bool
+    tensors are not scaled.
     """
 
     def __init__(self, template: Sequence[np.ndarray],
@@ -75,6 +81,7 @@ class WeightedSum:
         sum_dtypes = [np.dtype(dtype if own else np.float64)
                       for own, dtype in zip(self.in_own_dtype, self.dtypes)]
         self.sums = _empty_arrays(self.shapes, sum_dtypes, blocks)
+        self.origin = None if reference is None else list(reference)  # for delta_scale
         self.total_weight = 0.0
         self.count = 0
         self.means_ready = False  # own-dtype sums hold their means (after an add(last=True))
@@ -86,11 +93,15 @@ class WeightedSum:
             self._scratch[dtype] = np.empty(_CHUNK, dtype=dtype)
         return self._scratch[dtype]
 
-    def add(self, arrays: Sequence[np.ndarray], weight: float, last: bool = False) -> None:
+    def add(self, arrays: Sequence[np.ndarray], weight: float, last: bool = False,
+            delta_scale: float = 1.0) -> None:
         """Fold ``weight * arrays`` in. ``last``: no other add follows, so the mean of every
         tensor summed in its own dtype is computed in the same pass, chunk by chunk while it is
         still in cache, instead of in another pass over the whole model (:meth:`mean` then
-        just returns it)."""
+        just returns it). ``delta_scale``: fold ``reference + delta_scale * (arrays -
+        reference)`` instead (see the class)."""
+        if delta_scale != 1.0 and self.origin is None:
+            raise ValueError("delta_scale needs the reference the update is a delta from")
         if self.means_ready:
             raise ValueError("cannot add after the last update")
         if len(arrays) != len(self.sums):
@@ -104,15 +115,23 @@ class WeightedSum:
         total_weight = self.total_weight + float(weight)  # the mean's, when last
         if last and total_weight <= 0:
             raise ValueError("cannot average: no weight was added")
-        for total, base, own, array in zip(self.sums, self.references, self.in_own_dtype, arrays):
+        for index, (total, base, own, array) in enumerate(
+                zip(self.sums, self.references, self.in_own_dtype, arrays)):
             values = np.asarray(array).reshape(-1)
             scratch = self._scratch_for(total.dtype)
+            clip = delta_scale != 1.0 and self.dtypes[index].kind == "f"
             if not own:
-                _fold(total.reshape(-1), values, unit_weight, scratch, first)
+                if clip:  # w * (o + s * (x - o)) = (w * s) * x + (w * (1 - s)) * o
+                    _fold(total.reshape(-1), values, unit_weight * delta_scale, scratch, first)
+                    _fold(total.reshape(-1), np.asarray(self.origin[index]).reshape(-1),
+                          unit_weight * (1.0 - delta_scale), scratch, False)
+                else:
+                    _fold(total.reshape(-1), values, unit_weight, scratch, first)
             else:
                 scale = _mean_scale(total.dtype, total_weight) if last else None
                 _fold_own(total.reshape(-1), values, None if base is None else base.reshape(-1),
-                          unit_weight, scratch, first, scale)
+                          unit_weight * delta_scale if clip else unit_weight, scratch, first,
+                          scale)
         self.total_weight = total_weight
         self.count += 1
         self.means_ready = last
@@ -138,6 +157,68 @@ class WeightedSum:
                 means.append(_own_mean(total, base, _mean_scale(total.dtype, self.total_weight),
                                        out))
         return means
+
+
+def update_norm(update: Update, reference: Update) -> float:
+    """The L2 norm of ``update - reference`` over the floating-point tensors (integer and bool
+    tensors are counts, not directions, and are left out), accumulated in float64.
+
+    One pass over both, chunk by chunk with one chunk of scratch: no model-sized temporary.
+    Each chunk's sum of squares is one BLAS dot product in the tensor's dtype; a chunk whose
+    float32 dot overflows (values near 1e18, far beyond trained weights) is summed again in
+    float64, so the norm is right for every finite input."""
+    if len(update) != len(reference):
+        raise ValueError(f"update has {len(update)} arrays; the reference has {len(reference)}")
+    total = 0.0
+    for index, (array, base) in enumerate(zip(update, reference)):
+        values, base = np.asarray(array), np.asarray(base)
+        if values.dtype.kind != "f":
+            continue
+        if values.shape != base.shape:
+            raise ValueError(f"array {index} has shape {values.shape}; the reference has "
+                             f"{base.shape}")
+        flat, flat_base = values.reshape(-1), base.reshape(-1)
+        scratch = np.empty(min(_CHUNK, flat.size),
+                           dtype=np.float64 if values.dtype == np.float64 else np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow picks the slow path
+            for window in _windows(flat.size):
+                part = scratch[: window.stop - window.start]
+                np.subtract(flat[window], flat_base[window], out=part, dtype=part.dtype)
+                square = float(np.dot(part, part))
+                if not math.isfinite(square):
+                    exact = flat[window].astype(np.float64) - flat_base[window]
+                    square = float(np.dot(exact, exact))
+                total += square
+    return math.sqrt(total)
+
+
+def clip_delta(array: np.ndarray, reference: np.ndarray, scale: float) -> None:
+    """In place, chunk by chunk: ``array = reference + scale * (array - reference)`` (for a
+    float array the caller owns, e.g. a robust strategy's copy of an update)."""
+    flat, flat_base = array.reshape(-1), np.asarray(reference).reshape(-1)
+    scale = array.dtype.type(scale)
+    for window in _windows(flat.size):
+        part = flat[window]
+        np.subtract(part, flat_base[window], out=part)
+        np.multiply(part, scale, out=part)
+        np.add(part, flat_base[window], out=part)
+
+
+def common_metrics(results: list[tuple[int, dict]], limit: int) -> list[tuple[int, dict]]:
+    """``results`` with at most ``limit`` distinct metric names in all: those reported by the
+    most clients (then by the most examples, then by name). Clients may each report a few
+    names of their own; the union over a round stays bounded, and names that every honest
+    client reports win over one client's inventions."""
+    names: dict[str, list] = {}
+    for num_examples, metrics in results:
+        for name in metrics:
+            entry = names.setdefault(name, [0, 0])
+            entry[0] += 1
+            entry[1] += num_examples
+    if len(names) <= limit:
+        return results
+    kept = set(sorted(names, key=lambda n: (-names[n][0], -names[n][1], n))[:limit])
+    return [(n, {k: v for k, v in metrics.items() if k in kept}) for n, metrics in results]
 
 
 def _windows(size: int):

@@ -4,6 +4,7 @@ The server calls, each round::
 
     plan = strategy.configure_fit(round, parameters, clients)   # who trains, with what config
     strategy.begin(round, parameters)
+    result = strategy.screen(result)  # per result, outside the server's lock (may refuse it)
     strategy.add(result)            # once per arriving result, as it arrives
     strategy.add_last(result)       # instead, for the last one expected (default: add)
     parameters, metrics = strategy.finish()
@@ -14,6 +15,8 @@ The server calls, each round::
 ``add`` folds a result into running state and must not keep a reference to ``result.weights``:
 those arrays live in a pooled receive buffer that is reused as soon as ``add`` returns.
 Strategies that need every update at once set ``needs_all_updates = True`` and copy.
+``screen`` and ``add`` refuse a result by raising :class:`~pyfed.errors.UpdateRejected` before
+changing any state; the server sends its reason to the client and the round goes on.
 
 ``state_dict()`` (between rounds) returns what a checkpoint must hold to resume: JSON scalars,
 lists, dicts, None, numpy arrays or lists of numpy arrays; never anything that needs pickle.
@@ -35,6 +38,9 @@ class FitResult:
     weights: tuple
     num_examples: int
     metrics: dict = field(default_factory=dict)
+    #: The L2 norm of ``weights`` minus the round's global weights (floating-point tensors),
+    #: once :meth:`Strategy.screen` has measured it; None: not measured.
+    delta_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,11 @@ class Strategy(ABC):
     min_evaluate_clients: int = 1
     #: True when ``add`` copies every update (memory O(model x clients)); False when it folds.
     needs_all_updates: bool = False
+    #: Bound on the L2 norm of an update's delta from the global model (None: unbounded), and
+    #: what happens to an update beyond it: ``"clip"`` (scaled to the bound) or ``"reject"``.
+    #: FedAvg and every strategy built on it take both as keyword arguments.
+    max_update_norm: float | None = None
+    update_norm_action: str = "clip"
 
     @abstractmethod
     def configure_fit(self, server_round: int, parameters: list[np.ndarray],
@@ -66,9 +77,18 @@ class Strategy(ABC):
     def begin(self, server_round: int, parameters: list[np.ndarray]) -> None:
         """Start aggregating a round whose global weights are ``parameters``."""
 
+    def screen(self, result: FitResult) -> FitResult:
+        """Check one result before :meth:`add` folds it, changing no state, and return it
+        (possibly annotated, e.g. with its ``delta_norm``). The server calls this on the
+        connection's thread, outside its lock, so a pass over the update here overlaps other
+        clients' folds. Raise :class:`~pyfed.errors.UpdateRejected` to refuse the result.
+        Default: the result as it is."""
+        return result
+
     @abstractmethod
     def add(self, result: FitResult) -> None:
-        """Fold one result in. Copy anything you keep: ``result.weights`` is reused afterwards."""
+        """Fold one result in. Copy anything you keep: ``result.weights`` is reused afterwards.
+        May raise :class:`~pyfed.errors.UpdateRejected`, before changing any state."""
 
     def add_last(self, result: FitResult) -> None:
         """Fold the round's last result: ``finish`` follows, with no other ``add`` between.

@@ -13,14 +13,18 @@ finish() casts the result back to the model's dtypes (a no-op for FedAvg's own r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
 import numpy as np
 
-from ..errors import ConfigurationError, RoundError
+from ..errors import ConfigurationError, RoundError, UpdateRejected
+from ..limits import MAX_METRICS
+from ..safe_text import printable
 from . import _checks
-from .aggregate import RecycledBlocks, WeightedSum, cast_to, weighted_loss, weighted_metrics
+from .aggregate import (RecycledBlocks, WeightedSum, cast_to, common_metrics, update_norm,
+                        weighted_loss, weighted_metrics)
 from .base import EvaluateResult, FitResult, Strategy
 
 logger = logging.getLogger("pyfed")
@@ -51,6 +55,18 @@ class FedAvg(Strategy):
             each numeric metric.
         seed: seeds the client sampling; the client list is sorted first, so the seed alone
             fixes who is chosen each round.
+        max_update_norm: bound on an update's L2 norm as a change to the model: the norm of
+            ``weights - global_weights`` over the floating-point tensors (the norm-bounding
+            defence against backdoors, Sun et al., 2019). None (the default) bounds nothing
+            and costs nothing; set, it costs one more pass over each update.
+        update_norm_action: what an update beyond ``max_update_norm`` gets: ``"clip"`` (its
+            delta is scaled down to the bound before it is folded, so no client moves the
+            mean by more than its weight's share of the bound) or ``"reject"`` (refused; the
+            client is told its norm and the bound).
+
+    A client's weight is the ``num_examples`` it declares, which the server caps at
+    ``FL_Server(max_examples=...)``; that bounds its influence only weakly (see there), while
+    ``max_update_norm`` bounds the update itself.
 
     The average streams: each result is folded into a running sum of the deltas from the
     global weights as it arrives, so the strategy holds one model-sized accumulator however
@@ -61,7 +77,9 @@ class FedAvg(Strategy):
                  min_fit_clients: int = 1, min_evaluate_clients: int = 1,
                  min_available_clients: int = 1, evaluate_fn=None, on_fit_config_fn=None,
                  on_evaluate_config_fn=None, fit_metrics_aggregation_fn=None,
-                 evaluate_metrics_aggregation_fn=None, seed: int | None = None) -> None:
+                 evaluate_metrics_aggregation_fn=None, seed: int | None = None,
+                 max_update_norm: float | None = None,
+                 update_norm_action: str = "clip") -> None:
         self.fraction_fit = _checks.fraction("fraction_fit", fraction_fit)
         self.fraction_evaluate = _checks.fraction("fraction_evaluate", fraction_evaluate,
                                                   allow_zero=True)
@@ -81,6 +99,14 @@ class FedAvg(Strategy):
         if seed is not None:
             seed = _checks.integer("seed", seed, 0)
         self.seed = seed
+        if max_update_norm is not None:
+            max_update_norm = _checks.real("max_update_norm", max_update_norm, low=0.0,
+                                           low_open=True, high=math.inf)
+        self.max_update_norm = max_update_norm
+        if update_norm_action not in ("clip", "reject"):
+            raise ConfigurationError("update_norm_action must be 'clip' or 'reject'; received "
+                                     f"{update_norm_action!r}")
+        self.update_norm_action = update_norm_action
         if self.min_available_clients < self.min_fit_clients:
             logger.warning("min_available_clients (%d) is below min_fit_clients (%d): a round "
                            "may start with too few clients to close",
@@ -96,9 +122,12 @@ class FedAvg(Strategy):
         self._fit_size: int | None = None  # clients asked this round, from configure_fit
 
     def __repr__(self) -> str:
+        bound = ("" if self.max_update_norm is None else
+                 f", max_update_norm={self.max_update_norm:g}, "
+                 f"update_norm_action={self.update_norm_action!r}")
         return (f"{type(self).__name__}(fraction_fit={self.fraction_fit}, "
                 f"fraction_evaluate={self.fraction_evaluate}, "
-                f"min_fit_clients={self.min_fit_clients}, seed={self.seed})")
+                f"min_fit_clients={self.min_fit_clients}, seed={self.seed}{bound})")
 
     # -- sampling ---------------------------------------------------------------------------
 
@@ -141,6 +170,33 @@ class FedAvg(Strategy):
         self._fit_metrics = []
         self._start()
 
+    def screen(self, result: FitResult) -> FitResult:
+        """With ``max_update_norm``: measure the update's delta norm (one pass over it and the
+        global weights), refuse it if it is beyond the bound and the action is ``"reject"``,
+        and return it with its ``delta_norm``. Without: the result as it is, at no cost."""
+        if self.max_update_norm is None:
+            return result
+        if self._round is None:
+            raise RuntimeError(f"{type(self).__name__}.screen called before begin()")
+        norm = result.delta_norm
+        if norm is None:
+            norm = update_norm(result.weights, self._current)
+            result = dataclasses.replace(result, delta_norm=norm)
+        if not math.isfinite(norm):
+            raise UpdateRejected(f"update norm is {norm}; it must be finite")
+        if norm > self.max_update_norm and self.update_norm_action == "reject":
+            raise UpdateRejected(
+                f"update norm {norm:.6g} exceeds max_update_norm {self.max_update_norm:g} (the "
+                "L2 norm of the update's change to the global model)")
+        return result
+
+    def _clip_scale(self, result: FitResult) -> float:
+        """The factor max_update_norm's clip applies to this (screened) result's delta."""
+        norm = result.delta_norm
+        if self.max_update_norm is None or norm is None or norm <= self.max_update_norm:
+            return 1.0
+        return self.max_update_norm / norm
+
     def add(self, result: FitResult) -> None:
         self._add(result, self._accumulate)
 
@@ -153,6 +209,7 @@ class FedAvg(Strategy):
     def _add(self, result: FitResult, fold) -> None:
         if self._round is None:
             raise RuntimeError(f"{type(self).__name__}.add called before begin()")
+        result = self.screen(result)  # the server screened it already: then this is free
         fold(result)
         self._fit_metrics.append((result.num_examples, dict(result.metrics)))
 
@@ -185,15 +242,18 @@ class FedAvg(Strategy):
         if self._round is None:
             self._sum = None
             return
-        plain = self._fit_size is not None and self._fit_size <= PLAIN_SUM_MAX_CLIENTS
+        # A norm bound sums deltas too: clipping a delta is then just a smaller weight.
+        plain = (self._fit_size is not None and self._fit_size <= PLAIN_SUM_MAX_CLIENTS
+                 and self.max_update_norm is None)
         self._sum = WeightedSum(self._current, reference=None if plain else self._current,
                                 blocks=self._blocks, own_dtype=True)
 
     def _accumulate(self, result: FitResult) -> None:
-        self._sum.add(result.weights, result.num_examples)
+        self._sum.add(result.weights, result.num_examples, delta_scale=self._clip_scale(result))
 
     def _accumulate_last(self, result: FitResult) -> None:
-        self._sum.add(result.weights, result.num_examples, last=True)
+        self._sum.add(result.weights, result.num_examples, last=True,
+                      delta_scale=self._clip_scale(result))
 
     def _combine(self) -> list[np.ndarray]:
         return self._sum.mean(cast=False, in_place=True)  # the accumulator is replaced next
@@ -223,9 +283,18 @@ class FedAvg(Strategy):
 
     @staticmethod
     def _aggregate_metrics(fn, pairs: list[tuple[int, dict]]) -> dict:
+        """The clients' metrics, aggregated. At most MAX_METRICS names (the most reported) go
+        in, whatever each client invents; and a failure here (a custom ``fn`` meeting a
+        metric it did not expect) costs the round's metrics, never the round."""
         if not pairs:
             return {}
-        return dict((fn or weighted_metrics)(pairs) or {})
+        pairs = common_metrics(pairs, MAX_METRICS)
+        try:
+            return dict((fn or weighted_metrics)(pairs) or {})
+        except Exception as exc:  # noqa: BLE001  (the values come from the clients)
+            logger.warning("the clients' metrics could not be aggregated (%s: %s); this "
+                           "round reports none", type(exc).__name__, printable(exc))
+            return {}
 
     # -- checkpoints ------------------------------------------------------------------------
 

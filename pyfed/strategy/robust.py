@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from . import _checks
-from .aggregate import WeightedSum, krum_select, median, trimmed_mean
+from .aggregate import WeightedSum, clip_delta, krum_select, median, trimmed_mean
 from .base import FitResult
 from .fedavg import FedAvg
 
@@ -33,6 +33,11 @@ class BufferedStrategy(FedAvg):
     def _accumulate(self, result: FitResult) -> None:
         # A copy: result.weights sits in a pooled receive buffer reused once add() returns.
         weights = tuple(np.array(w, copy=True) for w in result.weights)
+        scale = self._clip_scale(result)
+        if scale != 1.0:  # max_update_norm's clip, in the copy itself
+            for copy, base in zip(weights, self._current):
+                if copy.dtype.kind == "f":
+                    clip_delta(copy, base, scale)
         self._updates.append((result.client, weights, result.num_examples))
 
     def _combine(self) -> list[np.ndarray]:

@@ -1,7 +1,8 @@
 """The typed messages PyFed peers exchange. Frozen dataclasses; arrays travel in the body.
 
 Scalar fields go to the frame's JSON header and are type-checked on decode against these
-annotations; the one field named by ``ARRAY_FIELD`` travels as raw arrays in the body.
+annotations, then range- and shape-checked by :mod:`pyfed.limits`; the one field named by
+``ARRAY_FIELD`` travels as raw arrays in the body.
 """
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ def crafted_result(mode: str, fit, huge_examples: int) -> bytes:
     if mode in FIELD_MODES:
         fields = {"round": result_round, "num_examples": num_examples, **FIELD_MODES[mode]}
         return protocol.encode_bytes(FitResult(weights=tuple(weights), **fields))
-    if mode in EVAL_MODES or mode == "valid":
+    if mode in EVAL_MODES:
         return protocol.encode_bytes(FitResult(round=result_round, weights=tuple(weights),
                                                num_examples=num_examples, metrics={"loss": 1.0}))
     if mode == "fresh-metric-keys":  # valid, but 64 metric names never seen before, every round

@@ -25,7 +25,7 @@ import pytest
 from hostile_roles import EVAL_MODES, FIELD_MODES, FORGED, read_frame
 from procs import ProcessGroup
 from test_hostile import (assert_no_traceback, finish_all, frame, send_and_drain, server_result,
-                          start_evil, start_honest, start_server, tagged_lines, wait_for)
+                          start_evil, start_honest, start_server, tagged_lines)
 
 from pyfed import auth, limits, protocol
 from pyfed.errors import InvalidValue, ProtocolError
@@ -81,6 +81,12 @@ def test_out_of_range_values_are_refused_with_a_reason_and_honest_clients_finish
     assert set(modes) == set(FIELD_MODES) | set(EVAL_MODES)
     with ProcessGroup(tmp_path / "procs") as group:
         port = start_server(group, tmp_path, clients=2 + len(modes), rounds=rounds)
+        # In the handshake too: a HELLO with a number out of range is answered, then closed.
+        hello = send_and_drain(port, frame(Hello(client_name="h", protocol_version=10**400)),
+                               timeout=4)
+        answer = protocol.decode(hello.data)
+        assert hello.closed and answer.code == "invalid_value", answer
+        assert re.search(r"HELLO field 'protocol_version' .*1\.000e\+400", answer.reason), answer
         start_evil(group, port, modes, timeout=60)
         start_honest(group, tmp_path, port, 1)
         start_honest(group, tmp_path, port, 2)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from . import messages
 from .errors import PyFedError
 from .rounds import Collector, UpdateRejected
+from .safe_text import printable
 from .transport import BufferPool, Channel
 
 logger = logging.getLogger("pyfed")
@@ -123,7 +124,7 @@ class ClientSession:
         garbage) ends the session now, instead of when the next round finds it."""
         message = self.channel.receive(timeout=IDLE_READ_TIMEOUT)  # the state table judges it
         if isinstance(message, messages.Error):
-            raise PyFedError(f"{self.name} ended the session: {message.reason}")
+            raise PyFedError(f"{self.name} ended the session: {printable(message.reason, 500)}")
 
     def serve(self) -> None:
         """Run jobs until FINISH, shutdown (``None``) or a failure (which propagates)."""
@@ -182,9 +183,10 @@ class ClientSession:
                 self.busy = False
             collector.received(self.channel.bytes_received - before)
             if isinstance(reply, messages.Error):
-                collector.fail(self.name, f"client reported: {reply.reason}")
+                reason = printable(reply.reason, 500)  # it reaches the log: no forged lines
+                collector.fail(self.name, f"client reported: {reason}")
                 if reply.fatal:
-                    raise PyFedError(f"{self.name} ended the session: {reply.reason}")
+                    raise PyFedError(f"{self.name} ended the session: {reason}")
                 return
             try:
                 collector.add(self.name, reply, scan)  # the state table guarantees its kind

@@ -9,6 +9,7 @@ import numpy as np
 from ..spec import TensorSpec, spec_of_arrays
 from ..errors import ConfigurationError
 from .base import FitOutcome
+from .data_checks import check_features, check_labels
 
 
 class NumpyModel:
@@ -98,6 +99,12 @@ class SoftmaxRegression(NumpyModel):
         return FitOutcome(num_examples=len(y), metrics={"loss": history["loss"][-1],
                                                         "accuracy": history["accuracy"][-1]},
                           history=history, first_epoch=(server_round - 1) * epochs)
+
+    def check_data(self, data: Any, target: Any) -> None:
+        """Before round 1: ``n_features`` columns, labels in ``0..n_classes-1``."""
+        n_features, n_classes = self.weights[0].shape
+        check_features(data, (None, n_features))
+        check_labels(target, n_classes, f"SoftmaxRegression({n_features}, {n_classes})")
 
     def evaluate(self, data: Any, target: Any, config: dict) -> tuple[float, int, dict]:
         loss, accuracy = self._loss_and_accuracy(data, target)

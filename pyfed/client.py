@@ -327,7 +327,10 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         if self.adapter is None:
             from .models import adapter_from_description
 
-            self.adapter = adapter_from_description(welcome.model)
+            try:
+                self.adapter = adapter_from_description(welcome.model)
+            except (ConfigurationError, ModelMismatchError) as exc:
+                raise type(exc)(f"{self.name}: {exc}") from None
             self.model = getattr(self.adapter, "model", self.adapter)
             if spec_hash(self.adapter.spec()) != welcome.spec_hash:
                 raise ModelMismatchError(

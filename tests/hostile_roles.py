@@ -13,7 +13,8 @@ Roles:
   SoftmaxRegression(64, 10) run (so the client needs no TensorFlow), then attacks by
   ``--mode``: ``traversal`` / ``abs-path`` (``--run-name`` is a path), ``bad-weights``
   (``--fault shape|count|dtype|nan|inf``), ``bad-config`` (``--fit-config`` JSON), ``bad-round``
-  (FIT for round ``--fit-round``), ``evaluate-without-data``; ``honest`` plays a correct
+  (FIT for round ``--fit-round``), ``evaluate-without-data``, ``huge-model`` (a model
+  description of 40 TiB of weights); ``honest`` plays a correct
   ``--rounds``-round run. Prints ``READY <port>``, then ``CLIENT_ERROR {json}`` for each ERROR
   the client sends, ``RESULT {json}`` for each FIT_RESULT, ``CLOSED {json}`` at the end.
 
@@ -366,9 +367,12 @@ def evil_server(args) -> None:
         hello = read_frame(sock, deadline)
         assert hello is not None and hello.KIND is MessageKind.HELLO, hello
         run_name = args.run_name if args.mode in ("traversal", "abs-path") else "exp 1: evil"
+        description = model.describe()
+        if args.mode == "huge-model":  # 2**40 x 10 float32: 40 TiB, were it allocated
+            description["n_features"] = 1 << 40
         sock.sendall(protocol.encode_bytes(Welcome(
             client_id=hello.client_name, rounds=args.rounds, run_name=run_name,
-            run_id=uuid.uuid4().hex, model=model.describe(), spec_hash=spec_hash(spec),
+            run_id=uuid.uuid4().hex, model=description, spec_hash=spec_hash(spec),
             config={"spec": spec_to_json(spec), "compression": "none"})))
         config = json.loads(args.fit_config) if args.mode == "bad-config" else {"epochs": 1}
         fault = args.fault if args.mode == "bad-weights" else "none"
@@ -434,7 +438,7 @@ def main() -> None:
     # evil-server
     parser.add_argument("--mode", default="honest",
                         choices=["honest", "traversal", "abs-path", "bad-weights", "bad-config",
-                                 "bad-round", "evaluate-without-data"])
+                                 "bad-round", "evaluate-without-data", "huge-model"])
     parser.add_argument("--run-name", default="../../escaped")
     parser.add_argument("--fault", default="shape")
     parser.add_argument("--fit-config", default="{}")

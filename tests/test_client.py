@@ -158,6 +158,8 @@ REFUSALS = {
                              "config lr must be a finite number > 0; received 'fast'"),
     "bad-round": (["--fit-round", "7"], "the server's FIT is for round 7; this run has rounds 1 to 2"),
     "evaluate-without-data": ([], "asks this client to evaluate, but it holds no evaluation data"),
+    "huge-model": ([], "bad SoftmaxRegression description: n_features must be a whole number in "
+                       "[1, 268435456]; received 1099511627776"),
 }
 
 

@@ -276,7 +276,8 @@ def cmd_client(args) -> int:
                        connect_timeout=args.connect_timeout, verbose=args.keras_verbose,
                        logdir=args.logdir, token_file=args.token_file, ssl_cafile=args.ssl_cafile,
                        max_retries=args.max_retries, retry_interval=args.retry_interval,
-                       validation_split=args.validation_split)
+                       validation_split=args.validation_split,
+                       wait_for_resume=args.wait_for_resume)
     print(f"{args.name}: {len(target)} examples; connecting to {args.server_ip}:{args.port}",
           flush=True)
     client.train(args.epochs, args.batch_size, args.lr, args.loss, args.optimizer,
@@ -429,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reconnections in a row after losing the server")
     p.add_argument("--retry-interval", type=positive_float, default=1.0,
                    help="seconds before the first reconnection (doubling each try)")
+    p.add_argument("--wait-for-resume", action="store_true",
+                   help="when the server stops (Ctrl-C, SIGTERM), wait up to --connect-timeout "
+                        "seconds for it to resume instead of exiting")
     token_option(p)
     p.add_argument("--ssl-cafile", help="connect over TLS, trusting this CA certificate (PEM)")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -16,22 +18,39 @@ import numpy as np
 
 from . import messages
 from . import auth, compression
+from .client_checks import check_round, check_weights, check_welcome, training_config
 from .compression import validate_codec
-from .errors import (AuthenticationError, ConfigurationError, DuplicateNameError,
+from .errors import (AuthenticationError, ConfigurationError, ConnectionClosed, DuplicateNameError,
                      HandshakeError, PyFedError, ModelMismatchError, NetworkError, TLSError,
                      ProtocolError, RemoteError)
 from .logs import RUN_MARKER, RunLogger
 from .models import FitOutcome, as_adapter
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES, VERSION, FrameLimits, Role
-from .safe_text import printable
+from .safe_text import path_component, printable
 from .spec import spec_hash, spec_to_json
 from .transport import Channel, client_ssl_context, connect, tls_handshake
 
 logger = logging.getLogger("pyfed")
 
 
+# How often a client that waits for its server says so (B5: not one line, then silence).
+RETRY_NOTICE_SECONDS = 5.0
+
+
 class ServerStopped(NetworkError):
     """The server said it is going away (Ctrl-C, a failure); it may come back (resume)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = message if reason is None else reason
+
+
+class ServerUnreachable(NetworkError):
+    """Connecting kept failing until the deadline; ``cause`` is the last socket error."""
+
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
 
 
 class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
@@ -54,6 +73,9 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         max_retries, retry_interval: after losing the server mid-training (a network fault, the
             server restarting with ``resume=True``), reconnect up to ``max_retries`` times in a
             row, waiting ``retry_interval`` seconds, doubling each try (default 5 and 1 s).
+        wait_for_resume: when the server says it is stopping (Ctrl-C, SIGTERM), wait up to
+            ``connect_timeout`` seconds for it to come back (``resume=True``) and carry on;
+            by default the client stops at once with ServerStopped ("the server stopped: ...").
         token / token_file: the federation's shared secret (else $PYFED_TOKEN).
         ssl_cafile: connect over TLS, trusting this CA (``use_ssl=True`` uses the system's CAs).
     """
@@ -66,7 +88,8 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                  validation_split: float = 0.0, val_data: tuple | None = None,
                  max_retries: int = 5, retry_interval: float = 1.0,
                  token: str | bytes | None = None, token_file: str | os.PathLike | None = None,
-                 ssl_cafile: str | None = None, use_ssl: bool | None = None):
+                 ssl_cafile: str | None = None, use_ssl: bool | None = None,
+                 wait_for_resume: bool = False):
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"name must be a non-empty string; received {name!r}")
         if data is not None and target is not None and len(data) != len(target):
@@ -85,6 +108,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         self.max_message_bytes = max_message_bytes
         self.max_retries = max_retries
         self.retry_interval = retry_interval
+        self.wait_for_resume = bool(wait_for_resume)
         self.token = auth.resolve_token(token, token_file)
         self.ssl_context = client_ssl_context(ssl_cafile) if (use_ssl or ssl_cafile) else None
         self.rounds_trained = 0
@@ -97,6 +121,8 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         # From the server's WELCOME: presented when reconnecting, so this process (and only
         # this one) can take its name back from a connection the server still thinks alive.
         self._reconnect_secret: str | None = None
+        self._rounds = 0  # the run's rounds, from WELCOME
+        self._data_checked = False
         self.final_reason: str | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -106,53 +132,116 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         """Take part in every round until the server says FINISH. Returns the final model.
 
         A lost connection is retried (``max_retries``, ``retry_interval``); refusals (a wrong
-        token, a different model, a name another live client has) are not, and raise at once.
+        token, a different model, a name another live client has) are not, and raise at once. Neither is a
+        server that says it is stopping, unless ``wait_for_resume``. What the server sends is
+        checked (client_checks) and this client's data against the model, before round 1; a
+        failure raises one PyFedError, after telling the server why.
         """
         defaults = {"epochs": epochs, "batch_size": batch_size, "verbose": self.verbose}
         tb = None
         failures_in_a_row = 0
+        resume_deadline: float | None = None  # set while waiting for a stopped server to return
+        stop_reason = ""
         channel = self._connect(self.connect_timeout)  # the first time, wait for the server
         try:
             while True:
                 try:
                     if channel is None:
-                        channel = self._connect(timeout=1.0)
+                        if resume_deadline is not None:
+                            channel = self._connect(max(0.0, resume_deadline - time.monotonic()))
+                        else:
+                            channel = self._connect(timeout=1.0, announce=False)
                         self.reconnections += 1
                     welcome = self._handshake(channel)
+                    check_welcome(welcome, self.name)
+                    self._rounds = welcome.rounds
                     self._prepare_model(welcome, loss, optimizer, lr, metrics)
+                    self._check_data()
                     self._start_compression(welcome)
                     if tb is None:
                         tb = self._local_logger(welcome)
                     failures_in_a_row = 0
+                    resume_deadline = None
                     self._serve(channel, defaults, tb)
                     return self.model
                 except TLSError:
                     raise
-                except NetworkError as exc:  # includes ServerStopped and ConnectionClosed
-                    if channel is not None:
-                        channel.close()
-                        channel = None
+                except ServerStopped as exc:
+                    channel = self._close(channel)
+                    stop_reason = printable(exc.reason)
+                    if not self.wait_for_resume or (resume_deadline is not None
+                                                    and time.monotonic() >= resume_deadline):
+                        raise ServerStopped(f"{self.name}: the server stopped: {stop_reason}",
+                                            exc.reason) from None
+                    if resume_deadline is None:
+                        resume_deadline = time.monotonic() + self.connect_timeout
+                        self._say(f"{self.name}: the server stopped ({stop_reason}); waiting up "
+                                  f"to {self.connect_timeout:g} s for it to resume",
+                                  logging.WARNING)
+                    else:  # reached it while it was still going down: give it a moment
+                        time.sleep(min(1.0, max(0.0, resume_deadline - time.monotonic())))
+                except NetworkError as exc:  # includes ConnectionClosed and ServerUnreachable
+                    channel = self._close(channel)
+                    if resume_deadline is not None:
+                        if time.monotonic() >= resume_deadline:
+                            raise ServerStopped(
+                                f"{self.name}: the server stopped ({stop_reason}) and did not "
+                                f"come back within {self.connect_timeout:g} s "
+                                f"({getattr(exc, 'cause', exc)})", stop_reason) from None
+                        time.sleep(min(1.0, max(0.0, resume_deadline - time.monotonic())))
+                        continue
+                    cause = getattr(exc, "cause", exc)
                     failures_in_a_row += 1
                     if failures_in_a_row > self.max_retries:
                         raise NetworkError(
                             f"{self.name}: lost the server at {self.server_ip}:{self.server_port} "
-                            f"({exc}) and could not get back after {self.max_retries} tries") from None
+                            f"({cause}) and could not get back after {self.max_retries} tries") from None
                     delay = min(self.retry_interval * 2 ** (failures_in_a_row - 1), 30.0)
-                    logger.warning("%s: connection lost (%s); reconnecting in %.1f s (try %d of %d)",
-                                   self.name, exc, delay, failures_in_a_row, self.max_retries)
+                    self._say(f"{self.name}: lost the server at {self.server_ip}:"
+                              f"{self.server_port} ({cause}); reconnecting in {delay:.1f} s "
+                              f"(try {failures_in_a_row} of {self.max_retries})", logging.WARNING)
                     time.sleep(delay)
+                except RemoteError:
+                    raise  # the server ended the session itself: nothing to tell it
+                except Exception as exc:
+                    self._tell_server(channel, exc)
+                    raise
         finally:
             if channel is not None:
                 channel.close()
             if tb is not None:
                 tb.close()
 
+    def _say(self, line: str, quiet_level: int = logging.DEBUG) -> None:
+        """A line for the user (retrying, rounds) on stdout, as the server prints its own; with
+        ``verbose=0`` it only goes to the log, at ``quiet_level``."""
+        if self.verbose != 0:
+            logger.debug(line)
+            print(line, flush=True)
+        else:
+            logger.log(quiet_level, line)
+
+    @staticmethod
+    def _close(channel: Channel | None) -> None:
+        if channel is not None:
+            channel.close()
+        return None
+
+    def _tell_server(self, channel: Channel | None, exc: Exception) -> None:
+        """Before leaving on an error, say why: the server logs it (escaped) under our name."""
+        if channel is None:
+            return
+        reason = str(exc) if isinstance(exc, PyFedError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(PyFedError, OSError):  # the conversation may be over already
+            channel.send(messages.Error(reason=printable(reason, 1000), code="client_error"))
+
     # ------------------------------------------------------------------------------------------
 
-    def _connect(self, timeout: float) -> Channel:
+    def _connect(self, timeout: float, announce: bool = True) -> Channel:
+        """Connect, retrying until ``timeout``; says so every few seconds while it waits."""
         deadline = time.monotonic() + timeout
         delay = 0.1
-        announced = False
+        next_notice = time.monotonic()
         while True:
             try:
                 sock = connect(self.server_ip, self.server_port, timeout=10)
@@ -165,16 +254,19 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
             except TLSError as exc:
                 raise TLSError(f"{self.name}: {exc}") from None  # retrying will not help
             except NetworkError as exc:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
-                    raise NetworkError(
+                    raise ServerUnreachable(
                         f"{self.name}: could not reach the PyFed server at {self.server_ip}:"
                         f"{self.server_port} within {timeout:g} s ({exc}). Is the "
-                        "server running, and are server_ip and server_port right?") from None
-                if not announced:
-                    logger.info("%s: waiting for the server at %s:%d (%s)", self.name,
-                                self.server_ip, self.server_port, exc)
-                    announced = True
+                        "server running, and are server_ip and server_port right?",
+                        cause=str(exc)) from None
+                if announce and now >= next_notice:
+                    self._say(f"{self.name}: waiting for the server at {self.server_ip}:"
+                              f"{self.server_port} ({exc}); retrying for {remaining:.0f} s more",
+                              logging.INFO)
+                    next_notice = now + RETRY_NOTICE_SECONDS
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 2.0)
 
@@ -243,7 +335,10 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         if self.adapter is None:
             from .models import adapter_from_description
 
-            self.adapter = adapter_from_description(welcome.model)
+            try:
+                self.adapter = adapter_from_description(welcome.model)
+            except (ConfigurationError, ModelMismatchError) as exc:
+                raise type(exc)(f"{self.name}: {exc}") from None
             self.model = getattr(self.adapter, "model", self.adapter)
             if spec_hash(self.adapter.spec()) != welcome.spec_hash:
                 raise ModelMismatchError(
@@ -251,6 +346,25 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                     f"({printable(welcome.spec_hash[:16])}...)")
         if hasattr(self.adapter, "compile"):
             self.adapter.compile(loss=loss, optimizer=optimizer, lr=lr, metrics=metrics)
+
+    def _check_data(self) -> None:
+        """Once the model is known and before round 1: does this client's data fit it? Wrong
+        data would otherwise fail deep inside ``fit`` in round 1, with a long traceback."""
+        check = getattr(self.adapter, "check_data", None)
+        if self._data_checked or check is None:
+            return
+        sets = [("data", self.data, self.target)]
+        if self.val_data is not None:
+            sets.append(("evaluation data", *self.val_data))
+        for what, data, target in sets:
+            if data is None:
+                continue
+            try:
+                check(data, target)
+            except ConfigurationError as exc:
+                detail = str(exc) if what == "data" else f"{what}: {exc}"
+                raise ConfigurationError(f"{self.name}: {detail}") from None
+        self._data_checked = True
 
     def _start_compression(self, welcome: messages.Welcome) -> None:
         """The server picks the codec per run; a new connection starts from a full model."""
@@ -270,15 +384,10 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
 
     def _local_logger(self, welcome: messages.Welcome) -> RunLogger | None:
         """This client's own curves on its own machine, unless the server writes them here."""
-        server_run_dir = Path(welcome.config.get("run_dir", ""))
-        marker = server_run_dir / RUN_MARKER
-        try:
-            same_machine = marker.read_text() == welcome.run_id
-        except OSError:
-            same_machine = False
-        if same_machine:
+        if _same_machine(welcome.config.get("run_dir"), welcome.run_id):
             return None
-        run_dir = self.logdir / welcome.run_name
+        # The run name came from the network: one safe component, inside this logdir.
+        run_dir = self.logdir / path_component(welcome.run_name)
         run_dir.mkdir(parents=True, exist_ok=True)
         return RunLogger(run_dir)
 
@@ -286,17 +395,23 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         while True:
             message = channel.receive(timeout=self.timeout)
             if isinstance(message, messages.Fit):
-                config = {**defaults, **message.config, "round": message.round}
+                what = f"{self.name}: the server's FIT"
+                check_round(message.round, self._rounds, what)
+                what = f"{what} for round {message.round}"
+                config = {**defaults, **training_config(message.config, what),
+                          "round": message.round}
                 config.pop("compression", None)
                 weights = self._incoming_weights(message)
+                check_weights(weights, self._spec, what)
                 if self.codec != "none":  # the base of this round's deltas, both ways
                     self._reference = [np.array(w) for w in weights]
                 self.adapter.set_weights(weights)
+                self._say(self._round_line(message.round, config))
                 outcome: FitOutcome = self.adapter.fit(self.data, self.target, config)
                 update = self.adapter.get_weights()
                 if self.codec != "none":
                     update, _ = self._feedback.encode(self.codec, update, self._reference)
-                channel.send(messages.FitResult(
+                self._reply(channel, messages.FitResult(
                     round=message.round, weights=tuple(update),
                     num_examples=int(outcome.num_examples), metrics=outcome.metrics,
                     history=outcome.history, first_epoch=outcome.first_epoch))
@@ -304,23 +419,96 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                 if tb is not None and outcome.history:
                     tb.client_history(self.name, outcome.history, outcome.first_epoch)
             elif isinstance(message, messages.Evaluate):
-                self.adapter.set_weights(self._incoming_weights(message))
-                loss, count, metrics = self.adapter.evaluate(
-                    *self.val_data, {**defaults, **message.config, "round": message.round})
-                channel.send(messages.EvaluateResult(round=message.round, num_examples=int(count),
-                                                     loss=float(loss), metrics=metrics))
+                what = f"{self.name}: the server's EVALUATE"
+                check_round(message.round, self._rounds, what)
+                what = f"{what} for round {message.round}"
+                if self.val_data is None:
+                    raise ProtocolError(f"{what} asks this client to evaluate, but it holds no "
+                                        "evaluation data (and said so in HELLO)")
+                config = {**defaults, **training_config(message.config, what),
+                          "round": message.round}
+                weights = self._incoming_weights(message)
+                check_weights(weights, self._spec, what)
+                self.adapter.set_weights(weights)
+                loss, count, metrics = self.adapter.evaluate(*self.val_data, config)
+                self._reply(channel, messages.EvaluateResult(
+                    round=message.round, num_examples=int(count), loss=float(loss),
+                    metrics=metrics))
             elif isinstance(message, messages.Finish):
+                check_weights(list(message.weights), self._spec, f"{self.name}: the server's FINISH")
                 self.adapter.set_weights(message.weights)
-                self.final_reason = printable(message.reason)  # printed by the CLI
-                logger.info("%s: training finished (%s)", self.name, printable(message.reason))
+                self.final_reason = printable(message.reason)
+                logger.info("%s: training finished (%s)", self.name, self.final_reason)
                 return
             elif isinstance(message, messages.Error):
-                reason = printable(message.reason, 1000)  # from the network: one line, escaped
-                if message.code == "server_stopped":
-                    raise ServerStopped(f"the server is stopping: {reason}")
-                if message.fatal:
-                    raise RemoteError(f"{self.name}: the server ended the session: {reason}")
-                logger.warning("%s: %s", self.name, reason)
+                self._server_error(message)
+
+    def _server_error(self, message: messages.Error) -> None:
+        reason = printable(message.reason)  # from the network: no forged lines
+        if message.code == "server_stopped":
+            raise ServerStopped(f"the server is stopping: {reason}", reason)
+        if message.fatal:
+            raise RemoteError(f"{self.name}: the server ended the session: {reason}")
+        logger.warning("%s: %s", self.name, reason)
+
+    def _reply(self, channel: Channel, result: messages.Message) -> None:
+        """Send a result; but first hear what the server said while this client was busy
+        (e.g. "stopping"): that must end the client now, not after a failed send and a series
+        of reconnection attempts. A send that fails anyway may still have that notice behind it."""
+        self._read_notice(channel)
+        try:
+            channel.send(result)
+        except NetworkError:
+            with contextlib.suppress(ConnectionClosed, ProtocolError):
+                self._read_notice(channel)  # raises ServerStopped if that is why
+            raise
+
+    def _read_notice(self, channel: Channel) -> None:
+        """Read what the server sent while this client was busy (the state table leaves only
+        ERROR or PING) and act on it."""
+        while _readable(channel):
+            message = channel.receive(timeout=10)
+            if isinstance(message, messages.Error):
+                self._server_error(message)
+
+    def _round_line(self, server_round: int, config: dict) -> str:
+        epochs = config.get("epochs", 1)
+        line = (f"{self.name}: round {server_round}/{self._rounds} · training {epochs} "
+                f"epoch{'s' if epochs != 1 else ''}")
+        try:
+            return f"{line} on {len(self.data)} examples"
+        except TypeError:  # no data (an echo model) or a dataset without a length
+            return line
+
+
+def _readable(channel: Channel) -> bool:
+    """Has the peer sent something (or hung up)? Without blocking."""
+    sock = channel.sock
+    try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed under us: the send that follows says so
+        return False
+
+
+def _same_machine(run_dir: str | None, run_id: str) -> bool:
+    """Is the server's run folder on this machine (its marker holds this run's id)?
+
+    The path comes from the server: read only a small regular file, never a FIFO or a device
+    that could block or flood this client."""
+    if not run_dir:
+        return False
+    marker = Path(run_dir) / RUN_MARKER
+    try:
+        if not marker.is_file():
+            return False
+        with open(marker, "rb") as file:
+            return file.read(256).decode("utf-8", "replace") == run_id
+    except (OSError, ValueError):
+        return False
 
 
 def _hold_out(data, target, validation_split: float, val_data):

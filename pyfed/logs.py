@@ -4,6 +4,7 @@ Layout (DESIGN.md)::
 
     <logdir>/<run_name>/server/           per-round scalars (fit loss/metrics, participants, seconds, bytes)
     <logdir>/<run_name>/clients/<name>/   per-epoch curves, step = global epoch
+                                          (<name> is safe_text.path_component(client name))
 
 Event files are written with TensorBoard's own record writer and protobufs, not ``tf.summary``:
 the files are identical for TensorBoard, but a numpy-only process never imports TensorFlow
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from .safe_text import printable
+from .safe_text import path_component
 
 logger = logging.getLogger("pyfed")
 
@@ -102,7 +104,9 @@ class RunLogger:
     def client(self, name: str) -> ScalarWriter:
         with self._lock:
             if name not in self._clients:
-                self._clients[name] = ScalarWriter(self.run_dir / "clients" / safe_name(name))
+                # Names come from the network: one component each, and distinct names keep
+                # distinct folders (a/b, a_b and a:b), whatever their length.
+                self._clients[name] = ScalarWriter(self.run_dir / "clients" / path_component(name))
             return self._clients[name]
 
     def client_history(self, name: str, history: dict, first_epoch: int) -> None:
@@ -120,12 +124,6 @@ class RunLogger:
         with self._lock:
             for writer in self._clients.values():
                 writer.close()
-
-
-def safe_name(name: str) -> str:
-    """A client name usable as one path component (names arrive from the network)."""
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".")
-    return cleaned or "client"
 
 
 def logs_line(run_dir, logdir) -> str:

@@ -52,3 +52,27 @@ def path_component(name: object) -> str:
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         encoded = f"{encoded[:MAX_COMPONENT_BYTES - 18].rstrip('%')}~{digest}"
     return encoded
+
+
+def single_component(name: object, what: str, error: type[Exception] = ValueError) -> str:
+    """``name`` itself, if it can be one folder name as written; else ``error`` saying why.
+
+    For names a user chose (``run_name``): kept as written, so ``--run-name "lr 0.1"`` is the
+    folder the user expects, but never a path: no separator, no ``.``/``..``, nothing
+    unprintable, at most 255 bytes. A client receiving a run name applies the same rule (an honest
+    server cannot send anything else) and still builds its folder with :func:`path_component`.
+    """
+    if not isinstance(name, str) or not name:
+        problem = "must be a non-empty string"
+    elif name in (".", ".."):
+        problem = "must not be '.' or '..'"
+    elif "/" in name or "\\" in name:
+        problem = "must be one folder name, without '/' or '\\'"
+    elif not name.isprintable():
+        problem = "must be printable (no newline, tab or control character)"
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
+        problem = f"must be at most {MAX_COMPONENT_BYTES} bytes in UTF-8"
+    else:
+        return name
+    # repr escapes what is unprintable; the cut keeps a hostile 1 MB name out of the message.
+    raise error(f"{what} {problem}; received {name!r:.100}")

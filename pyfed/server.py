@@ -31,6 +31,7 @@ from .logs import (RUN_MARKER, RunLogger, format_metrics, launch_tensorboard, ne
 from .models import as_adapter, is_keras_model
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES
 from .rounds import Collector, EvaluateCollector, FitCollector
+from .safe_text import single_component
 from .session import FinishJob, RequestJob
 from .spec import spec_hash, spec_to_json
 from .strategy import FedAvg, Strategy
@@ -104,7 +105,10 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.host = host or ("0.0.0.0" if multi_system else "127.0.0.1")
         self.strategy = strategy or FedAvg()
         self.logdir = Path(logdir)
-        self.run_name = run_name
+        # Kept as the user wrote it ("lr 0.1" stays "lr 0.1"), but one folder: "a/b" or ".."
+        # would nest or escape the logdir (a client would also refuse it in WELCOME).
+        self.run_name = (single_component(run_name, "run_name", ConfigurationError)
+                         if run_name is not None else None)
         self.launch_tensorboard = launch_tensorboard
         self.tensorboard_port = tensorboard_port
         self.verbose = verbose

@@ -11,6 +11,14 @@ Roles:
   server hangs up, ``FINISHED {json}`` on FINISH. Modes in ``FIELD_MODES`` send a valid update
   with one crafted header field; ``eval-*`` modes train honestly and answer EVALUATE with a
   crafted result.
+- ``evil-server``: a hostile server for one client, by hand too. It welcomes the client to a
+  SoftmaxRegression(64, 10) run (so the client needs no TensorFlow), then attacks by
+  ``--mode``: ``traversal`` / ``abs-path`` (``--run-name`` is a path), ``bad-weights``
+  (``--fault shape|count|dtype|nan|inf``), ``bad-config`` (``--fit-config`` JSON), ``bad-round``
+  (FIT for round ``--fit-round``), ``evaluate-without-data``, ``huge-model`` (a model
+  description of 40 TiB of weights); ``honest`` plays a correct
+  ``--rounds``-round run. Prints ``READY <port>``, then ``CLIENT_ERROR {json}`` for each ERROR
+  the client sends, ``RESULT {json}`` for each FIT_RESULT, ``CLOSED {json}`` at the end.
 
 The helpers (``read_frame``, ``wait_closed``...) are also imported by ``test_hostile.py``.
 """
@@ -30,7 +38,8 @@ import time
 import numpy as np
 
 from pyfed import protocol
-from pyfed.messages import Error, EvaluateResult, FitResult, Hello, MessageKind
+from pyfed.messages import (Error, Evaluate, EvaluateResult, Finish, Fit, FitResult, Hello,
+                            MessageKind, Welcome)
 
 SHAPES = [(64, 10), (10,)]  # SoftmaxRegression(64, 10)
 
@@ -379,11 +388,94 @@ def evil_client(args) -> None:
         t.join(timeout=args.timeout + 5)
 
 
+# ---------------------------------------------------------------------------------------------
+# evil-server
+# ---------------------------------------------------------------------------------------------
+
+
+def _evil_weights(fault: str, weights: list) -> list:
+    weights = [np.array(w) for w in weights]
+    if fault == "shape":
+        weights[0] = weights[0][:-1]  # (63, 10) instead of (64, 10)
+    elif fault == "count":
+        weights = weights[:1]
+    elif fault == "dtype":
+        weights[0] = weights[0].astype(np.float64)
+    elif fault == "nan":
+        weights[0][3, 4] = np.nan
+    elif fault == "inf":
+        weights[1][2] = -np.inf
+    elif fault != "none":
+        raise ValueError(f"unknown fault {fault!r}")
+    return weights
+
+
+def evil_server(args) -> None:
+    import uuid
+
+    from pyfed.models import SoftmaxRegression
+    from pyfed.spec import spec_hash, spec_to_json
+
+    model = SoftmaxRegression(64, 10)
+    spec = model.spec()
+    listener = socket.create_server(("127.0.0.1", args.port))
+    print(f"READY {listener.getsockname()[1]}", flush=True)
+    deadline = time.monotonic() + args.timeout
+    listener.settimeout(args.timeout)
+    sock, _ = listener.accept()
+    listener.close()
+    try:
+        hello = read_frame(sock, deadline)
+        assert hello is not None and hello.KIND is MessageKind.HELLO, hello
+        run_name = args.run_name if args.mode in ("traversal", "abs-path") else "exp 1: evil"
+        description = model.describe()
+        if args.mode == "huge-model":  # 2**40 x 10 float32: 40 TiB, were it allocated
+            description["n_features"] = 1 << 40
+        sock.sendall(protocol.encode_bytes(Welcome(
+            client_id=hello.client_name, rounds=args.rounds, run_name=run_name,
+            run_id=uuid.uuid4().hex, model=description, spec_hash=spec_hash(spec),
+            config={"spec": spec_to_json(spec), "compression": "none"})))
+        config = json.loads(args.fit_config) if args.mode == "bad-config" else {"epochs": 1}
+        fault = args.fault if args.mode == "bad-weights" else "none"
+        first_round = args.fit_round if args.mode == "bad-round" else 1
+        if args.mode == "evaluate-without-data":
+            sock.sendall(protocol.encode_bytes(Evaluate(round=1, weights=tuple(model.weights))))
+        else:
+            sock.sendall(protocol.encode_bytes(Fit(
+                round=first_round, weights=tuple(_evil_weights(fault, model.weights)),
+                config=config)))
+        server_round = first_round
+        while time.monotonic() < deadline:
+            try:
+                message = read_frame(sock, deadline)
+            except (ConnectionError, OSError) as exc:
+                emit("CLOSED", {"how": type(exc).__name__})
+                return
+            if message is None:
+                emit("CLOSED", {"how": "eof"})
+                return
+            if message.KIND is MessageKind.ERROR:
+                emit("CLIENT_ERROR", {"code": message.code, "reason": message.reason})
+            elif message.KIND is MessageKind.FIT_RESULT:
+                emit("RESULT", {"round": message.round, "num_examples": message.num_examples})
+                if server_round >= args.rounds:
+                    sock.sendall(protocol.encode_bytes(Finish(weights=tuple(model.weights))))
+                else:
+                    server_round += 1
+                    sock.sendall(protocol.encode_bytes(Fit(
+                        round=server_round, weights=tuple(model.weights), config={"epochs": 1})))
+            else:
+                emit("UNEXPECTED", {"kind": message.KIND.name})
+        emit("TIMEOUT", {})
+    finally:
+        sock.close()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["server", "honest-client", "evil-client"])
+    parser.add_argument("role", choices=["server", "honest-client", "evil-client", "evil-server"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
@@ -407,8 +499,17 @@ def main() -> None:
     parser.add_argument("--huge-examples", type=int, default=10**12)
     parser.add_argument("--declared-body", type=int, default=1 << 40)
     parser.add_argument("--timeout", type=float, default=60)
+    # evil-server
+    parser.add_argument("--mode", default="honest",
+                        choices=["honest", "traversal", "abs-path", "bad-weights", "bad-config",
+                                 "bad-round", "evaluate-without-data", "huge-model"])
+    parser.add_argument("--run-name", default="../../escaped")
+    parser.add_argument("--fault", default="shape")
+    parser.add_argument("--fit-config", default="{}")
+    parser.add_argument("--fit-round", type=int, default=1)
     args = parser.parse_args()
-    {"server": server, "honest-client": honest_client, "evil-client": evil_client}[args.role](args)
+    {"server": server, "honest-client": honest_client, "evil-client": evil_client,
+     "evil-server": evil_server}[args.role](args)
 
 
 if __name__ == "__main__":

@@ -88,3 +88,40 @@ def test_architecture_travels_as_json_and_is_rebuilt_in_safe_mode():
 def test_a_model_without_weights_is_refused_clearly():
     with pytest.raises(ConfigurationError, match="no weights yet; give it an input shape"):
         KerasAdapter(keras.Sequential([keras.layers.Dense(3)]))
+
+
+def test_check_data_names_the_data_and_the_model_before_any_training():
+    a = adapter()  # digits_model: input (None, 64), 10 softmax outputs, sparse categorical loss
+    x, y = np.zeros((8, 64), np.float32), np.arange(8)
+    a.check_data(x, y)  # fits
+    with pytest.raises(ConfigurationError, match=r"^data has 32 features per example; the model "
+                                                 r"expects 64 \(input shape \(None, 64\)\)$"):
+        a.check_data(np.zeros((8, 32), np.float32), y)
+    with pytest.raises(ConfigurationError, match=r"data has examples of shape \(8, 8\); the "
+                                                 r"model expects \(64,\)"):
+        a.check_data(np.zeros((8, 8, 8), np.float32), y)
+    with pytest.raises(ConfigurationError, match=r"labels are strings \(e.g. 'cat'\)"):
+        a.check_data(x, np.array(["cat"] * 8))
+    with pytest.raises(ConfigurationError, match=r"labels include 10 \(they range over 0..12\); "
+                                                 r"the model expects class numbers 0..9 "
+                                                 r"\(output shape \(None, 10\)\)"):
+        a.check_data(x, np.array([0, 1, 10, 12, 3, 4, 5, 6]))
+    with pytest.raises(ConfigurationError, match="labels include -1"):
+        a.check_data(x, np.array([0, -1] * 4))
+    with pytest.raises(ConfigurationError, match="labels include 2.5, which is not a class"):
+        a.check_data(x, np.array([0.0, 2.5] * 4))
+
+
+def test_check_data_follows_the_loss_one_hot_targets_and_unknown_inputs():
+    one_hot = KerasAdapter(data.digits_model())
+    one_hot.compile("categorical_crossentropy", "adam", 0.01)
+    x = np.zeros((4, 64), np.float32)
+    one_hot.check_data(x, np.eye(10, dtype=np.float32)[:4])  # one-hot rows of 10: fine
+    with pytest.raises(ConfigurationError, match="labels have 12 columns per example; the model "
+                                                 "outputs 10"):
+        one_hot.check_data(x, np.zeros((4, 12), np.float32))
+    regression = KerasAdapter(keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]))
+    regression.compile("mse", "adam", 0.01)
+    regression.check_data(np.zeros((4, 3)), np.array([0.5, 7.0, -3.0, 1e6]))  # any real target
+    a = adapter()
+    a.check_data(iter([]), None)  # a generator or dataset has no shape: left to Keras

@@ -3,9 +3,12 @@
 import os
 import sys
 
+import numpy as np
+
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pyfed.logs import ScalarWriter, new_run_dir, round_line, safe_name
+from pyfed.logs import RunLogger, ScalarWriter, new_run_dir, round_line
+from pyfed.safe_text import path_component
 
 SERVER_TAGS = {"fit/loss", "fit/accuracy", "round/participants", "round/seconds",
                "round/bytes_in", "round/bytes_out"}
@@ -59,6 +62,21 @@ def test_run_folders_never_replace_older_ones(tmp_path):
     assert (first / "keep.txt").read_text() == "old"
 
 
+def test_a_run_name_is_kept_as_written_but_must_be_one_folder(tmp_path):
+    import pytest
+
+    from pyfed import FL_Server
+    from pyfed.errors import ConfigurationError
+    from pyfed.models import NumpyModel
+    from pyfed.safe_text import single_component
+
+    assert single_component("lr 0.1: adam", "run_name") == "lr 0.1: adam"
+    for name in ("a/b", "../x", "/abs", "..", ".", "", "a\\b", "a\nb", "x" * 256, 7):
+        with pytest.raises(ConfigurationError, match="^run_name must"):
+            FL_Server(NumpyModel([np.zeros(2)]), 1, 1, port=0, logdir=tmp_path, run_name=name)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_writer_needs_no_tensorflow(tmp_path):
     writer = ScalarWriter(tmp_path / "w")
     writer.scalars({"a": 1.5, "b": 2}, step=7)
@@ -69,10 +87,20 @@ def test_writer_needs_no_tensorflow(tmp_path):
         assert "tensorflow" not in sys.modules
 
 
-def test_names_from_the_network_stay_inside_the_run_folder():
-    assert safe_name("../../etc") == "_.._etc"
-    assert safe_name("client 1/x") == "client_1_x"
-    assert safe_name("..") == "client"
+def test_names_from_the_network_stay_inside_the_run_folder(tmp_path):
+    # Was logs.safe_name, which mapped a/b, a_b and a:b to one folder; path_component is
+    # injective and one component whatever it is given.
+    names = ["../../etc", "client 1/x", "..", ".", "/abs", "a/b", "a_b", "a:b", "中" * 100]
+    logger = RunLogger(tmp_path / "run")
+    for step, name in enumerate(names):
+        logger.client_history(name, {"loss": [float(step)]}, step)
+    logger.close()
+    folders = sorted(p.name for p in (tmp_path / "run" / "clients").iterdir())
+    assert folders == sorted(path_component(n) for n in names) and len(set(folders)) == len(names)
+    assert all("/" not in f and f not in (".", "..") and len(f.encode()) <= 255 for f in folders)
+    for step, name in enumerate(names):
+        assert scalars(tmp_path / "run" / "clients" / path_component(name)) == {
+            "epoch_loss": [(step, float(step))]}, name
 
 
 def test_round_line_format():
@@ -124,3 +152,28 @@ def test_launch_tensorboard_serves_the_logdir_without_blocking(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_clients_with_names_that_used_to_share_a_folder_each_keep_their_own_curves(tmp_path):
+    """a/b, a_b and a:b once wrote into one folder (their curves mixed), and a name over 255
+    bytes lost its curves. A real server and four real clients; each curve read back alone."""
+    from procs import ProcessGroup, free_port
+
+    names = ["a/b", "a_b", "a:b", "中" * 100]  # the last: 100 characters, 300 bytes in UTF-8
+    assert len(names[-1].encode()) == 300
+    port, logdir, rounds, epochs = free_port(), tmp_path / "logs", 2, 2
+    with ProcessGroup(tmp_path / "procs") as group:
+        group.role("server", "softmax-server", "--port", port, "--clients", len(names),
+                   "--rounds", rounds, "--logdir", logdir, "--run-name", "names")
+        for index, name in enumerate(names, start=1):
+            group.role(f"client_{index}", "softmax-client", "--port", port, "--clients",
+                       len(names), "--index", index, "--name", name, "--epochs", epochs,
+                       "--logdir", logdir)
+        codes = group.wait_all(timeout=120)
+        assert all(code == 0 for code in codes.values()), group.dump()
+    clients = logdir / "names" / "clients"
+    assert sorted(p.name for p in clients.iterdir()) == sorted(path_component(n) for n in names)
+    for name in names:
+        curves = scalars(clients / path_component(name))
+        # Each global epoch exactly once: a shared folder would hold every step three times.
+        assert [step for step, _ in curves["epoch_loss"]] == list(range(rounds * epochs)), name

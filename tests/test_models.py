@@ -358,3 +358,32 @@ def test_sklearn_estimator_federates_end_to_end(tmp_path, estimator):
         assert result["history"]["history"]["participants"] == [3] * 5
         for i in range(1, 4):
             assert tagged(group.output(f"client_{i}"), "CLIENT")["weights"] == result["weights"]
+
+
+# -- the data against the model, before round 1 (issue 10, B2) ----------------------------------
+
+def test_softmax_regression_checks_width_and_labels():
+    from pyfed.models import SoftmaxRegression
+
+    model = SoftmaxRegression(64, 10)
+    model.check_data(np.zeros((5, 64)), [0, 1, 2, 3, 9])
+    with pytest.raises(ConfigurationError, match=r"^data has 32 features per example; the model "
+                                                 r"expects 64 \(input shape \(None, 64\)\)$"):
+        model.check_data(np.zeros((5, 32)), [0] * 5)
+    with pytest.raises(ConfigurationError, match=r"labels include 10 \(they range over 0..10\); "
+                                                 r"the model expects class numbers 0..9 "
+                                                 r"\(SoftmaxRegression\(64, 10\)\)"):
+        model.check_data(np.zeros((5, 64)), [0, 1, 10, 3, 4])
+    with pytest.raises(ConfigurationError, match="labels are not numbers"):
+        model.check_data(np.zeros((2, 64)), np.array([1, None], dtype=object))
+
+
+def test_sklearn_adapter_check_data_names_both_widths(digits):
+    (x, y), _ = digits[0][0], None
+    adapter = new_adapter("sgd")
+    adapter.check_data(x, y)
+    with pytest.raises(ConfigurationError, match=r"the data has 32 features per example; the "
+                                                 r"SGDClassifier expects 64 \(n_features=64\)"):
+        adapter.check_data(x[:, :32], y)
+    with pytest.raises(ConfigurationError, match="cannot be read as numbers"):
+        adapter.check_data(np.array([["a"] * 64] * 3), y[:3])

@@ -2,6 +2,11 @@
 
 Implement these five methods (plus ``describe``) and any numpy-parameterised model federates.
 Adapters for Keras, scikit-learn and plain numpy ship with PyFed; :func:`as_adapter` picks one.
+
+Optional: ``check_data(data, target)``, called by FL_Client once the model is known and before
+round 1, raises a ConfigurationError when the data cannot fit the model (its width, its labels);
+see :mod:`pyfed.models.data_checks`. It is not part of the protocol class, so adapters written
+before it still count as ModelAdapters.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import ConfigurationError, ModelMismatchError
 from ..spec import TensorSpec
 from .base import FitOutcome
+from .data_checks import check_features, check_labels
 
 
 def _keras():
@@ -155,6 +156,28 @@ class KerasAdapter:
         metrics = {name: values[-1] for name, values in history.items() if values}
         return FitOutcome(num_examples=len(data), metrics=metrics, history=history,
                           first_epoch=first_epoch)
+
+    def check_data(self, data, target) -> None:
+        """Before round 1: ``data`` fits the model's input and, with a sparse categorical loss,
+        ``target`` holds class numbers below its output width. Models with several inputs or
+        outputs, or none known (subclassed models), are left to Keras."""
+        try:
+            input_shape, output_shape = self.model.input_shape, self.model.output_shape
+        except (AttributeError, ValueError):
+            return
+        if isinstance(input_shape, tuple):
+            check_features(data, input_shape)
+        if not (isinstance(output_shape, tuple) and len(output_shape) == 2
+                and isinstance(output_shape[1], int) and output_shape[1] > 1):
+            return
+        loss = getattr(self.model, "loss", None)
+        loss_name = loss if isinstance(loss, str) else (
+            getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
+        labels = None if target is None else np.asarray(target)
+        strings = labels is not None and labels.dtype.kind in "US"  # no Keras loss takes them
+        rows = labels is not None and labels.ndim == 2 and labels.shape[1] > 1  # one-hot
+        if strings or rows or "sparse" in str(loss_name).lower():
+            check_labels(target, output_shape[1], f"output shape {output_shape}")
 
     def evaluate(self, data, target, config: dict) -> tuple[float, int, dict]:
         results = self.model.evaluate(data, target, batch_size=int(config.get("batch_size", 128)),

@@ -9,6 +9,11 @@ import numpy as np
 from ..spec import TensorSpec, spec_of_arrays
 from ..errors import ConfigurationError
 from .base import FitOutcome
+from .data_checks import check_features, check_labels
+
+
+# The largest SoftmaxRegression rebuilt from a server's description: 1 GiB of float32 weights.
+MAX_PARAMETERS = 1 << 28
 
 
 class NumpyModel:
@@ -99,6 +104,12 @@ class SoftmaxRegression(NumpyModel):
                                                         "accuracy": history["accuracy"][-1]},
                           history=history, first_epoch=(server_round - 1) * epochs)
 
+    def check_data(self, data: Any, target: Any) -> None:
+        """Before round 1: ``n_features`` columns, labels in ``0..n_classes-1``."""
+        n_features, n_classes = self.weights[0].shape
+        check_features(data, (None, n_features))
+        check_labels(target, n_classes, f"SoftmaxRegression({n_features}, {n_classes})")
+
     def evaluate(self, data: Any, target: Any, config: dict) -> tuple[float, int, dict]:
         loss, accuracy = self._loss_and_accuracy(data, target)
         return loss, len(target), {"accuracy": accuracy}
@@ -110,8 +121,21 @@ class SoftmaxRegression(NumpyModel):
 
     @classmethod
     def from_description(cls, description: dict) -> "SoftmaxRegression":
-        try:
-            return cls(int(description["n_features"]), int(description["n_classes"]),
-                       lr=float(description.get("lr", 0.5)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigurationError(f"bad SoftmaxRegression description: {exc}") from None
+        """Rebuild the server's model from WELCOME: its numbers come from the network, so
+        they are checked (type, range, size) before anything is allocated."""
+        n_features, n_classes = description.get("n_features"), description.get("n_classes")
+        lr = description.get("lr", 0.5)
+        for name, value in (("n_features", n_features), ("n_classes", n_classes)):
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not whole or not 1 <= value <= MAX_PARAMETERS:
+                raise ConfigurationError(f"bad SoftmaxRegression description: {name} must be a "
+                                         f"whole number in [1, {MAX_PARAMETERS}]; received "
+                                         f"{value!r:.60}")
+        if (n_features + 1) * n_classes > MAX_PARAMETERS:
+            raise ConfigurationError(
+                f"bad SoftmaxRegression description: {n_features} features x {n_classes} classes "
+                f"is more than {MAX_PARAMETERS} parameters")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ConfigurationError(f"bad SoftmaxRegression description: lr must be a finite "
+                                     f"number > 0; received {lr!r:.60}")
+        return cls(n_features, n_classes, lr=float(lr))

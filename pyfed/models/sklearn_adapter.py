@@ -367,12 +367,24 @@ class SklearnAdapter:
         loss = hinge_loss(y, est.decision_function(x), labels=self.classes)
         return {"hinge_loss": float(loss), "accuracy": accuracy}
 
+    def check_data(self, data, target) -> None:
+        """Before round 1: the data's width and labels fit this estimator (one clear line)."""
+        self._require_initialized()
+        try:
+            self._check_xy(data, target)
+        except ConfigurationError:
+            raise
+        except (ValueError, TypeError) as exc:  # check_array: strings, NaN, ragged rows
+            raise ConfigurationError(f"the data cannot be read as numbers for the {self.name}: "
+                                     f"{exc}") from None
+
     def _check_xy(self, data, target):
         x = check_array(data, accept_sparse="csr", dtype=DTYPE, ensure_min_samples=0)
         y = _labels(target, len(x))
         if x.shape[1] != self.n_features:
             raise ConfigurationError(
-                f"the data has {x.shape[1]} features; the {self.name} expects {self.n_features}")
+                f"the data has {x.shape[1]} features per example; the {self.name} expects "
+                f"{self.n_features} (n_features={self.n_features})")
         unknown = np.setdiff1d(y, self.classes)
         if len(unknown):
             raise ConfigurationError(

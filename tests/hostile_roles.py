@@ -16,6 +16,7 @@ The helpers (``read_frame``, ``wait_closed``...) are also imported by ``test_hos
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -147,10 +148,14 @@ def server(args) -> None:
 
     options = {}
     for key in ("handshake_timeout", "max_connections", "max_message_bytes", "max_examples",
-                "round_timeout", "wait_timeout"):
+                "round_timeout", "wait_timeout", "round_retries", "progress_interval"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value  # only what the test asked for: a missing feature is a TypeError
+    if args.min_fit_clients is not None:
+        from pyfed.strategy import FedAvg
+
+        options["strategy"] = FedAvg(min_fit_clients=args.min_fit_clients)
     srv = FL_Server(SoftmaxRegression(64, 10), args.clients, args.rounds, port=args.port,
                     logdir=args.logdir, **options)
     srv.start()
@@ -195,6 +200,13 @@ _print_lock = threading.Lock()
 def emit(tag: str, payload: dict) -> None:
     with _print_lock:
         print(f"{tag} {json.dumps(payload)}", flush=True)
+
+
+def weights_digest(weights) -> str:
+    digest = hashlib.sha256()
+    for array in weights:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def crafted_result(mode: str, fit, huge_examples: int) -> bytes:
@@ -267,6 +279,16 @@ def evil_session(port: int, mode: str, args) -> None:
             kind = message.KIND
             if kind is MessageKind.FIT:
                 rounds_seen += 1
+                if args.bad_fits is not None:
+                    # Only the first --bad-fits FITs get the crafted reply; later ones an honest
+                    # echo of the weights (a transient fault). Each FIT's weights are reported.
+                    emit("FIT", {"mode": mode, "round": message.round,
+                                 "weights": weights_digest(message.weights)})
+                    if rounds_seen > args.bad_fits:
+                        sock.sendall(protocol.encode_bytes(FitResult(
+                            round=message.round, num_examples=100,
+                            weights=tuple(np.array(w, dtype=np.float32) for w in message.weights))))
+                        continue
                 if mode in ("second-hello", "garbage-after-welcome"):
                     # A server that reads a client only after sending it FIT finds our illegal
                     # bytes now: answer nothing and wait for it to hang up.
@@ -334,6 +356,9 @@ def main() -> None:
     parser.add_argument("--max-examples", type=int, default=None)
     parser.add_argument("--round-timeout", type=float, default=None)
     parser.add_argument("--wait-timeout", type=float, default=None)
+    parser.add_argument("--round-retries", type=int, default=None)
+    parser.add_argument("--progress-interval", type=float, default=None)
+    parser.add_argument("--min-fit-clients", type=int, default=None)
     # honest-client
     parser.add_argument("--index", type=int, default=1)
     parser.add_argument("--examples", type=int, default=200)
@@ -344,6 +369,8 @@ def main() -> None:
     parser.add_argument("--huge-examples", type=int, default=10**12)
     parser.add_argument("--declared-body", type=int, default=1 << 40)
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--bad-fits", type=int, default=None,
+                        help="craft only the first N replies; echo the weights afterwards")
     args = parser.parse_args()
     {"server": server, "honest-client": honest_client, "evil-client": evil_client}[args.role](args)
 

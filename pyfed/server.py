@@ -102,6 +102,10 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             raise ConfigurationError(f"round_timeout must be positive; received {round_timeout}")
         if not isinstance(round_retries, int) or isinstance(round_retries, bool) or round_retries < 0:
             raise ConfigurationError(f"round_retries must be an integer >= 0; received {round_retries!r}")
+        if not isinstance(progress_interval, (int, float)) or not progress_interval > 0:
+            # It paces the waiting lines: 0 would print one every few milliseconds.
+            raise ConfigurationError(f"progress_interval must be a number of seconds > 0; "
+                                     f"received {progress_interval!r}")
         self.curr_model = curr_model
         self.adapter = as_adapter(curr_model)
         self.num_clients = num_clients

@@ -8,7 +8,9 @@ Roles:
 - ``evil-client``: speaks the protocol by hand (``pyfed.protocol`` + a raw socket), one
   connection per ``--modes`` entry, and answers every FIT with a crafted, invalid reply. Prints
   one ``REJECTED {json}`` line per ERROR the server sends back, ``CLOSED {json}`` when the
-  server hangs up, ``FINISHED {json}`` on FINISH.
+  server hangs up, ``FINISHED {json}`` on FINISH. With ``--bad-fits N`` only the first N FITs
+  get the crafted reply and later ones an honest echo (a transient fault), and every FIT is
+  reported as ``FIT {json}`` with a digest of its weights.
 
 The helpers (``read_frame``, ``wait_closed``...) are also imported by ``test_hostile.py``.
 """

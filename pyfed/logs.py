@@ -38,7 +38,8 @@ class ScalarWriter:
     ``purge_step``: this file continues a run that was stopped and resumed. Its first event is
     TensorBoard's restart marker (``SessionLog.START`` at that step), on which TensorBoard's
     loader drops every event of the earlier files at that step or later: what the stopped run
-    wrote past its checkpoint is shown once, as rewritten, not twice.
+    wrote past its checkpoint is shown once, as rewritten, not twice. :meth:`restart` writes
+    the same marker later in the file (a retried round rewrites its epochs).
 
     A failed write (a full disk) loses curves, never the run: it is logged once per writer with
     the path and the reason, and writing goes on.
@@ -50,6 +51,7 @@ class ScalarWriter:
         self._writer = None
         self._lock = threading.Lock()
         self._failed = False
+        self.last_step: int | None = None  # the highest step this writer has written
 
     def _open(self):
         from tensorboard.compat.proto import event_pb2
@@ -62,11 +64,12 @@ class ScalarWriter:
         header = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
         writer.write(header.SerializeToString())
         if self.purge_step is not None:
-            restart = event_pb2.Event(wall_time=time.time(), step=int(self.purge_step),
-                                      session_log=event_pb2.SessionLog(
-                                          status=event_pb2.SessionLog.START))
-            writer.write(restart.SerializeToString())
+            writer.write(_restart_event(self.purge_step))
         return writer
+
+    def restart(self, step: int) -> None:
+        """Steps from ``step`` on are written again: TensorBoard shows only the new ones."""
+        self._write(_restart_event(step), int(step) - 1, restart=True)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -75,13 +78,20 @@ class ScalarWriter:
             summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
             for tag, value in values.items()])
         event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+        self._write(event.SerializeToString(), int(step))
+
+    def _write(self, record: bytes, step: int, restart: bool = False) -> None:
         with self._lock:
             try:
                 if self._writer is None:
                     self._writer = self._open()
-                self._writer.write(event.SerializeToString())
+                self._writer.write(record)
             except OSError as exc:
                 self._report(exc)
+                return
+            # After a restart marker, TensorBoard holds nothing at ``step + 1`` or later.
+            if restart or self.last_step is None or step > self.last_step:
+                self.last_step = step
 
     def flush(self) -> None:
         with self._lock:
@@ -105,6 +115,14 @@ class ScalarWriter:
             self._failed = True
             logger.warning("TensorBoard: cannot write to %s: %s; the run goes on, but these "
                            "curves may miss points", self.directory, exc.strerror or exc)
+
+
+def _restart_event(step: int) -> bytes:
+    """TensorBoard's restart marker: its loader drops the earlier events at ``step`` or later."""
+    from tensorboard.compat.proto import event_pb2
+
+    return event_pb2.Event(wall_time=time.time(), step=int(step), session_log=event_pb2.SessionLog(
+        status=event_pb2.SessionLog.START)).SerializeToString()
 
 
 def new_run_dir(logdir: str | os.PathLike, run_name: str | None = None) -> Path:
@@ -162,6 +180,8 @@ class RunLogger:
         """Per-epoch curves, tagged like Keras' TensorBoard callback (``epoch_loss``...).
         ``server_round``: the round they were trained in (for a resumed run's purge step)."""
         writer = self.client(name, self._client_purge_step(history, first_epoch, server_round))
+        if writer.last_step is not None and first_epoch <= writer.last_step:
+            writer.restart(first_epoch)  # a round written before, again (a retried round)
         length = max((len(v) for v in history.values()), default=0)
         for offset in range(length):
             values = {f"epoch_{metric}": series[offset]

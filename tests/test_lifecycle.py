@@ -128,6 +128,10 @@ def test_a_round_whose_client_is_killed_is_retried_when_it_returns(tmp_path):
     assert "cannot decompress" not in server, server
     # FL_Server.train() says where the logs are, once.
     assert server.count(f"TensorBoard logs: {result['run_dir']}") == 1, server
+    # client_1 trained round 2 twice; TensorBoard shows the retry's epochs, once.
+    for name in ("client_1", "client_2"):
+        steps = [step for step, _ in scalars(Path(result["run_dir"]) / "clients" / name)["epoch_loss"]]
+        assert steps == list(range(2 * rounds)), (name, steps)
 
 
 def test_a_run_whose_retries_all_fail_ends_with_one_clear_line(tmp_path):

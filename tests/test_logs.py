@@ -165,3 +165,16 @@ def test_a_writer_that_cannot_write_warns_once_and_goes_on(tmp_path, caplog):
         writer.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and str(tmp_path / "file" / "w") in warnings[0], warnings
+
+
+def test_a_round_written_again_replaces_its_first_curve(tmp_path):
+    from pyfed.logs import RunLogger
+
+    logger = RunLogger(tmp_path)
+    logger.client_history("c", {"loss": [1.0, 1.0]}, 0, server_round=1)
+    logger.client_history("c", {"loss": [2.0, 2.0]}, 2, server_round=2)  # a round that failed
+    logger.client_history("c", {"loss": [3.0, 3.0]}, 2, server_round=2)  # ... and its retry
+    logger.client_history("c", {"loss": [4.0, 4.0]}, 4, server_round=3)
+    logger.close()
+    assert scalars(tmp_path / "clients" / "c")["epoch_loss"] == [
+        (0, 1.0), (1, 1.0), (2, 3.0), (3, 3.0), (4, 4.0), (5, 4.0)]

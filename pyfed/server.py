@@ -203,7 +203,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                 for server_round in range(self._first_round, self.rounds + 1):
                     self._stage = f"during round {server_round}"
                     self._run_round_with_retries(server_round)
-                    self._stage = f"after round {server_round}, while saving its checkpoint"
+                    self._stage = f"during round {server_round}, while saving its checkpoint"
                     self._checkpoint(server_round)
                 self._stage = "after the last round, while saving the final model"
                 self._complete()

@@ -415,7 +415,7 @@ def test_sigterm_during_a_checkpoint_write_names_the_round_the_checkpoint_holds(
         saved = load_checkpoint(run_dir / CHECKPOINT_FILE).server_round
         # The write the signal arrived in was finished, and the message names what it holds.
         held = "round 1 is" if saved == 1 else f"rounds 1-{saved} are"
-        assert stopped[0].startswith(f"PyFed server stopped by SIGTERM after round {saved}, while "
+        assert stopped[0].startswith(f"PyFed server stopped by SIGTERM during round {saved}, while "
                                      f"saving its checkpoint; {held} saved in {run_dir};"), (
             saved, stopped)
         assert not [n for n in os.listdir(run_dir) if n.startswith(".checkpoint-")]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +23,14 @@ import numpy as np
 from .errors import PyFedError
 from .strategy.state import join_arrays, split_arrays
 
+logger = logging.getLogger("pyfed")
+
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT_VERSION = 1
+_TEMPORARY_PREFIX, _TEMPORARY_SUFFIX = ".checkpoint-", ".npz"
+# Exactly the names mkstemp gives our temporaries (8 characters from its alphabet), so nothing
+# else in a shared folder is ever taken for one.
+_TEMPORARY_NAME = re.compile(r"\.checkpoint-[a-z0-9_]{8}\.npz")
 
 
 @dataclass
@@ -47,7 +55,8 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     arrays.update({f"s_{i}": np.asarray(a) for i, a in enumerate(strategy_arrays)})
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     target = directory / CHECKPOINT_FILE
-    handle, temporary = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz", dir=directory)
+    handle, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, suffix=_TEMPORARY_SUFFIX,
+                                         dir=directory)
     try:
         with os.fdopen(handle, "wb") as out:
             np.savez(out, **arrays)
@@ -80,14 +89,46 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def find_checkpoint(logdir: Path, run_name: str | None = None,
                     checkpoint_dir: Path | None = None) -> Path | None:
-    """The checkpoint to resume from: in ``checkpoint_dir``, else in the run folder named
-    ``run_name``, else in the most recently written run folder under ``logdir``."""
+    """The checkpoint to resume from: in ``checkpoint_dir``; else the newest one of the run
+    named ``run_name`` (its folder, or a numbered sibling ``<run_name>-<n>`` that a run made
+    when the name was taken); else the newest one under ``logdir``. Newest: last written."""
     if checkpoint_dir is not None:
         candidate = Path(checkpoint_dir) / CHECKPOINT_FILE
         return candidate if candidate.is_file() else None
     logdir = Path(logdir)
     if run_name is not None:
-        candidate = logdir / run_name / CHECKPOINT_FILE
-        return candidate if candidate.is_file() else None
-    found = sorted(logdir.glob(f"*/{CHECKPOINT_FILE}"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+        sibling = re.compile(re.escape(run_name) + r"-[0-9]+")
+        found = [path for path in logdir.glob(f"*/{CHECKPOINT_FILE}")
+                 if path.parent.name == run_name or sibling.fullmatch(path.parent.name)]
+    else:
+        found = list(logdir.glob(f"*/{CHECKPOINT_FILE}"))
+    return max(found, key=_written_at, default=None)
+
+
+def _written_at(path: Path) -> tuple[int, str]:
+    try:
+        return path.stat().st_mtime_ns, path.parent.name
+    except OSError:  # removed since the listing
+        return -1, path.parent.name
+
+
+def remove_orphaned_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporaries of checkpoint writes that never finished (a killed server), and
+    only those: files in ``directory`` named exactly as :func:`save_checkpoint` names them."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # no folder yet: nothing left over
+        return removed
+    for entry in entries:
+        if _TEMPORARY_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+            except OSError as exc:
+                logger.warning("could not remove the unfinished checkpoint %s: %s", entry.path,
+                               exc.strerror or exc)
+                continue
+            removed.append(Path(entry.path))
+    if removed:
+        logger.info("removed %d unfinished checkpoint file(s) from %s", len(removed), directory)
+    return removed

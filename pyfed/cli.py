@@ -242,8 +242,6 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_server(args) -> int:
-    from .logs import logs_line
-
     if (args.test_data is None) != (args.test_target is None):
         raise ConfigurationError("--test-data and --test-target go together; pass both or neither")
     test = None
@@ -259,11 +257,10 @@ def cmd_server(args) -> int:
                        resume=args.resume, checkpoint_dir=args.checkpoint_dir,
                        token_file=args.token_file, ssl_certfile=args.ssl_certfile,
                        ssl_keyfile=args.ssl_keyfile, max_connections=args.max_connections,
-                       handshake_timeout=args.handshake_timeout)
-    server.train()
+                       handshake_timeout=args.handshake_timeout, round_retries=args.round_retries)
+    server.train()  # ends by saying where the logs are
     if test is not None:
         server.test(test[0], test[1], args.loss, parse_metrics(args.metrics))
-    print(logs_line(server.run_dir, args.logdir), flush=True)
     return EXIT_OK
 
 
@@ -398,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for all clients to connect (default: forever)")
     p.add_argument("--round-timeout", type=float, default=None,
                    help="seconds a client may take per round (default: no limit)")
+    p.add_argument("--round-retries", type=non_negative_int, default=3,
+                   help="times a round with too few usable updates is run again before the "
+                        "run fails")
     p.add_argument("--launch-tensorboard", action="store_true",
                    help="start TensorBoard in the background when training ends")
     p.add_argument("--resume", action="store_true",

@@ -69,3 +69,7 @@ class RoundError(PyFedError):
 
 class DatasetUnavailableError(PyFedError):
     """A dataset could not be loaded (offline, or the local file is missing)."""
+
+
+class StorageError(PyFedError):
+    """A file or folder the run needs could not be written (a full disk, no permission...)."""

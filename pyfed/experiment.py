@@ -52,6 +52,7 @@ def _server_main(payload: bytes, report) -> None:
         model = getattr(adapter, "model", adapter)
         server = FL_Server(model, spec["num_clients"], spec["rounds"], port=spec["port"],
                            **spec["server_options"])
+        server.print_logs_line = False  # the parent says where the logs are, after its test
         server.start()
         report.send_bytes(json.dumps({"event": "listening", "port": server.port,
                                       "run_dir": str(server.run_dir)}).encode())

@@ -312,20 +312,36 @@ class Gateway:
             session.end("disconnected")
             self.changed.notify_all()
 
-    def wait_for(self, count: int, timeout: float | None, announce: Callable[[str], None]) -> None:
+    def wait_for(self, count: int, timeout: float | None, announce: Callable[[str], None],
+                 interval: float | None = None) -> None:
+        """Until ``count`` clients are connected (at most ``timeout`` s). Says who is there and
+        how many are missing when that changes, and again every ``interval`` s meanwhile."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last_count = -1
+        next_line = 0.0
         with self.changed:
             while len(self.sessions) < count:
-                if len(self.sessions) != last_count:
+                now = time.monotonic()
+                if len(self.sessions) != last_count or (interval is not None and now >= next_line):
                     last_count = len(self.sessions)
-                    announce(f"waiting for clients: {last_count}/{count} connected")
+                    next_line = now + (interval or 0.0)
+                    announce(waiting_line(sorted(self.sessions), count))
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise PyFedError(
                         f"only {len(self.sessions)} of {count} clients connected within "
                         f"{timeout:g} s ({', '.join(sorted(self.sessions)) or 'none'})")
-                self.changed.wait(1.0 if remaining is None else min(1.0, remaining))
+                step = 1.0 if interval is None else max(0.01, min(1.0, next_line - now))
+                self.changed.wait(step if remaining is None else min(step, remaining))
+
+
+def waiting_line(connected: list[str], count: int, shown: int = 10) -> str:
+    """``waiting for clients: 1/3 connected (client_1) · 2 missing``; at most ``shown`` names."""
+    names = ", ".join(printable(name, 60) for name in connected[:shown])
+    if len(connected) > shown:
+        names += f" and {len(connected) - shown} more"
+    return (f"waiting for clients: {len(connected)}/{count} connected"
+            f"{f' ({names})' if names else ''} · {count - len(connected)} missing")
 
 
 _HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)

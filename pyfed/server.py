@@ -7,12 +7,13 @@ jobs to the clients' sessions and waits on each round's collector, with a deadli
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,18 +23,21 @@ import numpy as np
 
 from . import auth, compression, messages
 from .compression import Downlink, validate_codec
-from .checkpoint import Checkpoint, find_checkpoint, load_checkpoint, save_checkpoint
-from .errors import ConfigurationError
+from .checkpoint import (CHECKPOINT_FILE, Checkpoint, find_checkpoint, load_checkpoint,
+                         remove_orphaned_temporaries, save_checkpoint)
+from .errors import ConfigurationError, RoundError, StorageError
 from .gateway import Gateway
 from .history import History
-from .logs import (RUN_MARKER, RunLogger, format_metrics, launch_tensorboard, new_run_dir,
-                   round_line)
+from .logs import (RUN_MARKER, RunLogger, discard_run_dir, format_metrics, launch_tensorboard,
+                   logs_line, new_run_dir, round_line)
 from .models import as_adapter, is_keras_model
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES
 from .rounds import Collector, EvaluateCollector, FitCollector
 from .safe_text import single_component
+from .safe_text import printable
 from .session import FinishJob, RequestJob
 from .spec import spec_hash, spec_to_json
+from .stopping import StopSignals, describe
 from .strategy import FedAvg, Strategy
 from .transport import BufferPool, local_addresses, server_ssl_context
 
@@ -57,10 +61,13 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         round_timeout: seconds a round may take; at the deadline it closes if at least the
             strategy's ``min_fit_clients`` answered, else it fails naming who was missing.
             ``on_fit_config_fn`` may return ``{"round_timeout": s}`` to change it per round.
-        progress_interval: seconds between "waiting for ..." lines during a round (default 10).
+        round_retries: times a failed round (too few usable updates) is run again, with the same
+            round number and global model, before the run fails (default 3).
+        progress_interval: seconds between "waiting for ..." lines (default 10).
         checkpoint_dir: where the per-round checkpoint goes (default: the run folder).
-        resume: continue from the last checkpoint (in ``checkpoint_dir``, the run folder named
-            ``run_name``, or the newest run under ``logdir``).
+        resume: continue from the last checkpoint (in ``checkpoint_dir``; else the newest of the
+            run named ``run_name``, in its folder, which is reused even without a checkpoint;
+            else the newest under ``logdir``).
         token / token_file: shared secret (else $PYFED_TOKEN) for a mutual HMAC challenge.
         ssl_certfile, ssl_keyfile: serve over TLS.
         handshake_timeout: seconds a new connection has for its whole handshake (default 10).
@@ -87,7 +94,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                  ssl_keyfile: str | None = None, handshake_timeout: float = 10.0,
                  max_connections: int = 1024, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_examples: int = 10**9, buffer_pool_size: int = 2,
-                 compression: str | None = None):
+                 compression: str | None = None, round_retries: int = 3):
         for label, value, low in (("num_clients", num_clients, 1), ("rounds", rounds, 1),
                                   ("max_connections", max_connections, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -96,6 +103,12 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             raise ConfigurationError(f"port must be in [0, 65535]; received {port!r}")
         if round_timeout is not None and round_timeout <= 0:
             raise ConfigurationError(f"round_timeout must be positive; received {round_timeout}")
+        if not isinstance(round_retries, int) or isinstance(round_retries, bool) or round_retries < 0:
+            raise ConfigurationError(f"round_retries must be an integer >= 0; received {round_retries!r}")
+        if not isinstance(progress_interval, (int, float)) or not progress_interval > 0:
+            # It paces the waiting lines: 0 would print one every few milliseconds.
+            raise ConfigurationError(f"progress_interval must be a number of seconds > 0; "
+                                     f"received {progress_interval!r}")
         self.curr_model = curr_model
         self.adapter = as_adapter(curr_model)
         self.num_clients = num_clients
@@ -114,6 +127,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.verbose = verbose
         self.wait_timeout = wait_timeout
         self.round_timeout = round_timeout
+        self.round_retries = round_retries
         self.progress_interval = progress_interval
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.resume = resume
@@ -138,7 +152,13 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.tb: RunLogger | None = None
         self.tensorboard_process = None  # set by launch_tensorboard=True; it outlives train()
         self.final_model_path: Path | None = None
+        self.print_logs_line = True  # FL_Experiment's parent says it instead, after its test
         self._first_round = 1
+        self._saved_round = 0  # the round the checkpoint on disk holds
+        self._resume_path: Path | None = None
+        self._published = None  # (round, wire, meta): a retried round resends, never republishes
+        self._stage = "before round 1 started"  # for the stop message
+        self._signals = StopSignals()
         self._shut_down = False
 
     # ------------------------------------------------------------------------------------------
@@ -150,48 +170,64 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         if self.run_dir is not None:
             return
         checkpoint = self._load_resume_checkpoint() if self.resume else None
-        if checkpoint is not None:
-            run_dir = self.logdir / checkpoint.run_name
-            run_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            run_dir = new_run_dir(self.logdir, self.run_name)
-        (run_dir / RUN_MARKER).write_text(self.run_id)
-        self.tb = RunLogger(run_dir)
-        self.run_dir = run_dir  # before accepting: WELCOME names the run
-        self.port = self.gateway.start()
+        run_dir, created, continued = self._open_run_dir(checkpoint)
+        try:
+            remove_orphaned_temporaries(self.checkpoint_dir or run_dir)
+            try:
+                (run_dir / RUN_MARKER).write_text(self.run_id)
+            except OSError as exc:
+                raise StorageError(f"cannot write to the run folder {run_dir}: "
+                                   f"{exc.strerror or exc}") from None
+            # A continued run rewrites from its first round on: TensorBoard drops the old points.
+            self.tb = RunLogger(run_dir, resumed_round=self._first_round if continued else None)
+            self.run_dir = run_dir  # before accepting: WELCOME names the run
+            self.port = self.gateway.start()
+        except BaseException:
+            self.run_dir = self.tb = None
+            if created:  # a run that never started (its port taken, say) leaves no folder
+                discard_run_dir(run_dir)
+            raise
         self._announce()
 
     def train(self) -> History:
         """Wait for ``num_clients``, run the rounds, send FINISH; return the history.
 
-        Ctrl-C (or SIGTERM) abandons the current round, keeps the last checkpoint, flushes
-        TensorBoard, tells the clients, and exits with status 130 and a one-line reason.
+        A round that ends with too few usable updates is run again, up to ``round_retries``
+        times. Ctrl-C (or SIGTERM) abandons the current round, keeps the last checkpoint (one
+        being written is finished first), flushes TensorBoard, tells the clients, and exits
+        with status 130 and a one-line reason naming the signal and the last saved round.
         """
-        restore = self._catch_sigterm()
-        self.start()
-        server_round = self._first_round
+        self._signals.install()
         try:
-            self.gateway.wait_for(max(self.num_clients, self._min("min_available_clients")),
-                                  self.wait_timeout, self._say)
-            self._say(f"{len(self.gateway.sessions)} clients connected: "
-                      f"{', '.join(sorted(self.gateway.sessions))}")
-            for server_round in range(self._first_round, self.rounds + 1):
-                self._run_round(server_round)
-                self._checkpoint(server_round)
-            self._save_final_model()
-            self._finish("completed")
-        except KeyboardInterrupt:
-            self._stop_clients("the server was stopped (Ctrl-C)")
-            self._shutdown()  # before the message: TensorBoard is flushed when it is printed
-            print(f"PyFed server stopped by Ctrl-C during round {server_round}; "
-                  f"{self._resume_hint(server_round)}", file=sys.stderr, flush=True)
-            raise SystemExit(130) from None
-        except BaseException:
-            self._stop_clients("the server failed")
-            raise
+            self.start()
+            try:
+                self._stage = f"while waiting for clients, before round {self._first_round} started"
+                self.gateway.wait_for(max(self.num_clients, self._min("min_available_clients")),
+                                      self.wait_timeout, self._say, self.progress_interval)
+                self._say(f"{len(self.gateway.sessions)} clients connected: "
+                          f"{', '.join(sorted(self.gateway.sessions))}")
+                for server_round in range(self._first_round, self.rounds + 1):
+                    self._stage = f"during round {server_round}"
+                    self._run_round_with_retries(server_round)
+                    self._stage = f"during round {server_round}, while saving its checkpoint"
+                    self._checkpoint(server_round)
+                self._stage = "after the last round, while saving the final model"
+                self._complete()
+            except KeyboardInterrupt as stop:
+                self._stop_clients(f"the server was stopped ({describe(stop)})")
+                self._shutdown()  # before the message: TensorBoard is flushed when it is printed
+                print(f"PyFed server stopped by {describe(stop)} {self._stage}; "
+                      f"{self._resume_hint()}", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
+            except BaseException:
+                self._stop_clients("the server failed")
+                raise
+            finally:
+                self._shutdown()
         finally:
-            self._shutdown()
-            restore()
+            self._signals.restore()
+        if self.verbose and self.print_logs_line:
+            print(logs_line(self.run_dir, self.logdir), flush=True)
         if self.launch_tensorboard:
             self.tensorboard_process = launch_tensorboard(self.logdir, self.tensorboard_port)
         return self.history
@@ -266,6 +302,13 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         if self.verbose:
             print(line, flush=True)
 
+    def _warn(self, line: str) -> None:
+        """A warning through the ``pyfed`` logger; printed to stderr as well when the
+        application configured no logging (pyfed's NullHandler would swallow it)."""
+        logger.warning(line)
+        if self.verbose and not _logging_configured():
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+
     def _min(self, attribute: str) -> int:
         return int(getattr(self.strategy, attribute, 1))
 
@@ -273,11 +316,32 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
     # Rounds
     # ------------------------------------------------------------------------------------------
 
+    def _run_round_with_retries(self, server_round: int) -> None:
+        """Run the round; one that fails for lack of usable updates runs again with the same
+        number and global model (the strategy restarts its aggregate in ``begin``; the model
+        changes only in ``finish``), up to ``round_retries`` times."""
+        for attempt in itertools.count(1):
+            try:
+                self._run_round(server_round)
+                return
+            except RoundError as exc:
+                if attempt > self.round_retries:
+                    raise RoundError(f"{exc}; giving up after {attempt} attempt"
+                                     f"{'s' if attempt > 1 else ''} "
+                                     f"(round_retries={self.round_retries})") from None
+                self._warn(f"{exc}; running round {server_round} again with the same global "
+                           f"model (retry {attempt} of {self.round_retries})")
+
     def _run_round(self, server_round: int) -> None:
-        self.gateway.wait_for(self._min("min_available_clients"), self.wait_timeout, self._say)
+        self.gateway.wait_for(self._min("min_available_clients"), self.wait_timeout, self._say,
+                              self.progress_interval)
         parameters = self.adapter.get_weights()
         if self.downlink is not None:
-            wire, meta = self.downlink.publish(parameters)
+            # A retried round resends what it published: publishing again would move the global
+            # model (error feedback) and the version the clients hold.
+            if self._published is None or self._published[0] != server_round:
+                self._published = (server_round, *self.downlink.publish(parameters))
+            _, wire, meta = self._published
             parameters = list(self.downlink.model)
             self.adapter.set_weights(parameters)
         # Only idle clients: one still working on a round that closed at its deadline would
@@ -292,7 +356,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             reference = parameters
             decode = lambda arrays: compression.decode(self.codec, arrays, None, self._spec, reference)  # noqa: E731
         fit = FitCollector(server_round, set(plan), self.strategy, self._spec, self.max_examples,
-                           on_history=self.tb.client_history, decode=decode)
+                           on_history=functools.partial(self.tb.client_history,
+                                                        server_round=server_round),
+                           decode=decode)
         self.strategy.begin(server_round, parameters)
         weights = tuple(parameters)
         for name, config in plan.items():
@@ -310,7 +376,11 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self._wait(fit, timeout, "training")
         for client, reason in sorted(fit.failures.items()):
             logger.warning("round %d: %s did not contribute: %s", server_round, client, reason)
-        fit.require(self._min("min_fit_clients"))
+        try:
+            fit.require(self._min("min_fit_clients"))
+        except RoundError:
+            fit.close("the round failed")  # no late answer may fold into the retry's aggregate
+            raise
         new_parameters, fit_metrics = self.strategy.finish()
         self.adapter.set_weights(new_parameters)
 
@@ -341,14 +411,24 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                              bytes_in, bytes_out, extra=extra), flush=True)
 
     def _idle_sessions(self) -> dict:
-        """The idle clients, waiting (bounded by ``wait_timeout``) until there are enough."""
+        """The idle clients, waiting (bounded by ``wait_timeout``) until there are enough, and
+        saying every ``progress_interval`` s who is still busy."""
         needed = self._min("min_available_clients")
         limit = self.wait_timeout if self.wait_timeout is not None else self.round_timeout
         deadline = None if limit is None else time.monotonic() + limit
+        next_line = time.monotonic() + self.progress_interval
         while True:
             sessions = self.gateway.snapshot(idle_only=True)
             if len(sessions) >= needed or (deadline is not None and time.monotonic() > deadline):
                 return sessions
+            if time.monotonic() >= next_line:
+                next_line = time.monotonic() + self.progress_interval
+                busy = sorted(set(self.gateway.snapshot()) - set(sessions))
+                shown = ", ".join(printable(name, 60) for name in busy[:10])
+                more = f" and {len(busy) - 10} more" if len(busy) > 10 else ""
+                self._say(f"waiting for clients to be free: {len(sessions)} of {needed} idle"
+                          f"{f' (busy: {shown}{more})' if busy else ''} · "
+                          f"{needed - len(sessions)} missing")
             time.sleep(0.05)
 
     def _wait(self, collector: Collector, timeout: float | None, doing: str) -> None:
@@ -414,15 +494,28 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
     # ------------------------------------------------------------------------------------------
 
     def _checkpoint(self, server_round: int) -> None:
-        save_checkpoint(self.checkpoint_dir or self.run_dir, Checkpoint(
+        """Save the round. A failed write (a full disk, no file descriptor left) costs this
+        checkpoint, not the run: it is logged and the next round writes a whole one."""
+        directory = self.checkpoint_dir or self.run_dir
+        checkpoint = Checkpoint(
             server_round=server_round, weights=self.adapter.get_weights(),
             strategy_state=self.strategy.state_dict() if hasattr(self.strategy, "state_dict") else {},
-            history=self.history.to_dict(), run_name=self.run_dir.name, spec_hash=self._spec_hash))
+            history=self.history.to_dict(), run_name=self.run_dir.name, spec_hash=self._spec_hash)
+        with self._signals.deferred():  # a stop signal waits until the file is whole
+            try:
+                save_checkpoint(directory, checkpoint)
+            except OSError as exc:
+                self._warn(f"checkpoint for round {server_round} was not written to "
+                           f"{directory / CHECKPOINT_FILE}: {exc.strerror or exc}; the run goes "
+                           "on and the next round tries again")
+                return
+            self._saved_round = server_round
 
     def _load_resume_checkpoint(self) -> Checkpoint | None:
         path = find_checkpoint(self.logdir, self.run_name, self.checkpoint_dir)
         if path is None:
-            self._say(f"resume: no checkpoint under {self.checkpoint_dir or self.logdir}; "
+            run = f"of run {self.run_name!r} " if self.run_name and not self.checkpoint_dir else ""
+            self._say(f"resume: no checkpoint {run}under {self.checkpoint_dir or self.logdir}; "
                       "starting from round 1")
             return None
         checkpoint = load_checkpoint(path)
@@ -435,29 +528,73 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             self.strategy.load_state_dict(checkpoint.strategy_state)
         self.history = History.from_dict(checkpoint.history)
         self._first_round = checkpoint.server_round + 1
-        self._say(f"resuming run {checkpoint.run_name} after round {checkpoint.server_round} "
+        self._saved_round = checkpoint.server_round
+        self._resume_path = path
+        run_name = path.parent.name if self.checkpoint_dir is None else checkpoint.run_name
+        self._say(f"resuming run {run_name} after round {checkpoint.server_round} "
                   f"(checkpoint {path})")
         return checkpoint
 
-    def _resume_hint(self, server_round: int) -> str:
-        done = self.history.rounds[-1] if self.history.rounds else 0
+    def _open_run_dir(self, checkpoint: Checkpoint | None) -> tuple[Path, bool, bool]:
+        """``(folder, created now, continues an earlier run)``. A resumed run never drifts into
+        a new numbered folder: it continues in its checkpoint's folder, else in the folder
+        named ``run_name`` if there is one."""
+        if checkpoint is not None:
+            run_dir = (self._resume_path.parent if self.checkpoint_dir is None
+                       else self.logdir / checkpoint.run_name)
+        elif self.resume and self.run_name is not None and (self.logdir / self.run_name).is_dir():
+            run_dir = self.logdir / self.run_name
+            self._say(f"resume: continuing in {run_dir}")
+        else:
+            return new_run_dir(self.logdir, self.run_name), True, False
+        created = not run_dir.is_dir()
+        if created:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create the run folder {run_dir}: "
+                                   f"{exc.strerror or exc}") from None
+        return run_dir, created, not created
+
+    def _resume_hint(self) -> str:
+        done = self._saved_round
         where = self.checkpoint_dir or self.run_dir
         if not done:
+            if self.history.rounds:
+                return "no checkpoint could be written, so there is none to resume from"
             return "no round had completed, so there is no checkpoint"
         rounds = "round 1 is" if done == 1 else f"rounds 1-{done} are"
         return f"{rounds} saved in {where}; restart with resume=True (--resume) to continue"
+
+    def _complete(self) -> None:
+        """Save the final model and send it to the clients. A model that cannot be saved (a
+        full disk) fails the run with one line naming the file, after the clients have it."""
+        try:
+            self._save_final_model()
+        except StorageError:
+            self._finish("completed")
+            raise
+        self._finish("completed")
 
     def _save_final_model(self) -> None:
         """Atomically: write beside the target, then ``os.replace``."""
         if is_keras_model(self.curr_model):
             target = self.run_dir / "final.keras"
             temporary = self.run_dir / f".final-{os.getpid()}.keras"
-            self.curr_model.save(temporary)
         else:
             target = self.run_dir / "final_weights.npz"
             temporary = self.run_dir / f".final-{os.getpid()}.npz"
-            np.savez(temporary, *self.adapter.get_weights())
-        os.replace(temporary, target)
+        try:
+            if is_keras_model(self.curr_model):
+                self.curr_model.save(temporary)
+            else:
+                np.savez(temporary, *self.adapter.get_weights())
+            os.replace(temporary, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise StorageError(f"cannot save the final model to {target}: "
+                               f"{exc.strerror or exc}") from None
         self.final_model_path = target
 
     def _finish(self, reason: str) -> None:
@@ -475,7 +612,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
     def _stop_clients(self, reason: str) -> None:
         """Tell every client the server is going away (they may reconnect to a resumed run)."""
         for session in self.gateway.snapshot().values():
-            session.notify_stop(reason)
+            if not session.finished.is_set():  # those that have FINISH need no other word
+                session.notify_stop(reason)
 
     def _shutdown(self) -> None:
         if self._shut_down:
@@ -485,14 +623,15 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         if self.tb is not None:
             self.tb.close()
 
-    def _catch_sigterm(self):
-        """SIGTERM stops training like Ctrl-C (only the main thread can install handlers)."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
 
-        def handler(signum, frame):
-            raise KeyboardInterrupt
-
-        previous = signal.signal(signal.SIGTERM, handler)
-        return lambda: signal.signal(signal.SIGTERM, previous)
-
+def _logging_configured() -> bool:
+    """Does a record from the ``pyfed`` logger reach a real handler? pyfed installs a
+    NullHandler, so an application without logging set up would see nothing."""
+    current = logger
+    while current is not None:
+        if any(not isinstance(handler, logging.NullHandler) for handler in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False

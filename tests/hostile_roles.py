@@ -19,6 +19,9 @@ Roles:
   description of 40 TiB of weights); ``honest`` plays a correct
   ``--rounds``-round run. Prints ``READY <port>``, then ``CLIENT_ERROR {json}`` for each ERROR
   the client sends, ``RESULT {json}`` for each FIT_RESULT, ``CLOSED {json}`` at the end.
+  server hangs up, ``FINISHED {json}`` on FINISH. With ``--bad-fits N`` only the first N FITs
+  get the crafted reply and later ones an honest echo (a transient fault), and every FIT is
+  reported as ``FIT {json}`` with a digest of its weights.
 
 The helpers (``read_frame``, ``wait_closed``...) are also imported by ``test_hostile.py``.
 """
@@ -26,6 +29,7 @@ The helpers (``read_frame``, ``wait_closed``...) are also imported by ``test_hos
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -158,15 +162,20 @@ def server(args) -> None:
 
     options = {}
     for key in ("handshake_timeout", "max_connections", "max_message_bytes", "max_examples",
-                "round_timeout", "wait_timeout", "token"):
+                "round_timeout", "wait_timeout", "token", "round_retries", "progress_interval"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value  # only what the test asked for: a missing feature is a TypeError
+    strategy_options = {}
     if args.max_update_norm is not None:
+        strategy_options.update(max_update_norm=args.max_update_norm,
+                                update_norm_action=args.update_norm_action)
+    if args.min_fit_clients is not None:
+        strategy_options["min_fit_clients"] = args.min_fit_clients
+    if strategy_options:
         from pyfed.strategy import FedAvg
 
-        options["strategy"] = FedAvg(max_update_norm=args.max_update_norm,
-                                     update_norm_action=args.update_norm_action)
+        options["strategy"] = FedAvg(**strategy_options)
     srv = FL_Server(SoftmaxRegression(64, 10), args.clients, args.rounds, port=args.port,
                     logdir=args.logdir, **options)
     srv.start()
@@ -244,6 +253,11 @@ EVAL_MODES = {
     "eval-loss-nan": {"loss": float("nan")},
     "eval-metric-overflow": {"metrics": {"accuracy": 10**400}},
 }
+def weights_digest(weights) -> str:
+    digest = hashlib.sha256()
+    for array in weights:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def crafted_result(mode: str, fit, huge_examples: int) -> bytes:
@@ -332,6 +346,16 @@ def evil_session(port: int, mode: str, args) -> None:
             kind = message.KIND
             if kind is MessageKind.FIT:
                 rounds_seen += 1
+                if args.bad_fits is not None:
+                    # Only the first --bad-fits FITs get the crafted reply; later ones an honest
+                    # echo of the weights (a transient fault). Each FIT's weights are reported.
+                    emit("FIT", {"mode": mode, "round": message.round,
+                                 "weights": weights_digest(message.weights)})
+                    if rounds_seen > args.bad_fits:
+                        sock.sendall(protocol.encode_bytes(FitResult(
+                            round=message.round, num_examples=100,
+                            weights=tuple(np.array(w, dtype=np.float32) for w in message.weights))))
+                        continue
                 if mode in ("second-hello", "garbage-after-welcome"):
                     # A server that reads a client only after sending it FIT finds our illegal
                     # bytes now: answer nothing and wait for it to hang up.
@@ -489,6 +513,9 @@ def main() -> None:
     parser.add_argument("--token", default=None)
     parser.add_argument("--max-update-norm", type=float, default=None)
     parser.add_argument("--update-norm-action", default="clip")
+    parser.add_argument("--round-retries", type=int, default=None)
+    parser.add_argument("--progress-interval", type=float, default=None)
+    parser.add_argument("--min-fit-clients", type=int, default=None)
     # honest-client
     parser.add_argument("--index", type=int, default=1)
     parser.add_argument("--examples", type=int, default=200)
@@ -507,6 +534,8 @@ def main() -> None:
     parser.add_argument("--fault", default="shape")
     parser.add_argument("--fit-config", default="{}")
     parser.add_argument("--fit-round", type=int, default=1)
+    parser.add_argument("--bad-fits", type=int, default=None,
+                        help="craft only the first N replies; echo the weights afterwards")
     args = parser.parse_args()
     {"server": server, "honest-client": honest_client, "evil-client": evil_client,
      "evil-server": evil_server}[args.role](args)

@@ -113,6 +113,8 @@ def softmax_server(args) -> None:
     options = security_options(args)
     if args.ssl_certfile:
         options.update(ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+    if args.round_retries is not None:
+        options["round_retries"] = args.round_retries
     srv = FL_Server(SoftmaxRegression(64, 10), args.clients, args.rounds, port=args.port,
                     logdir=args.logdir, strategy=make_strategy(args),
                     test_data=(test_x, test_y) if args.centralized else None,
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--validation-split", type=float, default=0.0)
     parser.add_argument("--round-timeout", type=float, default=None)
     parser.add_argument("--progress-interval", type=float, default=10.0)
+    parser.add_argument("--round-retries", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--name", default=None)

@@ -177,9 +177,12 @@ def test_round_deadline_fails_the_round_naming_who_was_missing(tmp_path):
     port, logdir = free_port(), tmp_path / "logs"
     retry = {"max_retries": 1, "retry_interval": 0.2}
     with ProcessGroup(tmp_path / "procs") as group:
+        # round_retries=0: this is the failure a round's retries end with (test_lifecycle.py
+        # shows the retries themselves).
         group.role("server", *server_args(port, logdir, rounds=3, round_timeout=2,
                                           progress_interval=0.5,
-                                          strategy_options={"min_fit_clients": 3}))
+                                          strategy_options={"min_fit_clients": 3}),
+                   "--round-retries", 0)
         group.role("client_1", *client_args(port, logdir, 1, **retry))
         group.role("client_2", *client_args(port, logdir, 2, **retry))
         group.role("client_3", *client_args(port, logdir, 3, slow=6, slow_rounds="1", **retry))

@@ -177,3 +177,55 @@ def test_clients_with_names_that_used_to_share_a_folder_each_keep_their_own_curv
         curves = scalars(clients / path_component(name))
         # Each global epoch exactly once: a shared folder would hold every step three times.
         assert [step for step, _ in curves["epoch_loss"]] == list(range(rounds * epochs)), name
+def test_a_resumed_writer_purges_what_the_stopped_run_wrote_past_its_checkpoint(tmp_path):
+    stopped = ScalarWriter(tmp_path / "w")
+    for step in range(1, 6):
+        stopped.scalars({"loss": step}, step)
+    stopped.close()
+    resumed = ScalarWriter(tmp_path / "w", purge_step=4)  # the checkpoint held round 3
+    for step in range(4, 8):
+        resumed.scalars({"loss": 10 * step}, step)
+    resumed.close()
+    assert scalars(tmp_path / "w")["loss"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0),
+                                               (6, 60.0), (7, 70.0)]
+
+
+def test_a_resumed_run_purges_each_client_from_the_epoch_its_first_round_began(tmp_path):
+    from pyfed.logs import RunLogger
+
+    first = RunLogger(tmp_path)
+    for server_round in (1, 2, 3):  # 2 epochs a round; round 3 was never checkpointed
+        first.client_history("c", {"loss": [server_round, server_round]}, (server_round - 1) * 2,
+                             server_round=server_round)
+    first.close()
+    resumed = RunLogger(tmp_path, resumed_round=3)
+    # This client's first round after the resume is round 4: its purge still starts at round 3.
+    resumed.client_history("c", {"loss": [4.0, 4.0]}, 6, server_round=4)
+    resumed.close()
+    assert scalars(tmp_path / "clients" / "c")["epoch_loss"] == [
+        (0, 1.0), (1, 1.0), (2, 2.0), (3, 2.0), (6, 4.0), (7, 4.0)]
+
+
+def test_a_writer_that_cannot_write_warns_once_and_goes_on(tmp_path, caplog):
+    (tmp_path / "file").write_text("not a folder")
+    writer = ScalarWriter(tmp_path / "file" / "w")
+    with caplog.at_level("WARNING", logger="pyfed"):
+        for step in range(3):
+            writer.scalars({"a": 1.0}, step)
+        writer.flush()
+        writer.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(tmp_path / "file" / "w") in warnings[0], warnings
+
+
+def test_a_round_written_again_replaces_its_first_curve(tmp_path):
+    from pyfed.logs import RunLogger
+
+    logger = RunLogger(tmp_path)
+    logger.client_history("c", {"loss": [1.0, 1.0]}, 0, server_round=1)
+    logger.client_history("c", {"loss": [2.0, 2.0]}, 2, server_round=2)  # a round that failed
+    logger.client_history("c", {"loss": [3.0, 3.0]}, 2, server_round=2)  # ... and its retry
+    logger.client_history("c", {"loss": [4.0, 4.0]}, 4, server_round=3)
+    logger.close()
+    assert scalars(tmp_path / "clients" / "c")["epoch_loss"] == [
+        (0, 1.0), (1, 1.0), (2, 3.0), (3, 3.0), (4, 4.0), (5, 4.0)]

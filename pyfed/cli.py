@@ -406,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     token_option(p)
     p.add_argument("--ssl-certfile", help="serve over TLS with this certificate (PEM)")
     p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
-    p.add_argument("--max-connections", type=positive_int, default=1024,
-                   help="open connections at most; more are refused at once")
+    p.add_argument("--max-connections", type=positive_int, default=None,
+                   help="open connections at most; more are refused at once (default: what the "
+                        "open-file limit leaves room for, (ulimit -n - open - 64) / 2)")
     p.add_argument("--handshake-timeout", type=positive_float, default=10.0,
                    help="seconds a new connection has to complete its handshake")
 

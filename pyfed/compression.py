@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import ConfigurationError, ProtocolError
+from .layout import ArraySlot, Layout
 from .protocol import ALIGNMENT
 from .safe_text import printable
 from .spec import TensorSpec, spec_of_arrays
@@ -42,6 +43,32 @@ def wire_nbytes(arrays: Sequence[np.ndarray]) -> int:
     for array in arrays:
         end = (end + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT + np.asarray(array).nbytes
     return end
+
+
+def _both_orders(kind_and_size: str) -> frozenset:
+    return frozenset({"<" + kind_and_size, ">" + kind_and_size})
+
+
+def wire_layout(codec: str | None, spec: Sequence[TensorSpec]) -> Layout:
+    """The arrays a FIT_RESULT carries under ``codec`` (what :func:`decode` accepts with the
+    run's codec), checked on the frame's header before its body is read: the model's tensors,
+    float ones as float16 (fp16) or int8 codes (int8, plus one float32 scale per float tensor);
+    other tensors exactly as in the spec."""
+    codec = validate_codec(codec)
+    slots = []
+    for index, s in enumerate(spec):
+        label = f"tensor {index} ({s.path or s.name})"
+        if codec == "none" or not _is_float(s.dtype):
+            dtypes = frozenset({np.dtype(s.dtype).str})
+        elif codec == "fp16":
+            dtypes = _both_orders("f2")
+        else:
+            dtypes = frozenset({"|i1"})
+        slots.append(ArraySlot(label, tuple(int(d) for d in s.shape), dtypes))
+    if codec == "int8":
+        floats = sum(1 for s in spec if _is_float(s.dtype))
+        slots.append(ArraySlot("scales array", (floats,), _both_orders("f4")))
+    return Layout(tuple(slots))
 
 
 def fingerprint(arrays: Sequence[np.ndarray]) -> str:

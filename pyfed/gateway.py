@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import select
 import socket
@@ -21,6 +22,9 @@ from collections.abc import Callable
 
 from . import auth, messages, protocol
 from .errors import InvalidValue, PyFedError
+from .fd_limits import default_max_connections, open_file_limit
+from .layout import Layout
+from .pacing import UploadPace
 from .protocol import HANDSHAKE_LIMITS, VERSION, FrameLimits, Role
 from .safe_text import printable
 from .session import ClientSession
@@ -30,6 +34,12 @@ from .transport import BufferPool, Channel, listen, tls_handshake
 logger = logging.getLogger("pyfed")
 
 MAX_NAME_LENGTH = 128
+
+# accept() failures that mean "out of a resource for now" (descriptors, kernel memory): the
+# pending connection stays in the backlog, so the loop backs off instead of spinning.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 1.0
 
 
 class Refused(Exception):
@@ -45,7 +55,9 @@ class Gateway:
     def __init__(self, *, host: str, port: int, welcome: Callable[[str], messages.Welcome],
                  spec, spec_hash: str, pool: BufferPool, token: bytes | None = None,
                  ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = 10.0,
-                 max_connections: int = 1024, max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES):
+                 max_connections: int | None = None,
+                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+                 layout: Layout | None = None, upload_pace: UploadPace | None = None):
         self.host = host
         self.port = port
         self.welcome = welcome
@@ -55,8 +67,12 @@ class Gateway:
         self.token = token
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
-        self.max_connections = max_connections
+        # None: as many as the open-file limit leaves room for (see pyfed.limits).
+        self.max_connections_derived = max_connections is None
+        self.max_connections = default_max_connections() if max_connections is None else max_connections
         self.max_message_bytes = max_message_bytes
+        self.layout = layout  # what a FIT_RESULT must carry, checked on its header
+        self.upload_pace = upload_pace or UploadPace()
         self.sessions: dict[str, ClientSession] = {}
         self._secrets: dict[str, str] = {}  # name -> reconnect secret, while the name is live
         self.lock = threading.Lock()
@@ -67,6 +83,9 @@ class Gateway:
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._short_of: str | None = None  # the resource accept() ran out of, while backing off
+        self._short_since = 0.0
+        self._short_count = 0
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -107,16 +126,22 @@ class Gateway:
     def _accept_loop(self) -> None:
         listener = self._listener
         listener.settimeout(0.5)  # so the loop notices shutdown
+        backoff = _BACKOFF_FIRST
         while not self._stopping.is_set():
             try:
                 sock, addr = listener.accept()
             except socket.timeout:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
-                logger.exception("accept failed; continuing")
-                time.sleep(0.1)
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._short(f"{exc.strerror or exc} (errno {errno.errorcode.get(exc.errno)})")
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                else:  # e.g. ECONNABORTED: that one connection is gone, the listener is fine
+                    logger.warning("accept failed: %s; continuing", exc.strerror or exc)
+                    self._stopping.wait(0.01)
                 continue
             with self.lock:
                 full = self.connections >= self.max_connections
@@ -127,16 +152,48 @@ class Gateway:
                 continue
             thread = threading.Thread(target=self._serve_connection, args=(sock, addr),
                                       name=f"pyfed-conn-{addr[0]}:{addr[1]}", daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+                with self.changed:
+                    self.connections -= 1
+                    self.changed.notify_all()
+                with contextlib.suppress(OSError):
+                    sock.close()
+                self._short(f"cannot start a connection thread ({exc})")
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            backoff = _BACKOFF_FIRST
+            self._recovered()  # a connection is being served: whatever ran out is back
             with self.lock:
                 self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+
+    def _short(self, what: str) -> None:
+        """Log running out of a resource once per episode, not once per failed accept."""
+        self._short_count += 1
+        if self._short_of is None:
+            self._short_of = what
+            self._short_since = time.monotonic()
+            limit = open_file_limit()
+            logger.warning("accepting connections paused: %s; %d connections open, open-file "
+                           "limit %s, max_connections=%d; the server keeps running and retries "
+                           "(backing off up to %g s)", what, self.connections,
+                           "none" if limit is None else limit, self.max_connections, _BACKOFF_MAX)
+
+    def _recovered(self) -> None:
+        if self._short_of is not None:
+            logger.warning("accepting connections again after %.1f s (%d failed attempts: %s)",
+                           time.monotonic() - self._short_since, self._short_count, self._short_of)
+            self._short_of = None
+            self._short_count = 0
 
     def _refuse_capacity(self, sock: socket.socket, addr) -> None:
         self.refused_for_capacity += 1
         if self.refused_for_capacity in (1, 10, 100) or self.refused_for_capacity % 1000 == 0:
-            logger.warning("refusing connection from %s:%s: %d connections open (max_connections=%d)"
+            logger.warning("refusing connection from %s:%s: %d connections open (max_connections=%d%s)"
                            " [%d refused so far]", addr[0], addr[1], self.max_connections,
-                           self.max_connections, self.refused_for_capacity)
+                           self.max_connections, self._derivation(), self.refused_for_capacity)
         # Best effort, never blocking the accept loop: a plain (non-TLS) peer learns why.
         with contextlib.suppress(OSError):
             sock.setblocking(False)
@@ -146,6 +203,12 @@ class Gateway:
                     code="server_full")))
         with contextlib.suppress(OSError):
             sock.close()
+
+    def _derivation(self) -> str:
+        if not self.max_connections_derived:
+            return ""
+        return (f", from the open-file limit {open_file_limit()}: raise it with ulimit -n or "
+                "pass max_connections")
 
     def _serve_connection(self, sock: socket.socket, addr) -> None:
         peer = f"{addr[0]}:{addr[1]}"
@@ -197,7 +260,8 @@ class Gateway:
             # connected from where (the duplicate-name check below).
             self._check_model(hello)
             welcome = self.welcome(name)  # before registering: a failure here leaves no trace
-            session = ClientSession(name, channel, self.pool, evaluates=hello.evaluates)
+            session = ClientSession(name, channel, self.pool, evaluates=hello.evaluates,
+                                    layout=self.layout, pace=self.upload_pace)
             secret = self._register(session, hello.reconnect_secret)
         except Refused as refusal:
             # %r: a name comes from the network and must not be able to forge log lines

@@ -311,6 +311,16 @@ def decode_body(prefix: FramePrefix, fields: dict, descriptors: list,
     return cls(**values)
 
 
+def decode_without_body(prefix: FramePrefix, fields: dict) -> Message:
+    """The message with its arrays left out, for a body that was read and thrown away (a result
+    too late to count): the conversation still sees the message and moves on."""
+    cls = MESSAGE_TYPES[prefix.kind]
+    values = dict(fields)
+    if cls.ARRAY_FIELD is not None:
+        values[cls.ARRAY_FIELD] = ()
+    return cls(**values)
+
+
 def decode(data: bytes | bytearray | memoryview, limits: FrameLimits = FrameLimits()) -> Message:
     """Decode one whole frame held in memory. The only exception it raises is ProtocolError."""
     view = memoryview(data)
@@ -390,8 +400,29 @@ class Conversation:
             raise ProtocolError(str(problem))
         next_state = TRANSITIONS.get((self.state, self.role.peer, kind))
         if next_state is None:
-            self._illegal(self.role.peer, kind, "receive")
+            raise self._illegal(self.role.peer, kind, "receive")
         self.state = next_state
+
+    def check(self, kind: MessageKind) -> None:
+        """Raise ProtocolError if the peer may not send ``kind`` now, without changing state.
+
+        The transport calls this on a frame's prefix, so an unasked-for message (a FIT_RESULT
+        while READY) is refused before any byte of its header or body is read or allocated."""
+        if not self._always_legal(kind) and (self.state, self.role.peer, kind) not in TRANSITIONS:
+            raise self._illegal(self.role.peer, kind, "receive")
+
+    def _always_legal(self, kind: MessageKind) -> bool:
+        """PING and ERROR may come at any point of a live conversation (PING not before HELLO)."""
+        return self.state in _LIVE_STATES and (
+            kind is K.ERROR or (kind is K.PING and self.state is not State.START))
+
+    def _illegal(self, sender: Role, kind: MessageKind, verb: str) -> ProtocolError:
+        action = (f"received {kind.name} from the {sender.value}" if verb == "receive"
+                  else f"tried to send {kind.name}")
+        allowed = sorted(k.name for (s, r, k) in TRANSITIONS if s is self.state and r is sender)
+        return ProtocolError(
+            f"{self.role.value} {action} in state {self.state.name}; "
+            f"expected one of {allowed or ['nothing']} (or PING/ERROR)")
 
     def _advance(self, sender: Role, message: Message, verb: str) -> None:
         kind = message.KIND
@@ -407,13 +438,5 @@ class Conversation:
             return
         next_state = TRANSITIONS.get((self.state, sender, kind))
         if next_state is None:
-            self._illegal(sender, kind, verb)
+            raise self._illegal(sender, kind, verb)
         self.state = next_state
-
-    def _illegal(self, sender: Role, kind: MessageKind, verb: str):
-        action = (f"received {kind.name} from the {sender.value}" if verb == "receive"
-                  else f"tried to send {kind.name}")
-        allowed = sorted(k.name for (s, r, k) in TRANSITIONS if s is self.state and r is sender)
-        raise ProtocolError(
-            f"{self.role.value} {action} in state {self.state.name}; "
-            f"expected one of {allowed or ['nothing']} (or PING/ERROR)")

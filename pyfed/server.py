@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import auth, compression, messages
-from .compression import Downlink, validate_codec
+from .compression import Downlink, validate_codec, wire_layout
 from .checkpoint import (CHECKPOINT_FILE, Checkpoint, find_checkpoint, load_checkpoint,
                          remove_orphaned_temporaries, save_checkpoint)
 from .errors import ConfigurationError, RoundError, StorageError
@@ -31,6 +31,7 @@ from .history import History
 from .logs import (RUN_MARKER, RunLogger, discard_run_dir, format_metrics, launch_tensorboard,
                    logs_line, new_run_dir, round_line)
 from .models import as_adapter, is_keras_model
+from .pacing import MIN_UPLOAD_RATE, UPLOAD_STALL_TIMEOUT, UploadPace
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES
 from .rounds import Collector, EvaluateCollector, FitCollector
 from .safe_text import single_component
@@ -71,8 +72,13 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         token / token_file: shared secret (else $PYFED_TOKEN) for a mutual HMAC challenge.
         ssl_certfile, ssl_keyfile: serve over TLS.
         handshake_timeout: seconds a new connection has for its whole handshake (default 10).
-        max_connections: open connections at most (default 1024); more are refused at once.
+        max_connections: open connections at most; more are refused at once. Default: what the
+            open-file limit leaves room for, (RLIMIT_NOFILE - open - 64) // 2 (see pyfed.limits).
         max_message_bytes: cap on a received body (default 4 GiB).
+        min_upload_rate, upload_stall_timeout: once a result has begun to arrive, it must be
+            whole within ``upload_stall_timeout + size / min_upload_rate`` seconds (default
+            5 s + size / 256 KiB/s), and a pause longer than ``upload_stall_timeout`` while it
+            holds a receive buffer drops it; see pyfed.pacing.
         max_examples: cap on a client's declared ``num_examples`` (default 10**9), i.e. on its
             weight in the mean. The count cannot be checked, so this bounds a client's influence
             only weakly; a strategy's ``max_update_norm`` bounds the update itself.
@@ -92,11 +98,16 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                  resume: bool = False, token: str | bytes | None = None,
                  token_file: str | os.PathLike | None = None, ssl_certfile: str | None = None,
                  ssl_keyfile: str | None = None, handshake_timeout: float = 10.0,
-                 max_connections: int = 1024, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_connections: int | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_examples: int = 10**9, buffer_pool_size: int = 2,
-                 compression: str | None = None, round_retries: int = 3):
+                 compression: str | None = None, round_retries: int = 3,
+                 min_upload_rate: float = MIN_UPLOAD_RATE,
+                 upload_stall_timeout: float = UPLOAD_STALL_TIMEOUT):
         for label, value, low in (("num_clients", num_clients, 1), ("rounds", rounds, 1),
                                   ("max_connections", max_connections, 1)):
+            if label == "max_connections" and value is None:
+                continue  # derived from the open-file limit
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigurationError(f"{label} must be a positive integer; received {value!r}")
         if not isinstance(port, int) or not 0 <= port <= 65535:
@@ -140,9 +151,13 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self._prepare_centralized_evaluation(loss, metrics)
         self._spec = self.adapter.spec()
         self._spec_hash = spec_hash(self._spec)
+        # What a FIT_RESULT must carry: checked on its header, and the size of every buffer.
+        uplink = wire_layout(self.codec, self._spec)
         self.gateway = Gateway(
             host=self.host, port=port, welcome=self._welcome, spec=self._spec,
-            spec_hash=self._spec_hash, pool=BufferPool(buffer_pool_size),
+            spec_hash=self._spec_hash,
+            pool=BufferPool(buffer_pool_size, max_nbytes=uplink.body_nbytes),
+            layout=uplink, upload_pace=UploadPace(min_upload_rate, upload_stall_timeout),
             token=auth.resolve_token(token, token_file),
             ssl_context=server_ssl_context(ssl_certfile, ssl_keyfile) if ssl_certfile else None,
             handshake_timeout=handshake_timeout, max_connections=max_connections,
@@ -359,6 +374,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                            on_history=functools.partial(self.tb.client_history,
                                                         server_round=server_round),
                            decode=decode)
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.strategy.begin(server_round, parameters)
         weights = tuple(parameters)
         for name, config in plan.items():
@@ -372,8 +388,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                 config = {**config, "compression": current[1]}
                 version = self.downlink.version
             sessions[name].post(RequestJob(fit, messages.Fit(round=server_round, weights=weights,
-                                                             config=config), None, version))
-        self._wait(fit, timeout, "training")
+                                                             config=config), deadline, version))
+        self._wait(fit, timeout, "training", deadline)
         for client, reason in sorted(fit.failures.items()):
             logger.warning("round %d: %s did not contribute: %s", server_round, client, reason)
         try:
@@ -431,9 +447,11 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                           f"{needed - len(sessions)} missing")
             time.sleep(0.05)
 
-    def _wait(self, collector: Collector, timeout: float | None, doing: str) -> None:
+    def _wait(self, collector: Collector, timeout: float | None, doing: str,
+              deadline: float | None = None) -> None:
         """Wait for the round, saying every ``progress_interval`` s whom it waits on."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             step = self.progress_interval if remaining is None else min(self.progress_interval, remaining)
@@ -473,6 +491,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         if not plan:
             return None
         collector = EvaluateCollector(server_round, set(plan))
+        deadline = None if timeout is None else time.monotonic() + timeout
         weights = tuple(parameters)
         if self.downlink is not None:  # evaluation needs no shared base: fp16 is stateless
             arrays, meta = compression.encode("fp16", parameters)
@@ -480,8 +499,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             plan = {name: {**config, "compression": meta} for name, config in plan.items()}
         for name, config in plan.items():
             sessions[name].post(RequestJob(collector, messages.Evaluate(
-                round=server_round, weights=weights, config=config), None))
-        self._wait(collector, timeout, "evaluating")
+                round=server_round, weights=weights, config=config), deadline))
+        self._wait(collector, timeout, "evaluating", deadline)
         for client, reason in sorted(collector.failures.items()):
             logger.warning("round %d: %s did not evaluate: %s", server_round, client, reason)
         if not collector.results:

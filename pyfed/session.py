@@ -13,13 +13,17 @@ import queue
 import select
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 
 from . import messages
 from .errors import InvalidValue, PyFedError
+from .layout import Layout, LayoutMismatch
+from .messages import MessageKind
+from .pacing import UploadPace
 from .rounds import Collector, UpdateRejected
 from .safe_text import printable
-from .transport import BufferPool, Channel
+from .transport import BufferPool, Channel, NoBufferFree
 
 logger = logging.getLogger("pyfed")
 
@@ -38,7 +42,10 @@ class RequestJob:
 
     collector: Collector
     request: messages.Message
-    timeout: float | None
+    # The round's deadline (a time.monotonic() value; None: no deadline). A reply whose body
+    # gets no pool buffer by then cannot count: it is read through a scratch buffer and
+    # refused, so a late client keeps its connection and no buffer is waited for past it.
+    deadline: float | None
     # With compression: the global-model version this request carries, which the client
     # holds once it is sent (the next int8 delta is taken from it).
     model_version: int | None = None
@@ -53,11 +60,14 @@ class FinishJob:
 class ClientSession:
     """A connected, welcomed client. Its own thread owns the channel; others post jobs."""
 
-    def __init__(self, name: str, channel: Channel, pool: BufferPool, evaluates: bool = False):
+    def __init__(self, name: str, channel: Channel, pool: BufferPool, evaluates: bool = False,
+                 layout: Layout | None = None, pace: UploadPace | None = None):
         self.name = name
         self.evaluates = evaluates  # the client has held-out data for federated evaluation
         self.channel = channel
         self.pool = pool
+        self.layout = layout  # the arrays a FIT_RESULT must carry (None: not checked)
+        self.pace = pace  # how fast a reply must arrive once it has begun (None: no bound)
         self.jobs: queue.Queue = queue.Queue()
         self.alive = True
         self.busy = False
@@ -122,7 +132,9 @@ class ClientSession:
     def _read_unsolicited(self) -> None:
         """Between jobs a client may only PING; anything else (a hang-up, an early FIT_RESULT,
         garbage) ends the session now, instead of when the next round finds it."""
-        message = self.channel.receive(timeout=IDLE_READ_TIMEOUT)  # the state table judges it
+        # The state table judges it on its prefix; a whole PING or ERROR is due within the
+        # timeout, so an idle peer cannot dribble one forever.
+        message = self.channel.receive(deadline=time.monotonic() + IDLE_READ_TIMEOUT)
         if isinstance(message, messages.Error):
             raise PyFedError(f"{self.name} ended the session: {printable(message.reason)}")
 
@@ -166,17 +178,29 @@ class ClientSession:
             collector.fail(self.name, f"could not send {job.request.KIND.name}: {exc}")
             raise
         leased = []
+        late = []
 
         def allocate(nbytes):
-            buffer = self.pool.acquire(nbytes)
-            leased.append(buffer)
-            return buffer
+            """A pool buffer, waited for until the round's deadline; after it, None: the
+            result cannot count, so its body is read and dropped without holding one."""
+            remaining = None if job.deadline is None else job.deadline - time.monotonic()
+            if not collector.closed and (remaining is None or remaining > 0):
+                try:
+                    buffer = self.pool.acquire(nbytes, timeout=remaining)
+                except NoBufferFree:
+                    pass
+                else:
+                    leased.append(buffer)
+                    return buffer
+            late.append(nbytes)
+            return None
 
         before = self.channel.bytes_received
         scan = collector.value_scan()
         try:
             try:
-                reply = self.channel.receive(timeout=job.timeout, allocate=allocate, on_body=scan)
+                reply = self.channel.receive(allocate=allocate, on_body=scan,
+                                             expect=self._expect, pace=self.pace)
             except InvalidValue as exc:  # refused on its header (the body was skipped)
                 self.busy = False
                 collector.received(self.channel.bytes_received - before)
@@ -188,6 +212,14 @@ class ClientSession:
                 # thread wakes on that, and must not find this client still "busy".
                 self.busy = False
             collector.received(self.channel.bytes_received - before)
+            if late:
+                reason = f"arrived after round {collector.server_round} closed; not counted"
+                collector.fail(self.name, reason)
+                logger.warning("round %d: %s result from %s dropped: %s", collector.server_round,
+                               collector.kind, self.name, reason)
+                self.channel.send(messages.Error(reason=f"update rejected: {reason}",
+                                                 code="update_rejected", fatal=False))
+                return
             if isinstance(reply, messages.Error):
                 reason = printable(reply.reason)
                 collector.fail(self.name, f"client reported: {reason}")
@@ -201,6 +233,10 @@ class ClientSession:
         except Exception as exc:  # a bug too: the round hears of it instead of waiting
             collector.fail(self.name, str(exc) if isinstance(exc, PyFedError)
                            else f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, LayoutMismatch):  # refused unread: say why, then hang up
+                with contextlib.suppress(PyFedError):
+                    self.channel.send(messages.Error(reason=f"update rejected: {exc}",
+                                                     code="update_rejected", fatal=True))
             raise
         finally:
             for buffer in leased:  # the collector folded (or dropped) the update: reuse its buffer
@@ -212,3 +248,8 @@ class ClientSession:
                        collector.kind, self.name, problem)
         self.channel.send(messages.Error(reason=f"update rejected: {problem}",
                                          code="update_rejected", fatal=False))
+    def _expect(self, prefix, fields, descriptors) -> None:
+        """Refuse a FIT_RESULT on its header unless its arrays are the model's, before a byte
+        of its body is read or a buffer taken for it (``Channel.receive``'s ``expect``)."""
+        if prefix.kind is MessageKind.FIT_RESULT and self.layout is not None:
+            self.layout.check("FIT_RESULT", descriptors, prefix.body_length)

@@ -24,14 +24,23 @@ import numpy as np
 
 from . import protocol
 from .errors import ConnectionClosed, InvalidValue, NetworkError, ProtocolError, TLSError
-from .protocol import Conversation, FrameLimits, Message, Role
+from .pacing import PacedFrame, UploadPace, gate_size, receive_paced, wait_until_queued
+from .protocol import Conversation, FramePrefix, FrameLimits, Message, Role
 
 # sendmsg takes at most IOV_MAX buffers per call.
 _IOV_MAX = min(getattr(os, "sysconf", lambda _: 1024)("SC_IOV_MAX") or 1024, 1024)
 
-Allocator = Callable[[int], "np.ndarray | bytearray | memoryview"]
+# allocate(nbytes) -> the body's buffer, or None: read the body and throw it away.
+Allocator = Callable[[int], "np.ndarray | bytearray | memoryview | None"]
 # on_body(body, array_descriptors, body_bytes_received_so_far)
 BodyWatcher = Callable[[object, list, int], None]
+# expect(prefix, fields, array_descriptors): raises to refuse a frame before its body is read.
+Expectation = Callable[[FramePrefix, dict, list], None]
+
+# Headers are read in steps of this size, so memory follows the bytes that really arrived, not
+# the length a peer declared (up to 1 MiB per connection).
+_HEADER_STEP = 64 << 10
+_DRAIN_STEP = 64 << 10
 
 
 def _default_allocator(nbytes: int) -> np.ndarray:
@@ -86,12 +95,24 @@ class Channel:
 
     def receive(self, timeout: float | None = None,
                 allocate: Allocator = _default_allocator, deadline: float | None = None,
-                on_body: BodyWatcher | None = None) -> Message:
+                on_body: BodyWatcher | None = None, expect: Expectation | None = None,
+                pace: UploadPace | None = None) -> Message:
         """Receive one whole message. ``allocate(nbytes)`` supplies the body buffer (a pool).
 
         ``timeout`` bounds each wait for bytes; ``deadline`` (a ``time.monotonic()`` value)
         bounds the whole message, so a peer that dribbles one byte at a time cannot hold the
         connection open forever.
+
+        Nothing is allocated for a frame before it is known to be wanted: its kind is checked
+        against the conversation's state on the prefix (an unasked-for message is refused
+        before its header is read), then ``expect(prefix, fields, descriptors)`` may refuse it
+        on its header (e.g. arrays that are not the model's). ``allocate`` may return None: the
+        body is then read through a small scratch buffer and dropped, and the message comes
+        back with its arrays empty (a result too late to count still ends its exchange).
+
+        ``pace`` (see :mod:`pyfed.pacing`): once the prefix has arrived, the frame must keep
+        up a minimum rate, no buffer is taken until the body's first chunk is queued in the
+        kernel, and a pause while holding one loses it.
 
         ``on_body(body, descriptors, received)`` is called after each ``recv_into`` of the
         body, with the number of body bytes received so far: a pass over the arrays (e.g.
@@ -107,35 +128,86 @@ class Channel:
         with self._mapped_errors("receiving a message", timeout):
             prefix_bytes = self._recv_exactly(bytearray(protocol.PREFIX_SIZE))
             prefix = protocol.parse_prefix(prefix_bytes, self.limits)
-            header = self._recv_exactly(bytearray(prefix.header_length))
+            self.conversation.check(prefix.kind)
+            frame = None if pace is None else PacedFrame(self.peer, prefix, pace, deadline)
+            if frame is not None:
+                self._deadline = frame.until
+            header = self._recv_header(prefix.header_length, frame)
             try:
                 fields, descriptors = protocol.decode_header(prefix, header)
             except InvalidValue as problem:
-                self._refuse(prefix, problem)
+                self._refuse(prefix, problem, frame)
                 raise
-            body = allocate(prefix.body_length) if prefix.body_length else b""
+            if expect is not None:
+                expect(prefix, fields, descriptors)
+            body = b""
             if prefix.body_length:
-                progress = None if on_body is None else functools.partial(on_body, body, descriptors)
-                self._recv_exactly(memoryview(body).cast("B"), progress)
+                body = self._receive_body(prefix, descriptors, allocate, on_body, frame)
         self.bytes_received += protocol.PREFIX_SIZE + prefix.header_length + prefix.body_length
-        message = protocol.decode_body(prefix, fields, descriptors, body)
+        if body is None:
+            message = protocol.decode_without_body(prefix, fields)
+        else:
+            message = protocol.decode_body(prefix, fields, descriptors, body)
         self.conversation.receive(message)
         return message
 
-    def _refuse(self, prefix: protocol.FramePrefix, problem: InvalidValue) -> None:
+    def _refuse(self, prefix: FramePrefix, problem: InvalidValue,
+                frame: "PacedFrame | None") -> None:
         """A well-framed message whose values are refused: if the state table allows it here,
         read its body into a small scratch buffer and drop it (nothing is allocated by its
         size), so the next frame can be read and the caller can answer with a non-fatal
         ERROR. Otherwise the conversation's ProtocolError propagates and the body is never
         read."""
         self.conversation.refuse(prefix.kind, problem)
-        scratch = memoryview(bytearray(min(prefix.body_length, 1 << 16)))
-        left = prefix.body_length
-        while left:
-            piece = min(left, len(scratch))
-            self._recv_exactly(scratch[:piece])
-            left -= piece
+        if prefix.body_length:
+            self._drain(prefix.body_length, frame)  # paced like any body: no dribbling either
         self.bytes_received += protocol.PREFIX_SIZE + prefix.header_length + prefix.body_length
+
+    def _recv_header(self, length: int, frame: "PacedFrame | None") -> bytearray:
+        try:
+            if length <= _HEADER_STEP:
+                return self._recv_exactly(bytearray(length))
+            header = bytearray()
+            while len(header) < length:
+                header += self._recv_exactly(bytearray(min(_HEADER_STEP, length - len(header))))
+            return header
+        except socket.timeout:
+            if frame is None:
+                raise
+            raise frame.too_slow("header") from None
+
+    def _receive_body(self, prefix: FramePrefix, descriptors: list, allocate: Allocator,
+                      on_body: BodyWatcher | None, frame: "PacedFrame | None"):
+        nbytes = prefix.body_length
+        if frame is not None:
+            want = gate_size(self.sock, nbytes, frame.pace)
+            if not wait_until_queued(self.sock, want, frame.until):
+                raise frame.too_slow(f"body's first {want} bytes")
+        asked = time.monotonic()
+        body = allocate(nbytes)
+        if frame is not None:
+            frame.until += time.monotonic() - asked  # waiting for a buffer is not the peer's time
+        if body is None:
+            self._drain(nbytes, frame)
+            return None
+        view = memoryview(body).cast("B")
+        progress = None if on_body is None else functools.partial(on_body, body, descriptors)
+        if frame is None:
+            self._recv_exactly(view, progress)
+        else:
+            receive_paced(self.sock, view, progress, frame)
+        return body
+
+    def _drain(self, nbytes: int, frame: "PacedFrame | None") -> None:
+        scratch = memoryview(bytearray(min(nbytes, _DRAIN_STEP)))
+        left = nbytes
+        while left:
+            piece = scratch[:min(left, len(scratch))]
+            if frame is None:
+                self._recv_exactly(piece)
+            else:
+                receive_paced(self.sock, piece, None, frame)
+            left -= len(piece)
 
     def _recv_exactly(self, buffer, progress=None):
         view = memoryview(buffer)
@@ -224,26 +296,37 @@ def _peer_name(sock: socket.socket) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+class NoBufferFree(NetworkError):
+    """No receive buffer came free before the deadline."""
+
+
 class BufferPool:
     """A bounded set of reusable receive buffers.
 
     The server receives each client's update into a buffer from here, folds it into the running
     aggregate, and gives the buffer back. At most ``size`` buffers ever exist, so server memory is
     O(model x size) however many clients send at once: the others wait in ``acquire`` (their bytes
-    wait in the kernel's socket buffers, which is TCP's own back-pressure).
+    wait in the kernel's socket buffers, which is TCP's own back-pressure). ``max_nbytes`` (the
+    model's frame) caps every buffer: a bigger request is refused, so no buffer ever grows to
+    what a peer declared.
     """
 
-    def __init__(self, size: int = 2):
+    def __init__(self, size: int = 2, max_nbytes: int | None = None):
         if size < 1:
             raise ValueError(f"buffer pool size must be at least 1; received {size}")
         self.size = size
+        self.max_nbytes = max_nbytes
         self._free: list[np.ndarray] = []
         self._created = 0
         self._in_use = 0
         self.peak_in_use = 0
+        self.largest = 0  # bytes of the biggest buffer ever made
         self._cond = threading.Condition()
 
     def acquire(self, nbytes: int, timeout: float | None = None) -> np.ndarray:
+        if self.max_nbytes is not None and nbytes > self.max_nbytes:
+            raise ProtocolError(f"a receive buffer of {nbytes} bytes was asked for; the largest "
+                                f"message expected is {self.max_nbytes} bytes")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -253,14 +336,18 @@ class BufferPool:
                         return self._lend(buf, nbytes)
                 if self._created < self.size:
                     self._created += 1
-                    return self._lend(np.empty(nbytes, dtype=np.uint8), nbytes)
+                    return self._lend(self._new(nbytes), nbytes)
                 if self._free:  # every idle buffer is too small: replace one
                     self._free.pop(0)
-                    return self._lend(np.empty(nbytes, dtype=np.uint8), nbytes)
+                    return self._lend(self._new(nbytes), nbytes)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise NetworkError(f"no receive buffer free after {timeout:g} s")
+                    raise NoBufferFree(f"no receive buffer free after {timeout:g} s")
                 self._cond.wait(remaining)
+
+    def _new(self, nbytes: int) -> np.ndarray:
+        self.largest = max(self.largest, nbytes)
+        return np.empty(nbytes, dtype=np.uint8)
 
     def _lend(self, buf: np.ndarray, nbytes: int) -> np.ndarray:
         self._in_use += 1

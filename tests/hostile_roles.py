@@ -22,6 +22,9 @@ Roles:
   server hangs up, ``FINISHED {json}`` on FINISH. With ``--bad-fits N`` only the first N FITs
   get the crafted reply and later ones an honest echo (a transient fault), and every FIT is
   reported as ``FIT {json}`` with a digest of its weights.
+- ``idle-flood``: opens ``--count`` idle TCP connections (raising its own open-file limit),
+  holds them ``--hold`` seconds, and prints ``FLOOD {json}``: how many opened, and how many the
+  server closed (refused) meanwhile.
 
 The helpers (``read_frame``, ``wait_closed``...) are also imported by ``test_hostile.py``.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import errno
 import json
 import logging
 import os
@@ -160,9 +164,14 @@ def server(args) -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     from pyfed.models import SoftmaxRegression
 
+    if args.nofile is not None:  # as if started under `ulimit -n N` (soft and hard)
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.nofile, args.nofile))
     options = {}
     for key in ("handshake_timeout", "max_connections", "max_message_bytes", "max_examples",
-                "round_timeout", "wait_timeout", "token", "round_retries", "progress_interval"):
+                "round_timeout", "wait_timeout", "token", "round_retries", "progress_interval",
+                "buffer_pool_size", "min_upload_rate", "upload_stall_timeout"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value  # only what the test asked for: a missing feature is a TypeError
@@ -181,7 +190,24 @@ def server(args) -> None:
     srv.start()
     print(f"READY {srv.port}", flush=True)
     history = srv.train()
-    print("RESULT " + json.dumps({"history": history.to_dict()}), flush=True)
+    pool = srv.gateway.pool
+    print("RESULT " + json.dumps({
+        "history": history.to_dict(),
+        "pool": {"largest": getattr(pool, "largest", None), "peak_in_use": pool.peak_in_use,
+                 "size": pool.size},
+        "max_connections": srv.gateway.max_connections,
+        "memory": own_memory()}), flush=True)
+
+
+def own_memory() -> dict:
+    """This process's VmRSS and VmHWM (peak) in bytes, from /proc."""
+    values = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) * 1024
+    return values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,8 +333,100 @@ def crafted_result(mode: str, fit, huge_examples: int) -> bytes:
                                            num_examples=num_examples))
 
 
-def evil_session(port: int, mode: str, args) -> None:
-    name = f"evil_{mode}"
+MODEL_BODY = 2560 + 40  # SoftmaxRegression(64, 10) as a FIT_RESULT body: [64, 10] and [10] float32
+
+
+def fit_result_header(result_round: int, arrays: list[tuple[str, list, int]]) -> tuple[bytes, int]:
+    """Prefix + header of a FIT_RESULT whose arrays are (dtype, shape, nbytes), packed as the
+    protocol packs them; returns the bytes and the body length. Nothing of the body is built,
+    so a frame can declare (and stream) a body far bigger than this process's memory."""
+    descriptors, offset = [], 0
+    for dtype, shape, nbytes in arrays:
+        start = (offset + protocol.ALIGNMENT - 1) // protocol.ALIGNMENT * protocol.ALIGNMENT
+        descriptors.append({"dtype": dtype, "shape": shape, "offset": start, "nbytes": nbytes})
+        offset = start + nbytes
+    header = json.dumps({"fields": {"round": result_round, "num_examples": 100},
+                         "arrays": descriptors}, separators=(",", ":")).encode()
+    prefix = protocol.PREFIX.pack(protocol.MAGIC, protocol.VERSION, MessageKind.FIT_RESULT, 0,
+                                  len(header), offset)
+    return prefix + header, offset
+
+
+def send_zeros(sock: socket.socket, nbytes: int, deadline: float) -> tuple[int, str | None]:
+    """Stream ``nbytes`` zero bytes from one 1 MiB chunk; stops at the first send error (the
+    server hung up) or the deadline. Returns (bytes sent, the error's name or None)."""
+    chunk = memoryview(bytes(1 << 20))
+    sent = 0
+    sock.settimeout(max(0.1, deadline - time.monotonic()))
+    while sent < nbytes and time.monotonic() < deadline:  # bounded by bytes and time
+        try:
+            sent += sock.send(chunk[:min(len(chunk), nbytes - sent)])
+        except OSError as exc:
+            return sent, type(exc).__name__
+    return sent, None
+
+
+def slow_upload(sock: socket.socket, mode: str, fit, deadline: float) -> None:
+    """Begin a valid FIT_RESULT (prefix, header, ~100 body bytes), then stall or dribble one
+    byte a second, until the server hangs up or the deadline."""
+    frame = protocol.encode_bytes(FitResult(round=fit.round, num_examples=100, weights=tuple(
+        np.zeros(shape, dtype=np.float32) for shape in SHAPES)))
+    body_start = len(frame) - MODEL_BODY
+    sent = body_start + 100
+    started = time.monotonic()
+    sock.sendall(frame[:sent])
+    emit("STARTED_UPLOAD", {"mode": mode, "round": fit.round})
+    closed = False
+    while time.monotonic() < deadline and not closed:  # bounded by the deadline
+        if mode == "dribble" and sent < len(frame) - 1:  # never the last byte
+            try:
+                sock.sendall(frame[sent:sent + 1])
+                sent += 1
+            except OSError:
+                closed = True
+                break
+        closed, _, _ = drain_until_closed(sock, min(1.0, max(0.05, deadline - time.monotonic())))
+    emit("CLOSED" if closed else "NOT_CLOSED",
+         {"mode": mode, "seconds": round(time.monotonic() - started, 2),
+          "body_bytes_sent": sent - body_start})
+
+
+def unsolicited_upload(port: int, mode: str, index: int, args) -> None:
+    """HELLO and, before any FIT, a FIT_RESULT declaring ``--declared-body`` bytes (one uint8
+    array), then stream the whole body: a server that reads it allocates it."""
+    deadline = time.monotonic() + args.timeout
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    except OSError as exc:
+        emit("FAILED", {"mode": mode, "error": f"connect: {exc}"})
+        return
+    try:
+        head, body_length = fit_result_header(1, [("|u1", [args.declared_body], args.declared_body)])
+        sock.sendall(protocol.encode_bytes(Hello(client_name=f"evil_{mode}_{index}")) + head)
+        sent, error = send_zeros(sock, body_length, deadline)
+        closed, _, _ = drain_until_closed(sock, max(0.1, deadline - time.monotonic()))
+        emit("CLOSED" if closed or error else "NOT_CLOSED",
+             {"mode": mode, "index": index, "body_bytes_sent": sent, "send_error": error})
+    except Exception as exc:  # noqa: BLE001  (report, never hang: the test reads these lines)
+        emit("FAILED", {"mode": mode, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        sock.close()
+
+
+def extra_array_upload(sock: socket.socket, mode: str, fit, extra: int, deadline: float) -> None:
+    """Answer FIT with the model's arrays plus one extra ``extra``-byte array, streamed whole;
+    then report what the server said."""
+    arrays = [("<f4", [64, 10], 2560), ("<f4", [10], 40), ("|u1", [extra], extra)]
+    head, body_length = fit_result_header(fit.round, arrays)
+    sock.sendall(head)
+    sent, error = send_zeros(sock, body_length, deadline)
+    emit("UPLOADED", {"mode": mode, "body_bytes_sent": sent, "send_error": error})
+
+
+def evil_session(port: int, mode: str, args, index: int = 0) -> None:
+    if mode == "unsolicited-huge":
+        return unsolicited_upload(port, mode, index, args)
+    name = f"evil_{mode}" if index == 0 else f"evil_{mode}_{index}"
     deadline = time.monotonic() + args.timeout
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -364,6 +482,12 @@ def evil_session(port: int, mode: str, args) -> None:
                 if mode == "silent":  # never answers: the round waits on us
                     emit("GOT_FIT", {"mode": mode, "round": message.round})
                     continue
+                if mode in ("stall", "dribble"):
+                    slow_upload(sock, mode, message, deadline)
+                    return
+                if mode == "extra-array":
+                    extra_array_upload(sock, mode, message, args.extra_bytes, deadline)
+                    continue  # the server's answer (an ERROR, then a close) comes next
                 if mode == "early-result":
                     # Our FIT_RESULT went first, so this FIT means the server took it for the
                     # answer: say so and leave (staying silent would only stall later rounds).
@@ -404,8 +528,11 @@ def evil_session(port: int, mode: str, args) -> None:
 
 
 def evil_client(args) -> None:
-    threads = [threading.Thread(target=evil_session, args=(args.port, mode, args), daemon=True)
-               for mode in args.modes.split(",")]
+    modes = args.modes.split(",")
+    # Connections of the same mode get distinct names (a name's new connection replaces its old).
+    threads = [threading.Thread(target=evil_session,
+                                args=(args.port, mode, args, modes[:i].count(mode)), daemon=True)
+               for i, mode in enumerate(modes)]
     for t in threads:
         t.start()
     for t in threads:
@@ -495,11 +622,66 @@ def evil_server(args) -> None:
         sock.close()
 
 
+# ---------------------------------------------------------------------------------------------
+# idle-flood
+# ---------------------------------------------------------------------------------------------
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Has the server closed this connection (EOF or reset, after any ERROR frame)? poll, not
+    select: these descriptors are above select's 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+    for _ in range(4):  # an ERROR frame, then EOF
+        if not poller.poll(0):
+            return False
+        try:
+            if not sock.recv(65536, socket.MSG_DONTWAIT):
+                return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+    return False
+
+
+def idle_flood(args) -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = args.count + 64
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            emit("FLOOD_SKIP", {"reason": f"open-file hard limit {hard} < {need}"})
+            return
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    sockets, failed = [], {}
+    deadline = time.monotonic() + args.timeout
+    try:
+        for _ in range(args.count):  # bounded by count and time
+            if time.monotonic() > deadline:
+                break
+            try:
+                sockets.append(socket.create_connection(("127.0.0.1", args.port), timeout=5))
+            except OSError as exc:
+                key = errno.errorcode.get(exc.errno, type(exc).__name__)
+                failed[key] = failed.get(key, 0) + 1
+        emit("FLOOD_OPEN", {"opened": len(sockets), "failed": failed})
+        time.sleep(args.hold)
+        closed = sum(closed_by_peer(s) for s in sockets)
+        emit("FLOOD", {"opened": len(sockets), "failed": failed, "closed_by_server": closed,
+                       "kept_open": len(sockets) - closed})
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["server", "honest-client", "evil-client", "evil-server"])
+    parser.add_argument("role", choices=["server", "honest-client", "evil-client", "evil-server",
+                                         "idle-flood"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
@@ -516,6 +698,10 @@ def main() -> None:
     parser.add_argument("--round-retries", type=int, default=None)
     parser.add_argument("--progress-interval", type=float, default=None)
     parser.add_argument("--min-fit-clients", type=int, default=None)
+    parser.add_argument("--buffer-pool-size", type=int, default=None)
+    parser.add_argument("--min-upload-rate", type=float, default=None)
+    parser.add_argument("--upload-stall-timeout", type=float, default=None)
+    parser.add_argument("--nofile", type=int, default=None, help="RLIMIT_NOFILE for the server")
     # honest-client
     parser.add_argument("--index", type=int, default=1)
     parser.add_argument("--examples", type=int, default=200)
@@ -536,9 +722,13 @@ def main() -> None:
     parser.add_argument("--fit-round", type=int, default=1)
     parser.add_argument("--bad-fits", type=int, default=None,
                         help="craft only the first N replies; echo the weights afterwards")
+    parser.add_argument("--extra-bytes", type=int, default=512 << 20)
+    # idle-flood
+    parser.add_argument("--count", type=int, default=1100)
+    parser.add_argument("--hold", type=float, default=4.0)
     args = parser.parse_args()
     {"server": server, "honest-client": honest_client, "evil-client": evil_client,
-     "evil-server": evil_server}[args.role](args)
+     "evil-server": evil_server, "idle-flood": idle_flood}[args.role](args)
 
 
 if __name__ == "__main__":

@@ -424,6 +424,10 @@ REJECTIONS = {
 }
 
 
+# Refused on the header (fatal), the rest after reading the body (not fatal).
+LAYOUT_REFUSALS = {"wrong-shape", "wrong-dtype", "missing-tensor"}
+
+
 def _start_evil_federation(group: ProcessGroup, tmp_path, modes: list[str], rounds: int,
                            timeout: float) -> None:
     """A server waiting for every evil connection plus two honest clients (all are sampled)."""
@@ -445,17 +449,21 @@ def test_invalid_updates_are_rejected_with_a_reason_and_the_round_goes_on(tmp_pa
         problems = []
         for mode, checks in REJECTIONS.items():
             mine = [r for r in rejected if r["mode"] == mode]
-            if len(mine) != rounds:
+            # Arrays that are not the model's are refused on the header, before the body is
+            # read: the stream is then mid-frame, so the refusal is fatal (once, then closed).
+            # A bad value is found in a body that was read: refused, and the client stays.
+            expected = 1 if mode in LAYOUT_REFUSALS else rounds
+            if len(mine) != expected:
                 problems.append(f"{mode}: {len(mine)} rejections for {rounds} rounds")
                 continue
             for r in mine:
-                if r["code"] != "update_rejected" or r["fatal"]:
+                if r["code"] != "update_rejected" or r["fatal"] != (mode in LAYOUT_REFUSALS):
                     problems.append(f"{mode}: code={r['code']!r} fatal={r['fatal']}")
                 failed = [i for i, check in enumerate(checks) if not check(r["reason"])]
                 if failed:
                     problems.append(f"{mode}: reason {r['reason']!r} misses check(s) {failed}")
         finished = {r["mode"] for r in tagged_lines(evil_output, "FINISHED")}
-        missing = set(modes) - finished
+        missing = set(modes) - LAYOUT_REFUSALS - finished
         if missing:
             problems.append(f"no FINISH for {sorted(missing)}")
         assert not problems, "\n".join(problems) + "\n" + evil_output[-3000:]
@@ -877,4 +885,164 @@ def test_live_fuzz_thousands_of_inputs_then_a_normal_round(tmp_path):
         history = server_result(group)
         assert history["history"]["participants"] == [2]
         assert history["history"]["clients"] == [["honest_1", "honest_2"]]
+        assert_no_traceback(group)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Slow uploads: a peer that begins a result and stalls must not hold a pool buffer
+# ---------------------------------------------------------------------------------------------
+
+UPLOAD_ROUND_TIMEOUT = 5
+
+
+@pytest.mark.parametrize("slow_peers", [2, 6])
+def test_stalled_and_dribbling_uploads_do_not_starve_honest_ones(tmp_path, slow_peers):
+    """Slow peers each send a FIT_RESULT's prefix, header and ~100 body bytes, then stall or
+    dribble a byte a second, with as many of them as the pool has buffers (2) or more (6). The
+    honest uploads must still get buffers: every round closes with both honest updates, by its
+    deadline, and the server ends normally."""
+    rounds = 3
+    modes = (["stall", "dribble"] * slow_peers)[:slow_peers]
+    with ProcessGroup(tmp_path / "procs") as group:
+        port = start_server(group, tmp_path, clients=2 + slow_peers, rounds=rounds,
+                            round_timeout=UPLOAD_ROUND_TIMEOUT, buffer_pool_size=2)
+        start_evil(group, port, modes, timeout=60)
+        start_honest(group, tmp_path, port, 1)
+        start_honest(group, tmp_path, port, 2)
+        finish_all(group, timeout=90)
+        history = server_result(group)
+        assert history["rounds"] == list(range(1, rounds + 1))
+        assert history["history"]["clients"] == [["honest_1", "honest_2"]] * rounds, history
+        # Every slow peer started its upload and was hung up on (it never got to finish).
+        evil = group.output("evil")
+        assert len(tagged_lines(evil, "STARTED_UPLOAD")) == slow_peers, evil
+        closed = tagged_lines(evil, "CLOSED")
+        assert len(closed) == slow_peers, evil
+        log = group.output("server")
+        assert re.search(r"FIT_RESULT from \S+ too slow", log), log[-3000:]
+        assert_no_traceback(group)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Memory amplification: a body is allocated only when its header matches the model
+# ---------------------------------------------------------------------------------------------
+
+# Server peak RSS (VmHWM at the end of the run) above its RSS when it was listening, idle.
+# A correct server holds one small header per attacker and the model's 2.6 kB buffers; the
+# defects this guards against allocated 4 x 256 MiB (unsolicited) or 512 MiB (extra array).
+AMPLIFICATION_BOUND = 16 << 20
+UNSOLICITED_BODY = (256 << 20) - 1  # one byte short of 256 MiB
+EXTRA_ARRAY_BYTES = 512 << 20
+MODEL_FRAME_BODY = 2560 + 40  # SoftmaxRegression(64, 10): [64, 10] and [10] float32
+
+
+def _memory_growth(group: ProcessGroup, before: dict) -> int:
+    result = tagged_lines(group.output("server"), "RESULT")[-1]
+    return result["memory"]["VmHWM"] - before["VmRSS"]
+
+
+def test_unsolicited_huge_fit_results_are_refused_on_their_prefix(tmp_path):
+    with ProcessGroup(tmp_path / "procs") as group:
+        port = start_server(group, tmp_path, clients=2, rounds=2)
+        time.sleep(0.3)
+        before = proc_status(group.procs["server"].pid)
+        # Four connections, each HELLO then (before any FIT) a FIT_RESULT of 256 MiB - 1 bytes.
+        start_evil(group, port, ["unsolicited-huge"] * 4, declared_body=UNSOLICITED_BODY,
+                   timeout=30)
+        assert group.wait("evil", 45) == 0, group.dump()
+        closed = tagged_lines(group.output("evil"), "CLOSED")
+        assert len(closed) == 4, group.output("evil")
+        attack_peak = proc_status(group.procs["server"].pid)["VmHWM"] - before["VmRSS"]
+        assert attack_peak < AMPLIFICATION_BOUND, (
+            f"server peak RSS grew by {attack_peak / 2**20:.1f} MiB during the attack")
+        # Honest clients only now: the attackers' connections are gone, the run goes on.
+        start_honest(group, tmp_path, port, 1, fit_delay=0.3)
+        start_honest(group, tmp_path, port, 2, fit_delay=0.3)
+        finish_all(group, timeout=45)
+        history = server_result(group)
+        for clients in history["history"]["clients"]:
+            assert clients and set(clients) <= {"honest_1", "honest_2"}, history
+        log = group.output("server")
+        assert re.search(r"received FIT_RESULT from the client in state READY", log), log[-3000:]
+        growth = _memory_growth(group, before)
+        print(f"\nMEMORY unsolicited: server peak RSS {attack_peak / 2**20:+.1f} MiB above idle "
+              f"({before['VmRSS'] / 2**20:.1f} MiB) after the attack, {growth / 2**20:+.1f} MiB "
+              f"after the run", flush=True)
+        assert growth < AMPLIFICATION_BOUND, (
+            f"server peak RSS grew by {growth / 2**20:.1f} MiB; four unsolicited 256 MiB "
+            f"FIT_RESULTs must be refused on their prefix, before any allocation")
+        assert_no_traceback(group)
+
+
+def test_a_result_with_an_extra_huge_array_is_refused_before_its_body(tmp_path):
+    rounds = 2
+    with ProcessGroup(tmp_path / "procs") as group:
+        port = start_server(group, tmp_path, clients=3, rounds=rounds)
+        time.sleep(0.3)
+        before = proc_status(group.procs["server"].pid)
+        start_evil(group, port, ["extra-array"], extra_bytes=EXTRA_ARRAY_BYTES, timeout=40)
+        start_honest(group, tmp_path, port, 1)
+        start_honest(group, tmp_path, port, 2)
+        finish_all(group, timeout=60)
+        rejected = tagged_lines(group.output("evil"), "REJECTED")
+        assert len(rejected) == 1, group.output("evil")
+        refusal = rejected[0]
+        assert refusal["fatal"] and refusal["code"] == "update_rejected", refusal
+        assert re.search(r"3 arrays; expected 2 arrays", refusal["reason"]), refusal
+        history = server_result(group)
+        assert history["history"]["clients"] == [["honest_1", "honest_2"]] * rounds
+        result = tagged_lines(group.output("server"), "RESULT")[-1]
+        assert result["pool"]["largest"] == MODEL_FRAME_BODY, result["pool"]
+        growth = _memory_growth(group, before)
+        print(f"\nMEMORY extra array: server peak RSS {growth / 2**20:+.1f} MiB above idle "
+              f"({before['VmRSS'] / 2**20:.1f} MiB); largest pool buffer "
+              f"{result['pool']['largest']} bytes", flush=True)
+        assert growth < AMPLIFICATION_BOUND, (
+            f"server peak RSS grew by {growth / 2**20:.1f} MiB for a result carrying an extra "
+            f"{EXTRA_ARRAY_BYTES >> 20} MiB array; it must be refused on its header")
+        assert_no_traceback(group)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. File descriptors: RLIMIT_NOFILE 1024 and 1,100 idle connections during training
+# ---------------------------------------------------------------------------------------------
+
+FLOOD_CONNECTIONS = 1100
+SERVER_NOFILE = 1024
+
+
+def test_an_idle_connection_flood_at_the_file_limit_does_not_stop_training(tmp_path):
+    """Under a 1024 open-file limit, 1,100 idle connections arrive mid-training and stay a few
+    seconds. The server refuses what its limit has no room for (it keeps descriptors for its
+    checkpoints and TensorBoard files), keeps training, and every round checkpoints."""
+    rounds = 40  # at 0.25 s a round, training outlasts the flood
+    with ProcessGroup(tmp_path / "procs") as group:
+        port = start_server(group, tmp_path, clients=2, rounds=rounds, nofile=SERVER_NOFILE,
+                            handshake_timeout=30)
+        start_honest(group, tmp_path, port, 1, fit_delay=0.25)
+        start_honest(group, tmp_path, port, 2, fit_delay=0.25)
+        wait_for(group, "server", rf"^round 2/{rounds} ", 30)
+        group.start("flood", [sys.executable, HOSTILE, "idle-flood", "--port", port,
+                              "--count", FLOOD_CONNECTIONS, "--hold", 4, "--timeout", 30])
+        assert group.wait("flood", 60) == 0, group.dump()
+        flood_output = group.output("flood")
+        if tagged_lines(flood_output, "FLOOD_SKIP"):
+            pytest.skip(tagged_lines(flood_output, "FLOOD_SKIP")[0]["reason"])
+        flood = tagged_lines(flood_output, "FLOOD")[0]
+        print(f"\nFLOOD: {json.dumps(flood)}", flush=True)
+        assert group.procs["server"].poll() is None, f"the server died\n{group.dump()}"
+        finish_all(group, timeout=90)
+        history = server_result(group)
+        assert history["history"]["clients"] == [["honest_1", "honest_2"]] * rounds
+        result = tagged_lines(group.output("server"), "RESULT")[-1]
+        # Each client may hold two descriptors (its socket, its TensorBoard file) and the
+        # server keeps some for itself: at most half the limit goes to connections.
+        assert result["max_connections"] <= SERVER_NOFILE // 2, result
+        # Everything beyond max_connections was refused and closed, none left hanging.
+        assert flood["opened"] >= FLOOD_CONNECTIONS - 50, flood
+        assert flood["kept_open"] <= result["max_connections"], flood
+        log = group.output("server")
+        assert "refusing connection" in log, log[-3000:]
+        # Running out of descriptors (if it happens at all) is one line, not one per accept.
+        assert log.count("accepting connections paused") <= 3, log[-3000:]
         assert_no_traceback(group)

@@ -917,3 +917,31 @@ def frames_with_mutated_header(draw):
 @given(frames_with_mutated_header())
 def test_fuzz_mutated_headers_with_consistent_lengths(data):
     decodes_or_protocol_error(data)
+
+
+# Every point of the legal conversations, for Conversation.check below.
+_POINTS = [PLAIN_PATH[:i] for i in range(len(PLAIN_PATH) + 1)] + \
+    [CHALLENGE_PATH[:i] for i in range(1, len(CHALLENGE_PATH) + 1)] + \
+    [PLAIN_PATH + ROUNDS[:i] for i in range(1, len(ROUNDS) + 1)]
+
+
+@pytest.mark.parametrize("role", [C, S], ids=["client", "server"])
+@pytest.mark.parametrize("message", SAMPLES, ids=[m.KIND.name for m in SAMPLES])
+def test_check_on_the_prefix_agrees_with_receive_and_changes_nothing(role, message):
+    """The transport asks ``check(kind)`` on a frame's prefix, before reading the header: it
+    must refuse exactly what receiving the whole message would refuse, with the same words."""
+    for point in _POINTS:
+        conversation = walk(role, point)
+        state = conversation.state
+        try:
+            walk(role, point).receive(message)
+            received = None
+        except ProtocolError as exc:
+            received = str(exc)
+        try:
+            conversation.check(message.KIND)
+            checked = None
+        except ProtocolError as exc:
+            checked = str(exc)
+        assert conversation.state is state, "check() must not move the conversation"
+        assert checked == received, (role, [m.KIND.name for _, m, _ in point], message)

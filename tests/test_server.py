@@ -80,3 +80,24 @@ def test_final_keras_model_is_saved_in_the_run_folder(digits_run):
     assert path.endswith("final.keras") and path.startswith(result["run_dir"])
     reloaded = keras.saving.load_model(path)
     assert weights_hash(reloaded.get_weights()) == result["weights"]
+
+
+def test_upload_and_connection_limits_are_checked_and_derived():
+    import numpy as np
+
+    from pyfed.fd_limits import FD_HEADROOM, open_file_limit
+
+    model = NumpyModel([np.zeros((4, 3), "<f4"), np.zeros(3, "<f4")])
+    with pytest.raises(ConfigurationError, match="min_upload_rate must be a positive number; received 0"):
+        FL_Server(model, 1, 1, min_upload_rate=0)
+    with pytest.raises(ConfigurationError, match="upload_stall_timeout must be a positive number"):
+        FL_Server(model, 1, 1, upload_stall_timeout=-1)
+    with pytest.raises(ConfigurationError, match="max_connections must be a positive integer"):
+        FL_Server(model, 1, 1, max_connections=0)
+    server = FL_Server(model, 1, 1, compression="fp16")
+    # Every receive buffer is at most the model's FIT_RESULT body (fp16: 24 + 6 bytes, aligned).
+    assert server.gateway.pool.max_nbytes == 64 + 6
+    limit = open_file_limit()
+    if limit is not None:
+        assert 1 <= server.gateway.max_connections <= (limit - FD_HEADROOM) // 2
+    assert FL_Server(model, 1, 1, max_connections=7).gateway.max_connections == 7

@@ -14,7 +14,7 @@ import pytest
 
 from pyfed import protocol, transport
 from pyfed.errors import ConnectionClosed, NetworkError, ProtocolError
-from pyfed.messages import Finish, Fit, FitResult, Hello, Welcome
+from pyfed.messages import Finish, Fit, FitResult, Hello, Ping, Welcome
 from pyfed.protocol import HANDSHAKE_LIMITS, MAGIC, PREFIX, VERSION, FrameLimits, Role, State
 from pyfed.transport import BufferPool, Channel
 
@@ -309,6 +309,9 @@ def test_peer_closing_mid_frame_is_connection_closed(tcp_pair, cut):
     position = {"nothing": 0, "in-prefix": 10, "in-header": 20 + header_length // 2,
                 "after-header": 20 + header_length, "in-body": len(frame) - 100}[cut]
     with Channel(server_sock, Role.SERVER) as channel:
+        # A FIT_RESULT is legal only in answer to a FIT (the prefix is checked against the
+        # state table before the header is read): put the conversation there.
+        channel.conversation.state = State.FITTING
         client_sock.sendall(frame[:position])
         client_sock.shutdown(socket.SHUT_WR)
         with pytest.raises(ConnectionClosed):
@@ -322,6 +325,7 @@ def test_peer_reset_is_a_network_error(tcp_pair):
     client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     client_sock.close()
     with Channel(server_sock, Role.SERVER) as channel:
+        channel.conversation.state = State.FITTING  # where a FIT_RESULT is legal
         with pytest.raises(NetworkError):
             channel.receive(timeout=IO_TIMEOUT)
 
@@ -362,6 +366,7 @@ def test_receive_timeout_is_a_network_error(tcp_pair):
 def test_receive_timeout_mid_frame_is_a_network_error(tcp_pair):
     server_sock, client_sock = tcp_pair
     with Channel(server_sock, Role.SERVER) as channel:
+        channel.conversation.state = State.FITTING  # where a FIT_RESULT is legal
         client_sock.sendall(_fit_result_frame()[:50])  # then silence
         with pytest.raises(NetworkError, match="timed out"):
             channel.receive(timeout=0.2)
@@ -409,9 +414,10 @@ def test_invalid_header_is_rejected_before_the_body_is_allocated(tcp_pair):
     header = json.dumps({"fields": {"round": 1}, "arrays": [
         {"dtype": "|u1", "shape": [64], "offset": 0, "nbytes": 64}]}).encode()
     with Channel(server_sock, Role.SERVER) as channel:
+        channel.conversation.state = State.FITTING  # where a FIT_RESULT is legal
         client_sock.sendall(PREFIX.pack(MAGIC, VERSION, protocol.MessageKind.FIT_RESULT, 0,
                                         len(header), 1 << 20) + header)
-        with pytest.raises(ProtocolError):
+        with pytest.raises(ProtocolError, match="arrays end at 64"):
             channel.receive(timeout=IO_TIMEOUT, allocate=allocate)
     assert allocate.calls == []
 
@@ -568,3 +574,171 @@ def test_value_scan_checks_the_body_piece_by_piece_as_it_arrives(channels, bad_a
         return None
     assert verdict(True) == verdict(False)
     assert (verdict(True) is None) == (bad_at is None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refused before anything is allocated: the state table on the prefix, ``expect`` on the header
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_unasked_for_result_is_refused_on_its_prefix_unread(channels):
+    from pyfed.pacing import queued_bytes
+
+    server, client = channels
+    handshake(server, client)  # READY: nobody asked for a FIT_RESULT
+    frame = protocol.encode_bytes(FitResult(round=1, weights=(np.zeros(1 << 18, "<f4"),)))
+    allocate = RecordingAllocator()
+    before = server.bytes_received
+    with in_thread(client.sock.sendall, frame, close_on_error=(server, client)):
+        with pytest.raises(ProtocolError, match="FIT_RESULT from the client in state READY"):
+            server.receive(timeout=IO_TIMEOUT, allocate=allocate)
+        assert allocate.calls == []
+        assert server.bytes_received == before and queued_bytes(server.sock) > 0  # header unread
+        server.close()  # the sender, blocked on a full socket, wakes with an error
+    assert server.conversation.state is State.READY
+
+
+def test_expect_refuses_a_frame_on_its_header_before_any_allocation(tcp_pair):
+    from pyfed.layout import LayoutMismatch
+    from pyfed.pacing import queued_bytes
+
+    server_sock, client_sock = tcp_pair
+    frame = protocol.encode_bytes(FitResult(round=1, weights=(np.zeros(5000, "<f4"),)))
+    seen, allocate = [], RecordingAllocator()
+
+    def expect(prefix, fields, descriptors):
+        seen.append((prefix.body_length, [d["shape"] for d in descriptors]))
+        raise LayoutMismatch("not the model's arrays")
+
+    with Channel(server_sock, Role.SERVER) as channel:
+        channel.conversation.state = State.FITTING
+        client_sock.sendall(frame)
+        with pytest.raises(LayoutMismatch):
+            channel.receive(timeout=IO_TIMEOUT, allocate=allocate, expect=expect)
+        assert seen == [(20_000, [[5000]])] and allocate.calls == []
+        assert queued_bytes(server_sock) == 20_000  # not a byte of the body was read
+
+
+def test_a_body_without_a_buffer_is_drained_and_the_stream_stays_in_step(channels):
+    server, client = channels
+    handshake(server, client)
+    server.send(Fit(round=1), timeout=IO_TIMEOUT)
+    client.receive(timeout=IO_TIMEOUT)
+    frame = protocol.encode_bytes(FitResult(round=1, weights=(np.ones(300_000, "<f4"),),
+                                            num_examples=7))
+    ping = protocol.encode_bytes(Ping())
+    before = server.bytes_received
+    with in_thread(client.sock.sendall, frame + ping, close_on_error=(server, client)) as sender:
+        late = server.receive(timeout=IO_TIMEOUT, allocate=lambda nbytes: None)
+        assert isinstance(late, FitResult) and late.weights == () and late.num_examples == 7
+        assert server.conversation.state is State.READY
+        assert isinstance(server.receive(timeout=IO_TIMEOUT), Ping)  # the next frame, intact
+        sender.result()
+    assert server.bytes_received - before == len(frame) + len(ping)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paced bodies (pyfed.pacing): a slow peer never holds a receive buffer for long
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_paced_large_body_arrives_whole_and_the_socket_is_restored(tcp_pair):
+    from pyfed.pacing import UploadPace
+
+    server_sock, client_sock = tcp_pair
+    weights = (np.random.default_rng(3).standard_normal(2_000_000).astype("<f4"),
+               np.arange(10, dtype="<i8"))
+    frame = protocol.encode_bytes(FitResult(round=1, weights=weights, num_examples=1))
+    pace = UploadPace(min_rate=1 << 20, stall_timeout=5.0)
+    with Channel(server_sock, Role.SERVER) as channel:
+        channel.conversation.state = State.FITTING
+        with in_thread(client_sock.sendall, frame, close_on_error=(server_sock, client_sock)):
+            message = channel.receive(pace=pace)
+        for got, want in zip(message.weights, weights):
+            assert_arrays_identical(got, want)
+        # Nothing of the pacing stays on the socket for the next, unpaced, receive.
+        assert server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)
+        assert server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+
+
+def _begin_upload(sock: socket.socket, frame: bytes, body_bytes: int) -> None:
+    header_length = PREFIX.unpack(frame[:protocol.PREFIX_SIZE])[4]
+    sock.sendall(frame[:protocol.PREFIX_SIZE + header_length + body_bytes])
+
+
+def test_a_dribbling_peer_never_gets_a_buffer(tcp_pair):
+    from pyfed.pacing import UploadPace
+
+    server_sock, client_sock = tcp_pair
+    frame = protocol.encode_bytes(FitResult(round=1, weights=(np.zeros(1024, "<f4"),)))
+    stop = threading.Event()
+
+    def dribble():  # 100 body bytes, then one byte every 0.1 s: bounded by count and by `stop`
+        _begin_upload(client_sock, frame, 100)
+        for index in range(40):
+            if stop.wait(0.1):
+                return
+            with contextlib.suppress(OSError):
+                client_sock.sendall(frame[len(frame) - 1000 + index:len(frame) - 999 + index])
+
+    allocate = RecordingAllocator()
+    with Channel(server_sock, Role.SERVER) as channel:
+        channel.conversation.state = State.FITTING
+        with in_thread(dribble):
+            try:
+                with pytest.raises(NetworkError, match="too slow"):
+                    channel.receive(allocate=allocate, pace=UploadPace(min_rate=1e6,
+                                                                       stall_timeout=0.5))
+            finally:
+                stop.set()
+    assert allocate.calls == [], "a peer that never had its body's first chunk queued got a buffer"
+
+
+def test_a_peer_stalling_mid_body_loses_its_buffer(tcp_pair):
+    from pyfed.pacing import UploadPace
+
+    server_sock, client_sock = tcp_pair
+    frame = protocol.encode_bytes(FitResult(round=1, weights=(np.zeros(1 << 18, "<f4"),)))
+    allocate = RecordingAllocator()
+    with Channel(server_sock, Role.SERVER) as channel:
+        channel.conversation.state = State.FITTING
+        # 256 KiB of the 1 MiB body, then silence (the connection stays open).
+        with in_thread(_begin_upload, client_sock, frame, 1 << 18,
+                       close_on_error=(server_sock, client_sock)):
+            with pytest.raises(NetworkError, match=r"stalled: nothing for 0\.4 s after 262144"):
+                channel.receive(allocate=allocate, pace=UploadPace(min_rate=1e9,
+                                                                   stall_timeout=0.4))
+    assert allocate.calls == [1 << 20]  # it had a buffer, and the receive gave up on it
+
+
+def test_waiting_for_a_buffer_is_not_counted_against_the_peer(tcp_pair):
+    from pyfed.pacing import UploadPace
+
+    server_sock, client_sock = tcp_pair
+    frame = protocol.encode_bytes(FitResult(round=1, weights=(np.ones(1 << 18, "<f4"),)))
+
+    def slow_pool(nbytes):  # every buffer busy for a while: longer than the peer's allowance
+        time.sleep(1.0)
+        return np.empty(nbytes, dtype=np.uint8)
+
+    with Channel(server_sock, Role.SERVER) as channel:
+        channel.conversation.state = State.FITTING
+        with in_thread(client_sock.sendall, frame, close_on_error=(server_sock, client_sock)):
+            message = channel.receive(allocate=slow_pool,
+                                      pace=UploadPace(min_rate=1e9, stall_timeout=0.3))
+    assert float(message.weights[0].sum()) == 1 << 18
+
+
+# ---------------------------------------------------------------------------------------------
+# BufferPool: never bigger than the largest message expected
+# ---------------------------------------------------------------------------------------------
+
+
+def test_buffer_pool_refuses_a_buffer_larger_than_its_maximum():
+    pool = BufferPool(size=2, max_nbytes=2600)
+    with pytest.raises(ProtocolError, match="2601 bytes.*2600"):
+        pool.acquire(2601)
+    assert pool.in_use == 0 and pool.largest == 0
+    buffer = pool.acquire(2600, timeout=1)
+    pool.release(buffer)
+    assert pool.largest == 2600

@@ -1,6 +1,7 @@
 """FL_Experiment end to end: it spawns a real server process and real client processes."""
 
 import multiprocessing
+import re
 
 import numpy as np
 import pytest
@@ -54,3 +55,54 @@ def test_a_failing_client_stops_the_experiment_with_its_name(tmp_path):
 def test_experiment_checks_its_arguments():
     with pytest.raises(ConfigurationError, match="for 3 clients; received 2 data and 2 target"):
         FL_Experiment(3, [1, 2], [1, 2], None, None)
+
+
+# The README's FL_Experiment snippet, pasted into a script as a new user does: no
+# `if __name__ == "__main__":` guard. The first line marks every run of the top-level code.
+README_SCRIPT = '''\
+import os
+print("TOP-LEVEL", os.getpid(), flush=True)
+from pyfed.experiment import FL_Experiment
+from pyfed.data import load_digits, split_for_clients
+import tensorflow as tf
+{extra}
+data, target = load_digits()
+clients_data, clients_target, server_data, server_target = split_for_clients(data, target, 2)
+model = tf.keras.models.Sequential()
+model.add(tf.keras.layers.InputLayer((64,)))
+model.add(tf.keras.layers.Dense(10, activation="softmax"))
+
+exp = FL_Experiment(num_clients=2, clients_data=clients_data, clients_target=clients_target,
+                    server_data=server_data, server_target=server_target, port={port})
+model, history = exp.run(model=model, rounds=1, epochs=1, batch_size=32, lr=0.005,
+                         optimizer=tf.optimizers.Adam, loss={loss},
+                         metrics=["accuracy"])
+print(exp.test_results)
+'''
+
+TEST_LINE = re.compile(r"^test on \d+ server examples · loss [\d.]+ · accuracy [\d.]+$", re.M)
+
+
+def run_readme_script(tmp_path, env, extra="", loss='"sparse_categorical_crossentropy"'):
+    """Run the snippet with the venv's python, as `python script.py`; return (stdout, stderr)."""
+    from cliprocs import PYTHON, Processes, free_port
+
+    script = tmp_path / "readme_experiment.py"
+    script.write_text(README_SCRIPT.format(port=free_port(), extra=extra, loss=loss))
+    with Processes(tmp_path / "procs") as procs:
+        procs.start("script", [PYTHON, script], cwd=tmp_path, env=env)
+        assert procs.wait("script", 240) == 0, procs.dump()
+        out = procs.out("script")
+        err = (procs.log_dir / "script.err").read_text(errors="replace")  # unfiltered
+    return out, err
+
+
+def test_readme_snippet_runs_without_a_main_guard(tmp_path):
+    from cliprocs import child_env
+
+    out, err = run_readme_script(tmp_path, child_env())
+    assert TEST_LINE.search(out), out + err
+    assert "round 1/1 · 2 clients" in out, out
+    # The user's main module ran once: the children never re-imported it.
+    assert len(re.findall(r"^TOP-LEVEL \d+$", out, re.M)) == 1, out
+    assert "Traceback" not in err, err

@@ -20,9 +20,6 @@ from typing import Callable
 from . import __version__
 from .errors import ConfigurationError, PyFedError
 
-# TensorFlow reads this when it is first imported, which happens after argument parsing.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_LOSS = "sparse_categorical_crossentropy"
 DEFAULT_MODELS = {"digits": "pyfed.data:digits_model", "mnist": "pyfed.cli:mnist_model"}

@@ -27,11 +27,15 @@ import cloudpickle
 import numpy as np
 
 from .errors import ConfigurationError, PyFedError
-from .experiment_child import CLIENT, FINAL_WEIGHTS, SERVER
 from .history import History
 from .logs import logs_line
 
 logger = logging.getLogger("pyfed")
+
+FINAL_WEIGHTS = "final_weights.npz"
+# The roles of ``python -m pyfed.experiment_child`` (which imports this module, never the reverse:
+# ``import pyfed`` must not import a module that ``-m`` is about to run).
+SERVER, CLIENT = "server", "client"
 
 
 class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)

@@ -18,8 +18,7 @@ import json
 import os
 import sys
 
-SERVER, CLIENT = "server", "client"
-FINAL_WEIGHTS = "final_weights.npz"
+from .experiment import CLIENT, FINAL_WEIGHTS, SERVER
 
 
 def read_payload(stream) -> dict:

@@ -87,6 +87,7 @@ def run_readme_script(tmp_path, env, extra="", loss='"sparse_categorical_crossen
     """Run the snippet with the venv's python, as `python script.py`; return (stdout, stderr)."""
     from cliprocs import PYTHON, Processes, free_port
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     script = tmp_path / "readme_experiment.py"
     script.write_text(README_SCRIPT.format(port=free_port(), extra=extra, loss=loss))
     with Processes(tmp_path / "procs") as procs:
@@ -105,4 +106,52 @@ def test_readme_snippet_runs_without_a_main_guard(tmp_path):
     assert "round 1/1 · 2 clients" in out, out
     # The user's main module ran once: the children never re-imported it.
     assert len(re.findall(r"^TOP-LEVEL \d+$", out, re.M)) == 1, out
-    assert "Traceback" not in err, err
+    from cliprocs import without_tf_noise
+
+    assert without_tf_noise(err).strip() == "", err  # no traceback, no runpy warning
+
+
+# TensorFlow's start-up lines, as TF 2.21 prints them with TF_CPP_MIN_LOG_LEVEL unset (9 per
+# process: the absl notice, oneDNN, CUDA probing, CPU features) and older versions' variants.
+TF_NOISE = re.compile(r"oneDNN|cpu_feature_guard|absl::InitializeLog|This TensorFlow binary|"
+                      r"Unable to register cu|cudart_stub|cuInit|To enable the following "
+                      r"instructions|^[IWEF]\d{4} \d\d:\d\d:\d\d", re.M)
+
+# A loss defined in the script's __main__: cloudpickle hands it to the clients by value, and it
+# reports the log level each process (the script itself, each client) really runs with.
+LEVEL_LOSS = '''
+def level_loss(y_true, y_pred):
+    print("LOSS-LEVEL", os.getpid(), os.environ.get("TF_CPP_MIN_LOG_LEVEL"), flush=True)
+    return tf.keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+'''
+
+
+def loss_levels(out: str) -> dict[int, set[str]]:
+    levels: dict[int, set[str]] = {}
+    for pid, level in re.findall(r"^LOSS-LEVEL (\d+) (\S+)$", out, re.M):
+        levels.setdefault(int(pid), set()).add(level)
+    return levels
+
+
+def test_tensorflow_start_up_is_quiet_unless_the_user_set_the_level(tmp_path):
+    from cliprocs import child_env
+
+    env = child_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")
+    out, err = run_readme_script(tmp_path / "unset", env, extra=LEVEL_LOSS, loss="level_loss")
+    assert TEST_LINE.search(out), out + err
+    noise = [line for line in (out + err).splitlines() if TF_NOISE.search(line)]
+    assert noise == [], "\n".join(noise)
+    assert err.strip() == "", err  # nothing else either: zero lines on stderr
+    parent = int(re.search(r"^TOP-LEVEL (\d+)$", out, re.M).group(1))
+    levels = loss_levels(out)
+    assert parent in levels and len(levels) == 3, out  # the script and both clients trained
+    assert set().union(*levels.values()) == {"2"}, levels  # PyFed's default, in every process
+
+    # A user who asks for TensorFlow's logs gets them: their setting is not overridden.
+    out, err = run_readme_script(tmp_path / "verbose", child_env(TF_CPP_MIN_LOG_LEVEL=0),
+                                 extra=LEVEL_LOSS, loss="level_loss")
+    assert TEST_LINE.search(out), out + err
+    levels = loss_levels(out)
+    assert len(levels) == 3 and set().union(*levels.values()) == {"0"}, levels
+    assert TF_NOISE.search(err), err  # TensorFlow's own lines, as the user asked

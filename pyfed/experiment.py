@@ -26,6 +26,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from . import defaults
 from .errors import ConfigurationError, PyFedError
 from .history import History
 from .logs import logs_line
@@ -95,10 +96,15 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
         self.run_dir: Path | None = None
         self.model = None
 
-    def run(self, model, rounds: int, epochs: int = 1, batch_size: int = 32, lr: float | None = None,
-            optimizer: Any = None, loss: Any = "sparse_categorical_crossentropy",
-            metrics: Any = ("accuracy",)):
+    def run(self, model, rounds: int, epochs: int = defaults.EPOCHS,
+            batch_size: int = defaults.BATCH_SIZE, lr: float | None = None,
+            optimizer: Any = defaults.OPTIMIZER, loss: Any = defaults.LOSS,
+            metrics: Any = defaults.METRICS):
+        """Defaults are PyFed's one set (:mod:`pyfed.defaults`), as ``pyfed experiment``'s;
+        ``lr=None`` is 0.005, or the rate of an optimizer instance you configured."""
         from .models import as_adapter
+
+        lr = defaults.learning_rate(optimizer, lr)
 
         adapter = as_adapter(model)
         server_payload = {

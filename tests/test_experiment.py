@@ -111,12 +111,6 @@ def test_readme_snippet_runs_without_a_main_guard(tmp_path):
     assert without_tf_noise(err).strip() == "", err  # no traceback, no runpy warning
 
 
-# TensorFlow's start-up lines, as TF 2.21 prints them with TF_CPP_MIN_LOG_LEVEL unset (9 per
-# process: the absl notice, oneDNN, CUDA probing, CPU features) and older versions' variants.
-TF_NOISE = re.compile(r"oneDNN|cpu_feature_guard|absl::InitializeLog|This TensorFlow binary|"
-                      r"Unable to register cu|cudart_stub|cuInit|To enable the following "
-                      r"instructions|^[IWEF]\d{4} \d\d:\d\d:\d\d", re.M)
-
 # A loss defined in the script's __main__: cloudpickle hands it to the clients by value, and it
 # reports the log level each process (the script itself, each client) really runs with.
 LEVEL_LOSS = '''
@@ -134,7 +128,7 @@ def loss_levels(out: str) -> dict[int, set[str]]:
 
 
 def test_tensorflow_start_up_is_quiet_unless_the_user_set_the_level(tmp_path):
-    from cliprocs import child_env
+    from cliprocs import TF_NOISE, child_env
 
     env = child_env()
     env.pop("TF_CPP_MIN_LOG_LEVEL")

@@ -228,10 +228,14 @@ def cmd_experiment(args) -> int:
 
     keras.utils.set_random_seed(args.seed)
     model = build_model(model_ref)
+    # The split happened here, so FL_Experiment cannot know it: say it for TensorBoard's HParams.
+    split = {"dataset": args.dataset, "partition": args.partition or "iid",
+             **{dest: getattr(args, dest) for dest, (_, owner, _) in _SCHEME_OPTIONS.items()
+                if owner == args.partition and getattr(args, dest) is not None}}
     experiment = FL_Experiment(args.clients, clients_data, clients_target, server_data,
                                server_target, args.port, logdir=args.logdir,
                                run_name=args.run_name, launch_tensorboard=args.launch_tensorboard,
-                               seed=args.seed)
+                               seed=args.seed, server_options={"hparams": split})
     started = time.monotonic()
     experiment.run(model=model, rounds=args.rounds, epochs=args.epochs,
                    batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,

@@ -30,6 +30,7 @@ from . import defaults
 from .errors import ConfigurationError, PyFedError
 from .history import History
 from .logs import logs_line
+from .tb_plugins import hparam_value
 
 logger = logging.getLogger("pyfed")
 
@@ -107,13 +108,19 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
         lr = defaults.learning_rate(optimizer, lr)
 
         adapter = as_adapter(model)
+        # The clients' settings, for TensorBoard's HParams (the server cannot know them all).
+        hparams = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                   "optimizer": hparam_value(optimizer), "loss": hparam_value(loss),
+                   "partition": self.partition or "as given", "seed": self.seed,
+                   **self.server_options.get("hparams", {})}
         server_payload = {
             "model": adapter.describe(), "weights": adapter.get_weights(),
             "num_clients": self.num_clients, "rounds": rounds, "port": self.port, "seed": self.seed,
             "server_options": {"host": self.host, "logdir": str(self.logdir),
                                "run_name": self.run_name, "verbose": self.verbose,
                                "launch_tensorboard": self.launch_tensorboard,
-                               "strategy": self.strategy, **self.server_options}}
+                               "strategy": self.strategy, **self.server_options,
+                               "hparams": hparams}}
         children: list[_Party] = []
         reports = None
         try:

@@ -61,6 +61,16 @@ class ScalarWriter:
                 self._writer = self._open()
             self._writer.write(event.SerializeToString())
 
+    def write_summary(self, summary, step: int) -> None:
+        """Any TensorBoard ``Summary`` proto, e.g. a plugin's (HParams, custom scalars)."""
+        from tensorboard.compat.proto import event_pb2
+
+        event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+        with self._lock:
+            if self._writer is None:
+                self._writer = self._open()
+            self._writer.write(event.SerializeToString())
+
     def flush(self) -> None:
         with self._lock:
             if self._writer is not None:

@@ -34,6 +34,7 @@ from .rounds import Collector, EvaluateCollector, FitCollector
 from .session import FinishJob, RequestJob
 from .spec import spec_hash, spec_to_json
 from .strategy import FedAvg, Strategy
+from .tb_plugins import RunBoard, run_hparams
 from .transport import BufferPool, local_addresses, server_ssl_context
 
 logger = logging.getLogger("pyfed")
@@ -69,6 +70,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         buffer_pool_size: receive buffers shared by all connections (default 2).
         compression: ``"fp16"`` or ``"int8"`` for the weights in both directions (default none);
             int8 sends each tensor's delta from the last global model with its own scale.
+        hparams: more settings for TensorBoard's HParams tab, e.g. ``{"lr": 0.005, "partition":
+            "dirichlet"}`` (the server itself knows the strategy, clients, rounds, compression,
+            and the epochs the clients report; FL_Experiment passes its training arguments).
     """
 
     def __init__(self, curr_model: Any, num_clients: int, rounds: int, port: int = 54321,
@@ -84,7 +88,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                  ssl_keyfile: str | None = None, handshake_timeout: float = 10.0,
                  max_connections: int = 1024, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_examples: int = 10**9, buffer_pool_size: int = 2,
-                 compression: str | None = None):
+                 compression: str | None = None, hparams: dict | None = None):
         for label, value, low in (("num_clients", num_clients, 1), ("rounds", rounds, 1),
                                   ("max_connections", max_connections, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -116,6 +120,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         # The official global model is what clients decode (server-side error feedback).
         self.downlink = Downlink(self.codec) if self.codec != "none" else None
         self.history = History()
+        self.hparams = dict(hparams or {})
+        self.board: RunBoard | None = None  # HParams, custom scalars, global/ curves
         self.test_data = tuple(test_data) if test_data is not None else None
         self._prepare_centralized_evaluation(loss, metrics)
         self._spec = self.adapter.spec()
@@ -153,6 +159,10 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.tb = RunLogger(run_dir)
         self.run_dir = run_dir  # before accepting: WELCOME names the run
         self.port = self.gateway.start()
+        self.board = RunBoard(self.tb.server, run_dir.name, run_hparams(
+            self.strategy, self.num_clients, self.rounds, self.codec, self.hparams),
+            client_history=self.tb.client_history)
+        self.board.train_begin()
         self._announce()
 
     def train(self) -> History:
@@ -174,6 +184,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                 self._checkpoint(server_round)
             self._save_final_model()
             self._finish("completed")
+            self.board.train_end(completed=True)
         except KeyboardInterrupt:
             self._stop_clients("the server was stopped (Ctrl-C)")
             self._shutdown()  # before the message: TensorBoard is flushed when it is printed
@@ -207,6 +218,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         test_loss, _, results = self.adapter.evaluate(data, target, {"batch_size": batch_size})
         results = {"loss": test_loss, **results}
         print("test · " + " · ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
+        if self.board is not None:  # the final test: in TensorBoard, and HParams' last value
+            self.board.test_result(results, self.history.rounds[-1] if self.history.rounds else 0,
+                                   close=self._shut_down)
         return results
 
     @property
@@ -283,7 +297,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             reference = parameters
             decode = lambda arrays: compression.decode(self.codec, arrays, None, self._spec, reference)  # noqa: E731
         fit = FitCollector(server_round, set(plan), self.strategy, self._spec, self.max_examples,
-                           on_history=self.tb.client_history, decode=decode)
+                           on_history=self.board.client_history, decode=decode)
         self.strategy.begin(server_round, parameters)
         weights = tuple(parameters)
         for name, config in plan.items():
@@ -324,7 +338,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.tb.server.scalars({
             **{f"{section}/{k}": v for section, values in sections.items() for k, v in values.items()},
             **{f"round/{k}": v for k, v in counters.items()}}, server_round)
-        self.tb.server.flush()
+        self.board.round_end(server_round, sections, plan.values())
         if self.verbose:
             extra = " · ".join(format_metrics(section, values)
                                for section, values in sections.items() if section != "fit")

@@ -147,6 +147,11 @@ def test_experiment_command_runs_and_prints_test_accuracy(tmp_path):
     assert 0.5 < accuracy <= 1.0, out
     assert "TensorBoard logs: logs/exp" in out and "tensorboard --logdir logs" in out
     assert list((tmp_path / "logs" / "exp" / "server").glob("events.out.tfevents.*"))
+    from test_logs import hparams_of, plugin_data  # the split is the CLI's, so it says so
+
+    _, hparams, _ = hparams_of(plugin_data(tmp_path / "logs" / "exp" / "server"))
+    assert {"dataset": "digits", "partition": "iid", "lr": 0.005, "epochs": 1,
+            "clients": 2}.items() <= hparams.items(), hparams
 
 
 def histogram(out: str) -> dict[str, list[int]]:

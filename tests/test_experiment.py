@@ -39,6 +39,13 @@ def test_experiment_trains_and_returns_the_global_model(tmp_path, capfd):
     out = capfd.readouterr().out
     assert "round 4/4 · 3 clients" in out and "test on" in out and "accuracy" in out
     assert multiprocessing.active_children() == []  # every child was reaped
+    # TensorBoard's HParams hold the clients' settings, which only FL_Experiment knows.
+    from test_logs import hparams_of, plugin_data
+
+    name, hparams, _ = hparams_of(plugin_data(experiment.run_dir / "server"))
+    assert name == experiment.run_dir.name
+    assert {"epochs": 2, "batch_size": 32, "lr": 0.005, "optimizer": "adam", "clients": 3,
+            "rounds": 4, "strategy": "FedAvg", "partition": "as given"}.items() <= hparams.items()
 
 
 def test_a_failing_client_stops_the_experiment_with_its_name(tmp_path):

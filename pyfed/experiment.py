@@ -30,7 +30,7 @@ from . import defaults
 from .errors import ConfigurationError, PyFedError
 from .history import History
 from .logs import logs_line
-from .tb_plugins import hparam_value
+from .tb_plugins import hparam_value, write_final_test
 
 logger = logging.getLogger("pyfed")
 
@@ -158,6 +158,9 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                              "above); the server finished with the remaining clients. The partial "
                              "history is in FL_Experiment.history")
         self.test_results = self._test(adapter, loss, optimizer, lr, metrics)
+        if self.test_results:  # beside FL_Server.test()'s: TensorBoard and its HParams
+            write_final_test(self.run_dir / "server", self.test_results,
+                             self.history.rounds[-1] if self.history.rounds else 0)
         if self.verbose:
             print(logs_line(self.run_dir, self.logdir), flush=True)
         return model, self.history

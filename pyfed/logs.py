@@ -50,16 +50,11 @@ class ScalarWriter:
         return writer
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.compat.proto import summary_pb2
 
-        summary = summary_pb2.Summary(value=[
+        self.write_summary(summary_pb2.Summary(value=[
             summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
-            for tag, value in values.items()])
-        event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
-        with self._lock:
-            if self._writer is None:
-                self._writer = self._open()
-            self._writer.write(event.SerializeToString())
+            for tag, value in values.items()]), step)
 
     def write_summary(self, summary, step: int) -> None:
         """Any TensorBoard ``Summary`` proto, e.g. a plugin's (HParams, custom scalars)."""

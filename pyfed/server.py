@@ -218,9 +218,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         test_loss, _, results = self.adapter.evaluate(data, target, {"batch_size": batch_size})
         results = {"loss": test_loss, **results}
         print("test · " + " · ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
-        if self.board is not None:  # the final test: in TensorBoard, and HParams' last value
-            self.board.test_result(results, self.history.rounds[-1] if self.history.rounds else 0,
-                                   close=self._shut_down)
+        if self.board is not None:  # the final test: in TensorBoard (server/final) and HParams
+            self.board.test_result(results, self.history.rounds[-1] if self.history.rounds else 0)
         return results
 
     @property

@@ -5,8 +5,8 @@ writer of :mod:`pyfed.logs`, never with TensorFlow (importing this module does n
 
 - **HParams** (the HParams tab): one session per run, named after the run folder, holding the
   strategy and its parameters, clients, rounds, compression, and the training settings. Its
-  metrics are the ``server/`` scalars, whose last values are the final ones: ``test/accuracy``
-  is the last round's test, or :meth:`FL_Server.test`'s result when that is called.
+  metrics are the ``server/`` scalars' last values (the last round's ``test/accuracy``...) and
+  :meth:`FL_Server.test`'s result, written to ``server/final/`` (metric group ``final``).
 - **custom_scalars**: charts that put every client's per-epoch curve (runs ``clients/*``, tags
   ``epoch_loss``/``epoch_accuracy``) beside the global model's (``global/…``), and one per-round
   chart of fit, eval and test. TensorBoard merges identical layouts of many runs into one.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 #: One step per round, and one per global epoch: the charts the layout draws.
@@ -40,6 +41,8 @@ LAYOUT = {
     },
 }
 _HPARAM_TYPES = (bool, int, float, str)
+#: FL_Server.test()'s results: ``<run>/server/final/``.
+FINAL_RUN = "final"
 
 
 def hparams_summary(hparams: dict[str, Any], trial_id: str, start_time: float):
@@ -159,20 +162,28 @@ class RunBoard:
             self._hparams_written = True
         self.writer.flush()
 
-    def test_result(self, results: dict[str, float], step: int, close: bool) -> None:
-        """FL_Server.test(): the final test, as ``test/…`` scalars (HParams shows the last).
-        ``close`` after training, which closed the writer: this reopened it."""
-        self.writer.scalars({f"test/{name}": value for name, value in results.items()
-                             if isinstance(value, (int, float))}, step)
-        if close:
-            self.writer.close()
-        else:
-            self.writer.flush()
+    def test_result(self, results: dict[str, float], step: int) -> None:
+        """FL_Server.test(): the final test (see :func:`write_final_test`)."""
+        write_final_test(self.writer.directory, results, step)
 
     def train_end(self, completed: bool) -> None:
         if self._hparams_written:
             self.writer.write_summary(session_end_summary(completed), step=0)
             self.writer.flush()
+
+
+def write_final_test(server_dir, results: dict[str, float], step: int) -> None:
+    """The final test as ``test/…`` scalars in the sub-run ``server/final``.
+
+    Its own run, not more points of the per-round ``test/…`` curve: the data may differ from
+    ``test_data``'s, and one step would hold two values. Inside ``server/``, so the HParams
+    session counts it among its metrics (group ``final``)."""
+    from .logs import ScalarWriter
+
+    writer = ScalarWriter(Path(server_dir) / FINAL_RUN)
+    writer.scalars({f"test/{name}": value for name, value in results.items()
+                    if isinstance(value, (int, float))}, step)
+    writer.close()
 
 
 def _config_values(configs) -> dict[str, Any]:

@@ -46,6 +46,10 @@ def test_experiment_trains_and_returns_the_global_model(tmp_path, capfd):
     assert name == experiment.run_dir.name
     assert {"epochs": 2, "batch_size": 32, "lr": 0.005, "optimizer": "adam", "clients": 3,
             "rounds": 4, "strategy": "FedAvg", "partition": "as given"}.items() <= hparams.items()
+    from test_logs import scalars  # and the final test, as FL_Server.test() logs it
+
+    final = scalars(experiment.run_dir / "server" / "final")
+    assert final["test/accuracy"] == [(4, pytest.approx(experiment.test_results["accuracy"]))]
 
 
 def test_a_failing_client_stops_the_experiment_with_its_name(tmp_path):

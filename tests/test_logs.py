@@ -219,15 +219,18 @@ def test_runs_compare_in_tensorboard_hparams_custom_scalars_and_global_curves(tm
     # The global model's test and eval curves at the clients' global-epoch steps: after round
     # r, step 3r, where the clients' round-r epochs (3(r-1) .. 3r-1) end.
     curves = scalars(logdir / "prox" / "server")
-    per_round = [value for step, value in curves["test/accuracy"] if step in (1, 2, 3)][:3]
+    per_round = [value for _, value in curves["test/accuracy"]]
     assert curves["global/test_accuracy"] == list(zip([3, 6, 9], per_round))
     assert [step for step, _ in curves["global/test_loss"]] == [3, 6, 9]
     assert [step for step, _ in curves["global/eval_accuracy"]] == [3, 6, 9]
     client = scalars(logdir / "prox" / "clients" / "client_1")
     assert [step for step, _ in client["epoch_loss"]] == list(range(9))
-    # The final test (FL_Server.test after training) is logged, at the last round's step.
-    final_step, final_value = curves["test/accuracy"][-1]
-    assert final_step == 3 and abs(final_value - results["prox"]["test"]["accuracy"]) < 1e-6
+    # The final test (FL_Server.test after training) is logged at the last round's step, in a
+    # run of its own, server/final (the per-round curve keeps one value per step).
+    assert [step for step, _ in curves["test/accuracy"]] == [1, 2, 3]
+    final = scalars(logdir / "prox" / "server" / "final")
+    assert final["test/accuracy"] == [(3, pytest.approx(results["prox"]["test"]["accuracy"]))]
+    assert final["test/loss"] == [(3, pytest.approx(results["prox"]["test"]["loss"]))]
     # custom_scalars: one chart of every client's curve with the global one, per metric.
     layout = layout_of(server)
     clients_chart = layout["PyFed: clients and the global model (step: global epoch)"]
@@ -245,7 +248,10 @@ def test_runs_compare_in_tensorboard_hparams_custom_scalars_and_global_curves(tm
     assert tab["prox"]["hparams"]["strategy.proximal_mu"] == pytest.approx(0.1)
     for run in runs:
         metrics = tab[run]["metrics"]
-        assert metrics[("", "test/accuracy")] == pytest.approx(results[run]["test"]["accuracy"])
+        final = results[run]["test"]["accuracy"]
+        assert metrics[("final", "test/accuracy")] == pytest.approx(final)
+        last_round = results[run]["history"]["history"]["test_accuracy"][-1]
+        assert metrics[("", "test/accuracy")] == pytest.approx(last_round)
         assert ("", "global/test_accuracy") in metrics and ("", "eval/loss") in metrics
 
 
@@ -258,11 +264,12 @@ def test_plugin_summaries_need_no_tensorflow(tmp_path):
     board.train_begin()
     board.client_history("c", {"loss": [1.0, 0.5]}, 0)
     board.round_end(1, {"test": {"loss": 0.4, "accuracy": 0.9}}, [{}])
-    board.test_result({"loss": 0.3, "accuracy": 0.95}, 1, close=True)
+    board.test_result({"loss": 0.3, "accuracy": 0.95}, 1)
     board.train_end(completed=True)
     accumulator = plugin_data(tmp_path / "server")
     name, hparams, _ = hparams_of(accumulator)
     assert (name, hparams["lr"], hparams["epochs"], hparams["strategy"]) == ("run", 0.01, 2, "FedAvg")
     assert scalars(tmp_path / "server")["global/test_accuracy"] == [(2, pytest.approx(0.9))]
+    assert scalars(tmp_path / "server" / "final")["test/accuracy"] == [(1, pytest.approx(0.95))]
     if "keras" not in sys.modules:
         assert "tensorflow" not in sys.modules

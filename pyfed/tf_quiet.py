@@ -1,16 +1,23 @@
-"""Keep TensorFlow's start-up noise off the terminal, unless the user chose TF's log level.
+"""Keep TensorFlow's start-up noise off the terminal, as the TF log level asks.
 
 With ``TF_CPP_MIN_LOG_LEVEL`` unset, TensorFlow 2.21 prints 9 lines per process on import and
 first device use (oneDNN, CUDA probing, CPU features, and absl's "All log messages before
 absl::InitializeLog()"): 36 lines for a 2-client FL_Experiment. Even level 3 leaves 6 of them,
-because they are logged before absl reads any setting. So, when the user has not set the level,
-PyFed sets it to 2 (errors still show) and runs TensorFlow's first import, plus the device probe
-that prints the CUDA error, with file descriptor 2 captured; afterwards it writes back
-everything captured except those start-up lines. ``TF_ENABLE_ONEDNN_OPTS`` is never changed.
+because they are logged before absl reads any setting.
 
-A user who sets ``TF_CPP_MIN_LOG_LEVEL`` (to anything) gets TensorFlow's own behaviour,
-untouched. The choice travels to child processes in ``PYFED_QUIET_TF``, so the processes PyFed
-starts (FL_Experiment's parties) are quiet too, and a user's level is not mistaken for PyFed's.
+So PyFed runs TensorFlow's first import, plus the device probe that prints the CUDA error,
+with file descriptor 2 captured, and writes back everything captured except the start-up lines
+that the level hides:
+
+- level unset: PyFed sets 2 (later errors still show) and also drops the CUDA-probing ERROR
+  lines of a machine without a GPU: zero lines of start-up noise.
+- level set by the user: exactly what it promises, applied to the lines TensorFlow prints
+  before reading it (1 hides INFO, 2 also WARNING, 3 also ERROR); 0 shows everything, and
+  nothing is captured at all. The variable itself is never changed.
+
+``TF_ENABLE_ONEDNN_OPTS`` is never changed. PyFed's own choice travels to child processes in
+``PYFED_QUIET_TF``, so the processes PyFed starts (FL_Experiment's parties) are quiet too, and
+a user's level is not mistaken for PyFed's.
 
 This module imports nothing heavy: ``pyfed/__init__`` installs it before anything can import
 TensorFlow. If TensorFlow is already imported, it is too late and nothing is done.
@@ -30,20 +37,23 @@ LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 MARKER_VARIABLE = "PYFED_QUIET_TF"
 DEFAULT_LEVEL = "2"
 
-# What TensorFlow prints while it starts: absl's notice, INFO/WARNING lines in glog format,
-# the CPU-feature hint, and the ERROR lines of CUDA probing on a machine without a GPU.
+# What TensorFlow prints while it starts: absl's notice, lines in glog format (severity first),
+# the CPU-feature hint that continues an INFO line, and the ERROR lines of CUDA probing.
 _NOTICE = re.compile(rb"^WARNING: All log messages before absl::InitializeLog\(\) is called")
 _GLOG = re.compile(rb"^([IWEF])\d{4} [\d:.]+\s+\d+ [\w.\-/]+:\d+\] (.*)$")
-_START_UP_ERROR = re.compile(rb"cuda|cuInit|Unable to register cu|TensorRT|TF-TRT", re.I)
+_SEVERITY = {b"I": 0, b"W": 1, b"E": 2, b"F": 3}
+_CUDA_PROBING = re.compile(rb"cuda|cuInit|Unable to register cu|TensorRT|TF-TRT", re.I)
 _CPU_HINT = re.compile(rb"^To enable the following instructions: ")
 
 
-def is_start_up_noise(line: bytes) -> bool:
+def is_start_up_noise(line: bytes, level: int, cuda_probing: bool = False) -> bool:
+    """Does TF log ``level`` hide this start-up line? ``cuda_probing``: also the CUDA errors."""
     match = _GLOG.match(line)
     if match:
-        severity, message = match.groups()
-        return severity in b"IW" or (severity == b"E" and bool(_START_UP_ERROR.search(message)))
-    return bool(_NOTICE.match(line) or _CPU_HINT.match(line))
+        severity, message = _SEVERITY[match.group(1)], match.group(2)
+        return severity < level or (cuda_probing and severity == 2
+                                    and bool(_CUDA_PROBING.search(message)))
+    return level >= 1 and bool(_NOTICE.match(line) or _CPU_HINT.match(line))
 
 
 def chosen_by_pyfed() -> bool:
@@ -51,12 +61,19 @@ def chosen_by_pyfed() -> bool:
             and os.environ.get(LEVEL_VARIABLE) == DEFAULT_LEVEL)
 
 
+def current_level() -> int:
+    try:
+        return int(os.environ.get(LEVEL_VARIABLE, "0"))
+    except ValueError:  # TensorFlow reads an unparsable level as 0
+        return 0
+
+
 def install() -> None:
     """Set the quiet level if the user has not, and quiet TensorFlow's first import."""
     if LEVEL_VARIABLE not in os.environ:
         os.environ[LEVEL_VARIABLE] = DEFAULT_LEVEL
         os.environ[MARKER_VARIABLE] = "1"
-    if not chosen_by_pyfed() or "tensorflow" in sys.modules:
+    if current_level() < 1 or "tensorflow" in sys.modules:
         return
     if not any(isinstance(finder, _QuietImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
@@ -84,7 +101,9 @@ def captured_start_up_noise():
             capture.seek(0)
             lines = capture.read().splitlines(keepends=True)
             # If the import failed, every captured line may matter: write them all back.
-            kept = b"".join(line for line in lines if failed or not is_start_up_noise(line.rstrip()))
+            level, cuda_probing = current_level(), chosen_by_pyfed()
+            kept = b"".join(line for line in lines if failed or not is_start_up_noise(
+                line.rstrip(), level, cuda_probing))
             if kept:
                 with contextlib.suppress(OSError):
                     os.write(2, kept)

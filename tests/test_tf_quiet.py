@@ -36,8 +36,14 @@ KEPT = [
 
 
 def test_start_up_lines_are_noise_and_real_errors_are_not():
-    assert [line for line in NOISE if not is_start_up_noise(line)] == []
-    assert [line for line in KEPT if is_start_up_noise(line)] == []
+    # PyFed's own level (2, plus the CUDA probing errors of a machine without a GPU): all go.
+    assert [line for line in NOISE if not is_start_up_noise(line, 2, cuda_probing=True)] == []
+    assert [line for line in KEPT if is_start_up_noise(line, 2, cuda_probing=True)] == []
+    # A user's level means what TensorFlow says it means: 2 keeps errors, 0 keeps everything.
+    assert [line for line in NOISE if not is_start_up_noise(line, 2)] == NOISE[-2:]
+    assert [line for line in NOISE + KEPT if is_start_up_noise(line, 0)] == []
+    assert [line for line in NOISE if not is_start_up_noise(line, 3)] == []
+    assert [line for line in KEPT if is_start_up_noise(line, 3)] == [KEPT[0]]  # an E line
 
 
 PROBE = """
@@ -65,6 +71,6 @@ def test_pyfed_sets_level_2_only_when_the_user_has_not():
     assert probe() == {"level": "2", "marker": "1", "hooked": True, "tensorflow": False}
     for level in ("0", "2", "3"):
         assert probe(TF_CPP_MIN_LOG_LEVEL=level) == {
-            "level": level, "marker": None, "hooked": False, "tensorflow": False}
-    # A child of a PyFed process inherits PyFed's choice, and stays quiet too.
+            "level": level, "marker": None, "hooked": level != "0", "tensorflow": False}
+    # A child of a PyFed process inherits PyFed's choice (and its CUDA-error filter).
     assert probe(TF_CPP_MIN_LOG_LEVEL="2", PYFED_QUIET_TF="1")["hooked"] is True

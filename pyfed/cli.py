@@ -8,6 +8,7 @@ TensorFlow is imported only by the subcommands that train.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.util
 import logging
@@ -17,16 +18,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
+from . import __version__, defaults
 from .errors import ConfigurationError, PyFedError
 
-# TensorFlow reads this when it is first imported, which happens after argument parsing.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
-DEFAULT_LOSS = "sparse_categorical_crossentropy"
-DEFAULT_MODELS = {"digits": "pyfed.data:digits_model", "mnist": "pyfed.cli:mnist_model"}
-DEFAULT_LR = {"digits": 0.005, "mnist": 3e-4}
+# Training defaults live in pyfed.defaults, shared with FL_Experiment and FL_Client; only the
+# model depends on the dataset (the README's MLP for MNIST's 784 pixels).
+DEFAULT_MODELS = {"digits": defaults.MODEL, "mnist": "pyfed.cli:mnist_model"}
 
 
 def mnist_model():
@@ -183,6 +181,12 @@ def print_split(clients_target, server_target) -> None:
     print(summary({**rows, "server": server_target}, print_it=False), flush=True)
 
 
+def training_line(args) -> str:
+    """What a client trains with, as every path prints it."""
+    return (f"{args.epochs} epochs, batch size {args.batch_size}, {args.optimizer} lr "
+            f"{args.lr:g}")
+
+
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     root = logging.getLogger()
@@ -205,12 +209,12 @@ def cmd_experiment(args) -> int:
     from .experiment import FL_Experiment
 
     model_ref = args.model or DEFAULT_MODELS[args.dataset]
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.dataset]
+    lr = args.lr
     x, y = load_dataset(args.dataset, args.mnist_path)
     clients_data, clients_target, server_data, server_target = split_data(
         args, x, y, args.partition, "--partition")
     print(f"PyFed experiment: {args.dataset}, {args.clients} clients, {args.rounds} rounds of "
-          f"{args.epochs} epochs, batch size {args.batch_size}, lr {lr:g}", flush=True)
+          f"{training_line(args)}", flush=True)
     if args.partition is None:
         print(f"data: {len(clients_target[0])} examples per client, {len(server_target)} held "
               "out for the server's test", flush=True)
@@ -224,10 +228,14 @@ def cmd_experiment(args) -> int:
 
     keras.utils.set_random_seed(args.seed)
     model = build_model(model_ref)
+    # The split happened here, so FL_Experiment cannot know it: say it for TensorBoard's HParams.
+    split = {"dataset": args.dataset, "partition": args.partition or "iid",
+             **{dest: getattr(args, dest) for dest, (_, owner, _) in _SCHEME_OPTIONS.items()
+                if owner == args.partition and getattr(args, dest) is not None}}
     experiment = FL_Experiment(args.clients, clients_data, clients_target, server_data,
                                server_target, args.port, logdir=args.logdir,
                                run_name=args.run_name, launch_tensorboard=args.launch_tensorboard,
-                               seed=args.seed)
+                               seed=args.seed, server_options={"hparams": split})
     started = time.monotonic()
     experiment.run(model=model, rounds=args.rounds, epochs=args.epochs,
                    batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,
@@ -250,7 +258,10 @@ def cmd_server(args) -> int:
     from .components import FL_Server
 
     model = build_model(args.model)
-    server = FL_Server(model, args.clients, args.rounds, port=args.port,
+    # As the Python API's test_data: the global model is tested after every round.
+    server = FL_Server(model, args.clients, args.rounds, port=args.port, test_data=test,
+                       loss=args.loss if test else None,
+                       metrics=parse_metrics(args.metrics) if test else None,
                        multi_system=args.multi_system, host=args.host, logdir=args.logdir,
                        run_name=args.run_name, launch_tensorboard=args.launch_tensorboard,
                        wait_timeout=args.wait_timeout, round_timeout=args.round_timeout,
@@ -258,9 +269,12 @@ def cmd_server(args) -> int:
                        token_file=args.token_file, ssl_certfile=args.ssl_certfile,
                        ssl_keyfile=args.ssl_keyfile, max_connections=args.max_connections,
                        handshake_timeout=args.handshake_timeout, round_retries=args.round_retries)
-    server.train()  # ends by saying where the logs are
-    if test is not None:
-        server.test(test[0], test[1], args.loss, parse_metrics(args.metrics))
+    history = server.train()  # ends by saying where the logs are
+    if test is not None:  # the last round's test is the final model's: no second evaluation
+        results = {name[len("test_"):]: history.last(name) for name in history.history
+                   if name.startswith("test_")}
+        results = {"loss": results.pop("loss", float("nan")), **results}
+        print("test · " + " · ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
     return EXIT_OK
 
 
@@ -275,8 +289,8 @@ def cmd_client(args) -> int:
                        max_retries=args.max_retries, retry_interval=args.retry_interval,
                        validation_split=args.validation_split,
                        wait_for_resume=args.wait_for_resume)
-    print(f"{args.name}: {len(target)} examples; connecting to {args.server_ip}:{args.port}",
-          flush=True)
+    print(f"{args.name}: {len(target)} examples, {training_line(args)}; connecting to "
+          f"{args.server_ip}:{args.port}", flush=True)
     client.train(args.epochs, args.batch_size, args.lr, args.loss, args.optimizer,
                  parse_metrics(args.metrics))
     print(f"{args.name}: trained {client.rounds_trained} rounds; server said "
@@ -319,13 +333,24 @@ def cmd_token(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Show a default only where there is one worth showing (not None, False or suppressed)."""
+    """Show every default worth showing (not None, False or suppressed), even on an option
+    without help text, and 0 too (argparse's own ArgumentDefaultsHelpFormatter skips neither)."""
+
+    @staticmethod
+    def _has_default(action) -> bool:
+        default = action.default
+        return (bool(action.option_strings) and default is not None and default is not False
+                and default is not argparse.SUPPRESS)
+
+    def _format_action(self, action):
+        if action.help is None and self._has_default(action):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
     def _get_help_string(self, action):
         text = action.help or ""
-        default = action.default
-        if ("(default" not in text and action.option_strings and default not in (None, False)
-                and default is not argparse.SUPPRESS):
+        if "(default" not in text and self._has_default(action):
             text = f"{text} (default: %(default)s)".lstrip()
         return text
 
@@ -347,24 +372,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    def training_options(p, lr_help):
-        p.add_argument("--epochs", type=positive_int, default=2, help="local epochs per round")
-        p.add_argument("--batch-size", type=positive_int, default=32)
-        p.add_argument("--lr", type=float, default=None, help=lr_help)
-        p.add_argument("--optimizer", default="adam", help="a Keras optimizer name")
-        p.add_argument("--loss", default=DEFAULT_LOSS, help="a Keras loss name")
-        p.add_argument("--metrics", default="accuracy", help="comma-separated Keras metric names")
+    def training_options(p):
+        # One set for every path (pyfed.defaults): client, experiment, FL_Client, FL_Experiment.
+        p.add_argument("--epochs", type=positive_int, default=defaults.EPOCHS,
+                       help="local epochs per round")
+        p.add_argument("--batch-size", type=positive_int, default=defaults.BATCH_SIZE)
+        p.add_argument("--lr", type=positive_float, default=defaults.LR, help="learning rate")
+        p.add_argument("--optimizer", default=defaults.OPTIMIZER, help="a Keras optimizer name")
+        p.add_argument("--loss", default=defaults.LOSS, help="a Keras loss name")
+        p.add_argument("--metrics", default=",".join(defaults.METRICS),
+                       help="comma-separated Keras metric names")
 
     p = add("experiment", "Run a whole federated experiment here: a server and N clients as "
                           "separate processes on 127.0.0.1.", cmd_experiment)
     p.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
                    help="digits ships with scikit-learn; mnist needs --mnist-path or a network")
     p.add_argument("--mnist-path", help="local MNIST .npz with arrays x and y")
-    p.add_argument("--clients", type=positive_int, default=3)
-    p.add_argument("--rounds", type=positive_int, default=5)
-    training_options(p, "learning rate (default: 0.005 for digits, 3e-4 for mnist)")
-    p.add_argument("--model", help="module:function returning a Keras model (default: "
-                                   "pyfed.data:digits_model, or the README MLP for mnist)")
+    p.add_argument("--clients", type=positive_int, default=defaults.CLIENTS)
+    p.add_argument("--rounds", type=positive_int, default=defaults.ROUNDS)
+    training_options(p)
+    p.add_argument("--model", help=f"module:function returning a Keras model (default: "
+                                   f"{defaults.MODEL}, or pyfed.cli:mnist_model, the README's "
+                                   "MLP, for mnist)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data split and the model")
     p.add_argument("--port", type=port_number, default=54321)
     p.add_argument("--logdir", default="pyfed_logs", help="TensorBoard root")
@@ -377,9 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     partition_options(p, "--partition")
 
     p = add("server", "Run a federated server that waits for --clients clients.", cmd_server)
-    p.add_argument("--model", required=True, help="module:function returning a Keras model")
-    p.add_argument("--clients", type=positive_int, required=True)
-    p.add_argument("--rounds", type=positive_int, required=True)
+    p.add_argument("--model", default=defaults.MODEL,
+                   help="module:function returning a Keras model (the built-in digits MLP)")
+    p.add_argument("--clients", type=positive_int, default=defaults.CLIENTS,
+                   help="clients to wait for before the first round")
+    p.add_argument("--rounds", type=positive_int, default=defaults.ROUNDS)
     p.add_argument("--port", type=port_number, default=54321)
     p.add_argument("--multi-system", action="store_true",
                    help="listen on every interface, for clients on other machines")
@@ -387,10 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "--multi-system)")
     p.add_argument("--logdir", default="pyfed_logs", help="TensorBoard root")
     p.add_argument("--run-name", help="this run's folder under --logdir (default: a timestamp)")
-    p.add_argument("--test-data", help=".npy features to test the final model on")
-    p.add_argument("--test-target", help=".npy labels to test the final model on")
-    p.add_argument("--loss", default=DEFAULT_LOSS, help="a Keras loss name, for the test")
-    p.add_argument("--metrics", default="accuracy", help="comma-separated metrics, for the test")
+    p.add_argument("--test-data", help=".npy features to test the global model on after every "
+                                       "round")
+    p.add_argument("--test-target", help=".npy labels for --test-data")
+    p.add_argument("--loss", default=defaults.LOSS, help="a Keras loss name, for the test")
+    p.add_argument("--metrics", default=",".join(defaults.METRICS),
+                   help="comma-separated metrics, for the test")
     p.add_argument("--wait-timeout", type=float, default=None,
                    help="seconds to wait for all clients to connect (default: forever)")
     p.add_argument("--round-timeout", type=float, default=None,
@@ -418,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help=".npy labels")
     p.add_argument("--server-ip", default="127.0.0.1")
     p.add_argument("--port", type=port_number, default=54321, help="the server's port")
-    training_options(p, "learning rate (default: the optimizer's own)")
+    training_options(p)
     p.add_argument("--logdir", default="pyfed_logs",
                    help="TensorBoard root on this machine (used when the server is elsewhere)")
     p.add_argument("--connect-timeout", type=float, default=60.0,
@@ -442,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd_partition)
     p.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
     p.add_argument("--mnist-path", help="local MNIST .npz with arrays x and y")
-    p.add_argument("--clients", type=positive_int, default=3)
+    p.add_argument("--clients", type=positive_int, default=defaults.CLIENTS)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scheme", choices=PARTITION_SCHEMES, default="iid",

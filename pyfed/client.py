@@ -19,6 +19,7 @@ import numpy as np
 from . import messages
 from . import auth, compression
 from .client_checks import check_round, check_weights, check_welcome, training_config
+from . import defaults as shared_defaults  # train() has a local named defaults
 from .compression import validate_codec
 from .errors import (AuthenticationError, ConfigurationError, ConnectionClosed, DuplicateNameError,
                      HandshakeError, PyFedError, ModelMismatchError, NetworkError, TLSError,
@@ -127,9 +128,15 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
 
     # ------------------------------------------------------------------------------------------
 
-    def train(self, epochs: int = 1, batch_size: int = 32, lr: float | None = None,
-              loss: Any = None, optimizer: Any = None, metrics: Any = None):
+    def train(self, epochs: int = shared_defaults.EPOCHS,
+              batch_size: int = shared_defaults.BATCH_SIZE,
+              lr: float | None = None, loss: Any = None, optimizer: Any = None,
+              metrics: Any = None):
         """Take part in every round until the server says FINISH. Returns the final model.
+
+        Defaults are PyFed's one set (:mod:`pyfed.defaults`, as ``pyfed client``): Adam at
+        lr 0.005 (``lr=None`` keeps the rate of an optimizer instance you configured), and the
+        sparse categorical cross-entropy with accuracy unless you compiled your own model.
 
         A lost connection is retried (``max_retries``, ``retry_interval``); refusals (a wrong
         token, a different model, a name another live client has) are not, and raise at once. Neither is a
@@ -137,6 +144,10 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         checked (client_checks) and this client's data against the model, before round 1; a
         failure raises one PyFedError, after telling the server why.
         """
+        lr = shared_defaults.learning_rate(optimizer, lr)
+        if loss is None and getattr(self.model, "loss", None) is None:  # nothing compiled
+            loss = shared_defaults.LOSS
+            metrics = list(shared_defaults.METRICS) if metrics is None else metrics
         defaults = {"epochs": epochs, "batch_size": batch_size, "verbose": self.verbose}
         tb = None
         failures_in_a_row = 0

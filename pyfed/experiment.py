@@ -1,20 +1,24 @@
 """FL_Experiment: a whole federated run on one machine, every party a real process.
 
-The parent spawns one server process and one process per client (``spawn``, so each child is
-a fresh interpreter, as on separate machines). What a child needs (the model's JSON and
-weights, data, and a user's loss/optimizer/metric objects, which may be custom functions) is
-handed over with cloudpickle: this local parent-to-child handoff is the only place PyFed uses
-it. Nothing comes back pickled: the server child writes the final weights as ``.npz`` (read with
-``allow_pickle=False``) and reports over a pipe in JSON.
+The parent starts one server process and one process per client, each a fresh interpreter (as
+on separate machines) running ``python -m pyfed.experiment_child``: never the user's script, so
+a script without an ``if __name__ == "__main__":`` guard runs its top-level code once, as
+written. What a child needs (the model's JSON and weights, data, and a user's
+loss/optimizer/metric objects, which may be custom functions defined in ``__main__``) goes to
+its stdin with cloudpickle: this local parent-to-child handoff is the only place PyFed uses it.
+Nothing comes back pickled: the server child writes the final weights as ``.npz`` (read with
+``allow_pickle=False``) and reports as JSON lines on a pipe of its own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
+import select
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,61 +26,18 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
+from . import defaults
 from .errors import ConfigurationError, PyFedError
 from .history import History
 from .logs import logs_line
+from .tb_plugins import hparam_value, write_final_test
 
 logger = logging.getLogger("pyfed")
 
 FINAL_WEIGHTS = "final_weights.npz"
-
-
-def _child_setup(seed: int | None) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if seed is not None:  # each party gets its own stream, reproducibly
-        import keras
-
-        keras.utils.set_random_seed(seed)
-
-
-def _server_main(payload: bytes, report) -> None:
-    """Server child: train, save the final weights in the run folder, report as JSON."""
-    spec = cloudpickle.loads(payload)
-    try:
-        _child_setup(spec["seed"])
-        from .models import adapter_from_description
-        from .server import FL_Server
-
-        adapter = adapter_from_description(spec["model"])
-        adapter.set_weights(spec["weights"])
-        model = getattr(adapter, "model", adapter)
-        server = FL_Server(model, spec["num_clients"], spec["rounds"], port=spec["port"],
-                           **spec["server_options"])
-        server.print_logs_line = False  # the parent says where the logs are, after its test
-        server.start()
-        report.send_bytes(json.dumps({"event": "listening", "port": server.port,
-                                      "run_dir": str(server.run_dir)}).encode())
-        history = server.train()
-        weights_file = server.run_dir / FINAL_WEIGHTS
-        np.savez(weights_file, *server.adapter.get_weights())
-        report.send_bytes(json.dumps({"event": "done", "history": history.to_dict(),
-                                      "weights": str(weights_file)}).encode())
-    except PyFedError as exc:  # expected failures: one clear line, no traceback
-        report.send_bytes(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}).encode())
-        sys.exit(1)
-    except BaseException as exc:  # a bug: report it, then let the traceback show it
-        report.send_bytes(json.dumps({"event": "error", "error": f"{type(exc).__name__}: {exc}"}).encode())
-        raise
-
-
-def _client_main(payload: bytes) -> None:
-    spec = cloudpickle.loads(payload)
-    _child_setup(spec["seed"])
-    from .client import FL_Client
-
-    client = FL_Client(spec["name"], spec["data"], spec["target"], server_ip=spec["host"],
-                       server_port=spec["port"], **spec["client_options"])
-    client.train(**spec["train"])
+# The roles of ``python -m pyfed.experiment_child`` (which imports this module, never the reverse:
+# ``import pyfed`` must not import a module that ``-m`` is about to run).
+SERVER, CLIENT = "server", "client"
 
 
 class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
@@ -136,49 +97,54 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
         self.run_dir: Path | None = None
         self.model = None
 
-    def run(self, model, rounds: int, epochs: int = 1, batch_size: int = 32, lr: float | None = None,
-            optimizer: Any = None, loss: Any = "sparse_categorical_crossentropy",
-            metrics: Any = ("accuracy",)):
+    def run(self, model, rounds: int, epochs: int = defaults.EPOCHS,
+            batch_size: int = defaults.BATCH_SIZE, lr: float | None = None,
+            optimizer: Any = defaults.OPTIMIZER, loss: Any = defaults.LOSS,
+            metrics: Any = defaults.METRICS):
+        """Defaults are PyFed's one set (:mod:`pyfed.defaults`), as ``pyfed experiment``'s;
+        ``lr=None`` is 0.005, or the rate of an optimizer instance you configured."""
         from .models import as_adapter
 
+        lr = defaults.learning_rate(optimizer, lr)
+
         adapter = as_adapter(model)
-        context = multiprocessing.get_context("spawn")
-        receive_report, send_report = context.Pipe(duplex=False)
-        server_payload = cloudpickle.dumps({
+        # The clients' settings, for TensorBoard's HParams (the server cannot know them all).
+        hparams = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                   "optimizer": hparam_value(optimizer), "loss": hparam_value(loss),
+                   "partition": self.partition or "as given", "seed": self.seed,
+                   **self.server_options.get("hparams", {})}
+        server_payload = {
             "model": adapter.describe(), "weights": adapter.get_weights(),
             "num_clients": self.num_clients, "rounds": rounds, "port": self.port, "seed": self.seed,
             "server_options": {"host": self.host, "logdir": str(self.logdir),
                                "run_name": self.run_name, "verbose": self.verbose,
                                "launch_tensorboard": self.launch_tensorboard,
-                               "strategy": self.strategy, **self.server_options}})
-        server = context.Process(target=_server_main, args=(server_payload, send_report),
-                                 name="pyfed-server")
-        children = [server]
+                               "strategy": self.strategy, **self.server_options,
+                               "hparams": hparams}}
+        children: list[_Party] = []
+        reports = None
         try:
-            server.start()
-            send_report.close()  # so a dead server shows up as EOF on our end
-            listening = self._next_report(receive_report, children, "start listening")
+            server, reports = _Party.start_server(server_payload)
+            children.append(server)
+            listening = self._next_report(reports, children, "start listening")
             self.run_dir = Path(listening["run_dir"])
             train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
                      "optimizer": optimizer, "metrics": list(metrics) if metrics else None}
             for index in range(self.num_clients):
-                payload = cloudpickle.dumps({
+                children.append(_Party.start_client(f"client_{index + 1}", {
                     "name": f"client_{index + 1}", "data": self.clients_data[index],
                     "target": self.clients_target[index], "host": self.host,
                     "port": listening["port"], "train": train,
                     "seed": None if self.seed is None else self.seed + index + 1,
                     "client_options": {"verbose": self.client_verbose, "logdir": str(self.logdir),
-                                       **self.client_options}})
-                client = context.Process(target=_client_main, args=(payload,),
-                                         name=f"pyfed-client_{index + 1}")
-                client.start()
-                children.append(client)
-            done = self._next_report(receive_report, children, "finish training")
+                                       **self.client_options}}))
+            done = self._next_report(reports, children, "finish training")
             for child in children:
-                child.join(timeout=30)
+                child.wait(timeout=30)
         finally:
             _end(children)
-            receive_report.close()
+            if reports is not None:
+                reports.close()
 
         with np.load(done["weights"], allow_pickle=False) as archive:
             adapter.set_weights([archive[f"arr_{i}"] for i in range(len(archive.files))])
@@ -192,21 +158,21 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                              "above); the server finished with the remaining clients. The partial "
                              "history is in FL_Experiment.history")
         self.test_results = self._test(adapter, loss, optimizer, lr, metrics)
+        if self.test_results:  # beside FL_Server.test()'s: TensorBoard and its HParams
+            write_final_test(self.run_dir / "server", self.test_results,
+                             self.history.rounds[-1] if self.history.rounds else 0)
         if self.verbose:
             print(logs_line(self.run_dir, self.logdir), flush=True)
         return model, self.history
 
-    def _next_report(self, reports, children, what: str) -> dict:
+    def _next_report(self, reports: "_Reports", children, what: str) -> dict:
         """Wait for the server's next report, failing fast if any party dies first."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
-            if reports.poll(0.2):
-                try:
-                    report = json.loads(reports.recv_bytes())
-                except EOFError:
-                    report = {"event": "error", "error": "the server process exited"}
-                if report["event"] == "error":
-                    raise PyFedError(f"the server failed to {what}: {report['error']}")
+            report = reports.next(timeout=0.2)
+            if report is not None:
+                if report.get("event") == "error":
+                    raise PyFedError(f"the server failed to {what}: {report.get('error')}")
                 return report
             for child in children:
                 if child.exitcode not in (None, 0):
@@ -228,15 +194,106 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
         return results
 
 
-def _end(children) -> None:
-    """Stop every child we started that is still running, and reap them all."""
+class _Party:
+    """One child process: ``python -m pyfed.experiment_child <role>``, fed its payload on stdin."""
+
+    def __init__(self, name: str, process: subprocess.Popen, payload: bytes):
+        self.name = name
+        self.process = process
+        # A thread, so that a child that never reads cannot block the parent; it ends when the
+        # child has read everything or has died (the pipe breaks).
+        self._feeder = threading.Thread(target=self._feed, args=(payload,), daemon=True,
+                                        name=f"{name}-payload")
+        self._feeder.start()
+
+    @classmethod
+    def _start(cls, name: str, role: str, spec: dict, pass_fds=(), extra=()) -> "_Party":
+        header = json.dumps({"sys_path": [p for p in sys.path if isinstance(p, str)]})
+        payload = header.encode() + b"\n" + cloudpickle.dumps(spec)
+        sys.stdout.flush()  # the child writes to the same terminal: keep the lines in order
+        sys.stderr.flush()
+        process = subprocess.Popen([sys.executable, "-m", "pyfed.experiment_child", role, *extra],
+                                   stdin=subprocess.PIPE, pass_fds=pass_fds)
+        return cls(name, process, payload)
+
+    @classmethod
+    def start_server(cls, spec: dict) -> tuple["_Party", "_Reports"]:
+        read_end, write_end = os.pipe()
+        try:
+            party = cls._start("pyfed-server", SERVER, spec, pass_fds=(write_end,),
+                               extra=("--report-fd", str(write_end)))
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # only the server holds it now: its death shows up as EOF here
+        return party, _Reports(read_end)
+
+    @classmethod
+    def start_client(cls, name: str, spec: dict) -> "_Party":
+        return cls._start(f"pyfed-{name}", CLIENT, spec)
+
+    def _feed(self, payload: bytes) -> None:
+        try:
+            with self.process.stdin:
+                self.process.stdin.write(payload)
+        except (BrokenPipeError, ValueError):  # the child died first; its exit code tells why
+            pass
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+class _Reports:
+    """The server child's JSON lines, read with a timeout; EOF means the server exited."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._buffer = b""
+        self._eof = False
+
+    def next(self, timeout: float) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            if self._eof:
+                return {"event": "error", "error": "the server process exited"}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(self._fd, 65536)
+            self._eof = not chunk
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            report = json.loads(line)
+        except ValueError:
+            report = None
+        if not isinstance(report, dict):
+            return {"event": "error", "error": f"unreadable report from the server: {line[:200]!r}"}
+        return report
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _end(children: list[_Party]) -> None:
+    """Stop every child we started that is still running, and reap them all, by PID."""
     for child in children:
-        if child.pid is not None and child.is_alive():
-            child.terminate()
+        if child.exitcode is None:
+            child.process.terminate()
     for child in children:
-        if child.pid is None:
-            continue
-        child.join(timeout=10)
-        if child.is_alive():
-            child.kill()
-            child.join(timeout=10)
+        if child.wait(timeout=10) is None:
+            child.process.kill()
+            child.wait(timeout=10)
+        child._feeder.join(timeout=10)

@@ -74,11 +74,16 @@ class ScalarWriter:
         self._write(_restart_event(step), int(step) - 1, restart=True)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.compat.proto import summary_pb2
 
-        summary = summary_pb2.Summary(value=[
+        self.write_summary(summary_pb2.Summary(value=[
             summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
-            for tag, value in values.items()])
+            for tag, value in values.items()]), step)
+
+    def write_summary(self, summary, step: int) -> None:
+        """Any TensorBoard ``Summary`` proto, e.g. a plugin's (HParams, custom scalars)."""
+        from tensorboard.compat.proto import event_pb2
+
         event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
         self._write(event.SerializeToString(), int(step))
 

@@ -40,6 +40,7 @@ from .session import FinishJob, RequestJob
 from .spec import spec_hash, spec_to_json
 from .stopping import StopSignals, describe
 from .strategy import FedAvg, Strategy
+from .tb_plugins import RunBoard, run_hparams
 from .transport import BufferPool, local_addresses, server_ssl_context
 
 logger = logging.getLogger("pyfed")
@@ -85,6 +86,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         buffer_pool_size: receive buffers shared by all connections (default 2).
         compression: ``"fp16"`` or ``"int8"`` for the weights in both directions (default none);
             int8 sends each tensor's delta from the last global model with its own scale.
+        hparams: more settings for TensorBoard's HParams tab, e.g. ``{"lr": 0.005, "partition":
+            "dirichlet"}`` (the server itself knows the strategy, clients, rounds, compression,
+            and the epochs the clients report; FL_Experiment passes its training arguments).
     """
 
     def __init__(self, curr_model: Any, num_clients: int, rounds: int, port: int = 54321,
@@ -103,7 +107,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                  max_examples: int = 10**9, buffer_pool_size: int = 2,
                  compression: str | None = None, round_retries: int = 3,
                  min_upload_rate: float = MIN_UPLOAD_RATE,
-                 upload_stall_timeout: float = UPLOAD_STALL_TIMEOUT):
+                 upload_stall_timeout: float = UPLOAD_STALL_TIMEOUT,
+                 hparams: dict | None = None):
         for label, value, low in (("num_clients", num_clients, 1), ("rounds", rounds, 1),
                                   ("max_connections", max_connections, 1)):
             if label == "max_connections" and value is None:
@@ -147,6 +152,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         # The official global model is what clients decode (server-side error feedback).
         self.downlink = Downlink(self.codec) if self.codec != "none" else None
         self.history = History()
+        self.hparams = dict(hparams or {})
+        self.board: RunBoard | None = None  # HParams, custom scalars, global/ curves
         self.test_data = tuple(test_data) if test_data is not None else None
         self._prepare_centralized_evaluation(loss, metrics)
         self._spec = self.adapter.spec()
@@ -197,6 +204,10 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             self.tb = RunLogger(run_dir, resumed_round=self._first_round if continued else None)
             self.run_dir = run_dir  # before accepting: WELCOME names the run
             self.port = self.gateway.start()
+            self.board = RunBoard(self.tb.server, run_dir.name, run_hparams(
+                self.strategy, self.num_clients, self.rounds, self.codec, self.hparams),
+                client_history=self.tb.client_history)
+            self.board.train_begin()
         except BaseException:
             self.run_dir = self.tb = None
             if created:  # a run that never started (its port taken, say) leaves no folder
@@ -228,6 +239,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                     self._checkpoint(server_round)
                 self._stage = "after the last round, while saving the final model"
                 self._complete()
+                self.board.train_end(completed=True)
             except KeyboardInterrupt as stop:
                 self._stop_clients(f"the server was stopped ({describe(stop)})")
                 self._shutdown()  # before the message: TensorBoard is flushed when it is printed
@@ -264,6 +276,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         test_loss, _, results = self.adapter.evaluate(data, target, {"batch_size": batch_size})
         results = {"loss": test_loss, **results}
         print("test · " + " · ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
+        if self.board is not None:  # the final test: in TensorBoard (server/final) and HParams
+            self.board.test_result(results, self.history.rounds[-1] if self.history.rounds else 0)
         return results
 
     @property
@@ -371,7 +385,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             reference = parameters
             decode = lambda arrays: compression.decode(self.codec, arrays, None, self._spec, reference)  # noqa: E731
         fit = FitCollector(server_round, set(plan), self.strategy, self._spec, self.max_examples,
-                           on_history=functools.partial(self.tb.client_history,
+                           on_history=functools.partial(self.board.client_history,
                                                         server_round=server_round),
                            decode=decode)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -419,7 +433,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.tb.server.scalars({
             **{f"{section}/{k}": v for section, values in sections.items() for k, v in values.items()},
             **{f"round/{k}": v for k, v in counters.items()}}, server_round)
-        self.tb.server.flush()
+        self.board.round_end(server_round, sections, plan.values())
         if self.verbose:
             extra = " · ".join(format_metrics(section, values)
                                for section, values in sections.items() if section != "fit")

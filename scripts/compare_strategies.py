@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pyfed import defaults  # first: PyFed keeps TensorFlow's start-up quiet
 
 
 def main() -> int:
@@ -26,8 +25,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=0.005)
+    parser.add_argument("--epochs", type=int, default=defaults.EPOCHS)
+    parser.add_argument("--lr", type=float, default=defaults.LR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mu", type=float, default=0.1, help="FedProx proximal_mu")
     parser.add_argument("--json", default=None)
@@ -63,9 +62,10 @@ def main() -> int:
                                    server_options={"test_data": (test_x, test_y),
                                                    "loss": "sparse_categorical_crossentropy",
                                                    "metrics": ["accuracy"]})
-        _, history = experiment.run(model, rounds=args.rounds, epochs=args.epochs, batch_size=32,
-                                    lr=args.lr, optimizer="adam",
-                                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        _, history = experiment.run(model, rounds=args.rounds, epochs=args.epochs,
+                                    batch_size=defaults.BATCH_SIZE, lr=args.lr,
+                                    optimizer=defaults.OPTIMIZER, loss=defaults.LOSS,
+                                    metrics=list(defaults.METRICS))
         accuracy = history.history["test_accuracy"]
         rows.append({"strategy": name, "final": accuracy[-1], "best": max(accuracy),
                      "curve": accuracy, "seconds": time.monotonic() - started})

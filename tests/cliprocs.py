@@ -9,6 +9,7 @@ pipe; stdout and stderr are kept apart so tests can check what went where.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,13 @@ PYFED_SCRIPT = Path(sys.executable).with_name("pyfed")
 
 # TensorFlow's native start-up chatter (oneDNN, CUDA probing) ignores TF_CPP_MIN_LOG_LEVEL.
 _TF_NOISE = ("WARNING: All log messages before absl::InitializeLog()", "To enable the following")
+
+
+# TensorFlow's start-up lines, as TF 2.21 prints them with TF_CPP_MIN_LOG_LEVEL unset (9 per
+# process: the absl notice, oneDNN, CUDA probing, CPU features) and older versions' variants.
+TF_NOISE = re.compile(r"oneDNN|cpu_feature_guard|absl::InitializeLog|This TensorFlow binary|"
+                      r"Unable to register cu|cudart_stub|cuInit|To enable the following "
+                      r"instructions|^[IWEF]\d{4} \d\d:\d\d:\d\d", re.M)
 
 
 def child_env(**extra) -> dict:

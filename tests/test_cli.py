@@ -1,11 +1,14 @@
 """The ``pyfed`` command, run as real processes on 127.0.0.1."""
 
+import argparse
+import inspect
 import re
 
 import numpy as np
 import pytest
 
-from cliprocs import PYFED_SCRIPT, PYTHON, Processes, free_port
+from cliprocs import PYFED_SCRIPT, PYTHON, TF_NOISE, Processes, child_env, free_port
+from pyfed import FL_Client, defaults
 from pyfed.cli import build_parser, load_object, mnist_model, split_data
 from pyfed.errors import ConfigurationError
 from pyfed.experiment import FL_Experiment
@@ -105,8 +108,9 @@ def test_usage_errors_and_help():
         parser.parse_args(["partition", "--out", "x", "--scheme", "zipf"])
     assert exit_info.value.code == 2
     args = parser.parse_args(["-v", "experiment"])
+    # lr was None ("the dataset's rate") before issue 10 B4; now PyFed's one default, 0.005.
     assert (args.dataset, args.clients, args.rounds, args.epochs, args.batch_size, args.port,
-            args.logdir, args.lr) == ("digits", 3, 5, 2, 32, 54321, "pyfed_logs", None)
+            args.logdir, args.lr) == ("digits", 3, 5, 2, 32, 54321, "pyfed_logs", 0.005)
     assert parser.parse_args(["client", "--name", "a", "--data", "x", "--target", "y",
                               "-vv"]).verbose == 2
     for command in ("experiment", "server", "client", "partition"):
@@ -143,6 +147,11 @@ def test_experiment_command_runs_and_prints_test_accuracy(tmp_path):
     assert 0.5 < accuracy <= 1.0, out
     assert "TensorBoard logs: logs/exp" in out and "tensorboard --logdir logs" in out
     assert list((tmp_path / "logs" / "exp" / "server").glob("events.out.tfevents.*"))
+    from test_logs import hparams_of, plugin_data  # the split is the CLI's, so it says so
+
+    _, hparams, _ = hparams_of(plugin_data(tmp_path / "logs" / "exp" / "server"))
+    assert {"dataset": "digits", "partition": "iid", "lr": 0.005, "epochs": 1,
+            "clients": 2}.items() <= hparams.items(), hparams
 
 
 def histogram(out: str) -> dict[str, list[int]]:
@@ -303,3 +312,129 @@ def test_server_with_an_empty_pyfed_token_exits_2_with_one_line(tmp_path):
                       "federation's token (`pyfed token` makes one), or unset it to run without "
                       "authentication"), stderr
     assert not (tmp_path / "logs").exists()  # refused before it started anything
+def subcommands(parser) -> dict[str, argparse.ArgumentParser]:
+    return next(action for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction)).choices
+
+
+def option_help(help_text: str) -> dict[str, str]:
+    """`--option` -> its help, whitespace-normalized, from a subcommand's --help text."""
+    blocks: dict[str, str] = {}
+    current = None
+    for line in help_text.splitlines():
+        match = re.match(r"^  (-\w, )?(--[\w-]+)", line)
+        if match:
+            current = match.group(2)
+            blocks[current] = line
+        elif current and line.startswith("      "):
+            blocks[current] += " " + line
+        else:
+            current = None
+    return {name: " ".join(text.split()) for name, text in blocks.items()}
+
+
+def test_help_shows_every_default(tmp_path):
+    parser = build_parser()
+    for name, sub in subcommands(parser).items():
+        shown = option_help(sub.format_help())
+        for action in sub._actions:
+            default = action.default
+            if (not action.option_strings or default is None or default is False
+                    or default is argparse.SUPPRESS):
+                continue
+            option = action.option_strings[-1]
+            assert f"(default: {default})" in shown[option], (name, option, shown[option])
+    server = option_help(subcommands(parser)["server"].format_help())
+    assert "(default: pyfed.data:digits_model)" in server["--model"]
+    # And as a user sees it: the installed command's --help.
+    with Processes(tmp_path / "procs") as procs:
+        procs.start("help", [PYFED_SCRIPT, "client", "--help"], cwd=tmp_path)
+        assert procs.wait("help", 60) == 0, procs.dump()
+        client = option_help(procs.out("help"))
+    assert client["--lr"] == "--lr LR learning rate (default: 0.005)"
+    assert client["--epochs"].endswith("(default: 2)") and "(default: adam)" in client["--optimizer"]
+
+
+TRAINING = ("epochs", "batch_size", "lr", "optimizer", "loss", "metrics")
+
+
+def test_every_path_resolves_the_same_training_defaults():
+    parser = build_parser()
+    client = parser.parse_args(["client", "--name", "a", "--data", "x", "--target", "y"])
+    experiment = parser.parse_args(["experiment"])
+    expected = {"epochs": defaults.EPOCHS, "batch_size": defaults.BATCH_SIZE, "lr": defaults.LR,
+                "optimizer": defaults.OPTIMIZER, "loss": defaults.LOSS,
+                "metrics": ",".join(defaults.METRICS)}
+    assert {k: getattr(client, k) for k in TRAINING} == expected
+    assert {k: getattr(experiment, k) for k in TRAINING} == expected
+    server = parser.parse_args(["server"])
+    assert (server.model, server.loss, server.metrics) == (defaults.MODEL, defaults.LOSS, "accuracy")
+    assert (server.clients, server.rounds) == (experiment.clients, experiment.rounds)
+    # The Python API: the same numbers, and lr=None resolves to the same rate.
+    run = inspect.signature(FL_Experiment.run).parameters
+    train = inspect.signature(FL_Client.train).parameters
+    for parameters in (run, train):
+        assert (parameters["epochs"].default, parameters["batch_size"].default) == (2, 32)
+    assert (run["optimizer"].default, run["loss"].default, tuple(run["metrics"].default)) == (
+        "adam", defaults.LOSS, ("accuracy",))
+    import keras
+
+    for optimizer in (None, "adam", keras.optimizers.Adam):
+        assert defaults.learning_rate(optimizer, None) == 0.005
+    assert defaults.learning_rate(keras.optimizers.Adam(learning_rate=0.1), None) is None  # its own
+    assert defaults.learning_rate("sgd", 0.3) == 0.3
+
+
+# A client through the Python API with no training arguments at all, beside a CLI client.
+API_CLIENT = """
+import sys
+import numpy as np
+from pyfed import FL_Client
+x, y = np.load("parts/data_client_2.npy"), np.load("parts/target_client_2.npy")
+model = FL_Client("client_2", x, y, server_port=int(sys.argv[1]), verbose=0).train()
+print("API-CLIENT", type(model.optimizer).__name__, f"{float(model.optimizer.learning_rate):.6g}",
+      model.loss, flush=True)
+"""
+
+
+def test_server_tests_every_round_and_every_path_trains_alike(tmp_path):
+    from test_logs import scalars
+
+    port = free_port()
+    env = child_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")  # as a user runs it: PyFed keeps TensorFlow quiet (B6)
+    with Processes(tmp_path / "procs") as procs:
+        procs.start("partition", [*PYFED, "partition", "--clients", "2", "--out", "parts"],
+                    cwd=tmp_path, env=env)
+        assert procs.wait("partition", 60) == 0, procs.dump()
+        # No --model, no training options anywhere: the defaults, shared.
+        procs.start("server", [*PYFED, "server", "--clients", "2", "--rounds", "2", "--port", port,
+                               "--wait-timeout", "90", "--logdir", "logs", "--run-name", "tested",
+                               "--test-data", "parts/data_server.npy",
+                               "--test-target", "parts/target_server.npy"], cwd=tmp_path, env=env)
+        procs.start("client_1", [*PYFED, "client", "--name", "client_1", "--data",
+                                 "parts/data_client_1.npy", "--target", "parts/target_client_1.npy",
+                                 "--port", port], cwd=tmp_path, env=env)
+        procs.start("client_2", [PYTHON, "-c", API_CLIENT, port], cwd=tmp_path, env=env)
+        codes = procs.wait_all(timeout=TF_START + 90)
+        assert set(codes.values()) == {0}, procs.dump()
+        out = {name: procs.out(name) for name in procs.procs}
+        err = {name: procs.err(name) for name in procs.procs}
+    # The global model is tested after every round, not only at the end.
+    rounds = re.findall(r"^round (\d)/2 · 2 clients · fit loss .* · test loss ([\d.]+) acc ([\d.]+) · ",
+                        out["server"], re.M)
+    assert [r for r, _, _ in rounds] == ["1", "2"], out["server"]
+    final = re.search(r"^test · loss ([\d.]+) · accuracy ([\d.]+)$", out["server"], re.M)
+    assert final and abs(float(final.group(2)) - float(rounds[-1][2])) < 1e-3, out["server"]
+    server = scalars(tmp_path / "logs" / "tested" / "server")
+    assert [step for step, _ in server["test/accuracy"]] == [1, 2]
+    assert [step for step, _ in server["test/loss"]] == [1, 2]
+    # Both clients trained 2 epochs a round (steps 0-3) with Adam at 0.005.
+    assert "client_1: 599 examples, 2 epochs, batch size 32, adam lr 0.005; connecting" in out["client_1"]
+    assert "API-CLIENT Adam 0.005 sparse_categorical_crossentropy" in out["client_2"], out["client_2"]
+    for name in ("client_1", "client_2"):
+        curves = scalars(tmp_path / "logs" / "tested" / "clients" / name)
+        assert [step for step, _ in curves["epoch_loss"]] == [0, 1, 2, 3], name
+    # Not one line of TensorFlow's start-up noise from any of the CLI's processes.
+    raw = {name: (tmp_path / "procs" / f"{name}.err").read_text() for name in err}
+    assert [line for text in raw.values() for line in text.splitlines() if TF_NOISE.search(line)] == []

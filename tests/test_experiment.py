@@ -1,6 +1,7 @@
 """FL_Experiment end to end: it spawns a real server process and real client processes."""
 
 import multiprocessing
+import re
 
 import numpy as np
 import pytest
@@ -38,6 +39,17 @@ def test_experiment_trains_and_returns_the_global_model(tmp_path, capfd):
     out = capfd.readouterr().out
     assert "round 4/4 · 3 clients" in out and "test on" in out and "accuracy" in out
     assert multiprocessing.active_children() == []  # every child was reaped
+    # TensorBoard's HParams hold the clients' settings, which only FL_Experiment knows.
+    from test_logs import hparams_of, plugin_data
+
+    name, hparams, _ = hparams_of(plugin_data(experiment.run_dir / "server"))
+    assert name == experiment.run_dir.name
+    assert {"epochs": 2, "batch_size": 32, "lr": 0.005, "optimizer": "adam", "clients": 3,
+            "rounds": 4, "strategy": "FedAvg", "partition": "as given"}.items() <= hparams.items()
+    from test_logs import scalars  # and the final test, as FL_Server.test() logs it
+
+    final = scalars(experiment.run_dir / "server" / "final")
+    assert final["test/accuracy"] == [(4, pytest.approx(experiment.test_results["accuracy"]))]
 
 
 def test_a_failing_client_stops_the_experiment_with_its_name(tmp_path):
@@ -54,3 +66,97 @@ def test_a_failing_client_stops_the_experiment_with_its_name(tmp_path):
 def test_experiment_checks_its_arguments():
     with pytest.raises(ConfigurationError, match="for 3 clients; received 2 data and 2 target"):
         FL_Experiment(3, [1, 2], [1, 2], None, None)
+
+
+# The README's FL_Experiment snippet, pasted into a script as a new user does: no
+# `if __name__ == "__main__":` guard. The first line marks every run of the top-level code.
+README_SCRIPT = '''\
+import os
+print("TOP-LEVEL", os.getpid(), flush=True)
+from pyfed.experiment import FL_Experiment
+from pyfed.data import load_digits, split_for_clients
+import tensorflow as tf
+{extra}
+data, target = load_digits()
+clients_data, clients_target, server_data, server_target = split_for_clients(data, target, 2)
+model = tf.keras.models.Sequential()
+model.add(tf.keras.layers.InputLayer((64,)))
+model.add(tf.keras.layers.Dense(10, activation="softmax"))
+
+exp = FL_Experiment(num_clients=2, clients_data=clients_data, clients_target=clients_target,
+                    server_data=server_data, server_target=server_target, port={port})
+model, history = exp.run(model=model, rounds=1, epochs=1, batch_size=32, lr=0.005,
+                         optimizer=tf.optimizers.Adam, loss={loss},
+                         metrics=["accuracy"])
+print(exp.test_results)
+'''
+
+TEST_LINE = re.compile(r"^test on \d+ server examples · loss [\d.]+ · accuracy [\d.]+$", re.M)
+
+
+def run_readme_script(tmp_path, env, extra="", loss='"sparse_categorical_crossentropy"'):
+    """Run the snippet with the venv's python, as `python script.py`; return (stdout, stderr)."""
+    from cliprocs import PYTHON, Processes, free_port
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    script = tmp_path / "readme_experiment.py"
+    script.write_text(README_SCRIPT.format(port=free_port(), extra=extra, loss=loss))
+    with Processes(tmp_path / "procs") as procs:
+        procs.start("script", [PYTHON, script], cwd=tmp_path, env=env)
+        assert procs.wait("script", 240) == 0, procs.dump()
+        out = procs.out("script")
+        err = (procs.log_dir / "script.err").read_text(errors="replace")  # unfiltered
+    return out, err
+
+
+def test_readme_snippet_runs_without_a_main_guard(tmp_path):
+    from cliprocs import child_env
+
+    out, err = run_readme_script(tmp_path, child_env())
+    assert TEST_LINE.search(out), out + err
+    assert "round 1/1 · 2 clients" in out, out
+    # The user's main module ran once: the children never re-imported it.
+    assert len(re.findall(r"^TOP-LEVEL \d+$", out, re.M)) == 1, out
+    from cliprocs import without_tf_noise
+
+    assert without_tf_noise(err).strip() == "", err  # no traceback, no runpy warning
+
+
+# A loss defined in the script's __main__: cloudpickle hands it to the clients by value, and it
+# reports the log level each process (the script itself, each client) really runs with.
+LEVEL_LOSS = '''
+def level_loss(y_true, y_pred):
+    print("LOSS-LEVEL", os.getpid(), os.environ.get("TF_CPP_MIN_LOG_LEVEL"), flush=True)
+    return tf.keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+'''
+
+
+def loss_levels(out: str) -> dict[int, set[str]]:
+    levels: dict[int, set[str]] = {}
+    for pid, level in re.findall(r"^LOSS-LEVEL (\d+) (\S+)$", out, re.M):
+        levels.setdefault(int(pid), set()).add(level)
+    return levels
+
+
+def test_tensorflow_start_up_is_quiet_unless_the_user_set_the_level(tmp_path):
+    from cliprocs import TF_NOISE, child_env
+
+    env = child_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")
+    out, err = run_readme_script(tmp_path / "unset", env, extra=LEVEL_LOSS, loss="level_loss")
+    assert TEST_LINE.search(out), out + err
+    noise = [line for line in (out + err).splitlines() if TF_NOISE.search(line)]
+    assert noise == [], "\n".join(noise)
+    assert err.strip() == "", err  # nothing else either: zero lines on stderr
+    parent = int(re.search(r"^TOP-LEVEL (\d+)$", out, re.M).group(1))
+    levels = loss_levels(out)
+    assert parent in levels and len(levels) == 3, out  # the script and both clients trained
+    assert set().union(*levels.values()) == {"2"}, levels  # PyFed's default, in every process
+
+    # A user who asks for TensorFlow's logs gets them: their setting is not overridden.
+    out, err = run_readme_script(tmp_path / "verbose", child_env(TF_CPP_MIN_LOG_LEVEL=0),
+                                 extra=LEVEL_LOSS, loss="level_loss")
+    assert TEST_LINE.search(out), out + err
+    levels = loss_levels(out)
+    assert len(levels) == 3 and set().union(*levels.values()) == {"0"}, levels
+    assert TF_NOISE.search(err), err  # TensorFlow's own lines, as the user asked

@@ -4,6 +4,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -229,3 +230,148 @@ def test_a_round_written_again_replaces_its_first_curve(tmp_path):
     logger.close()
     assert scalars(tmp_path / "clients" / "c")["epoch_loss"] == [
         (0, 1.0), (1, 1.0), (2, 3.0), (3, 3.0), (4, 4.0), (5, 4.0)]
+# ---------------------------------------------------------------------------------------------
+# Comparing runs (issue 10 B8): HParams, custom scalars, global/ curves, the final test
+# ---------------------------------------------------------------------------------------------
+
+def plugin_data(directory):
+    accumulator = EventAccumulator(str(directory), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def hparams_of(accumulator) -> tuple:
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    content = accumulator.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content[metadata.SESSION_START_INFO_TAG]).session_start_info
+    end = plugin_data_pb2.HParamsPluginData.FromString(
+        content[metadata.SESSION_END_INFO_TAG]).session_end_info
+    values = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
+    return start.group_name, values, end.status
+
+
+def layout_of(accumulator) -> dict:
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    (event,) = accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    return {category.title: {chart.title: list(chart.multiline.tag) for chart in category.chart}
+            for category in layout.category}
+
+
+def hparams_tab(logdir) -> dict:
+    """What TensorBoard's HParams tab shows: its own backend over its own multiplexer."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context, list_session_groups, api_pb2
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={"hparams": 0})
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(logdir=str(logdir),
+                                                            data_provider=provider))
+    ctx = context.RequestContext()
+    request = api_pb2.ListSessionGroupsRequest(
+        experiment_name="", allowed_statuses=[api_pb2.STATUS_SUCCESS], start_index=0,
+        slice_size=100, include_metrics=True)
+    response = list_session_groups.Handler(ctx, backend, "", request).run()
+    return {group.name: {"hparams": {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+                                     for k, v in group.hparams.items()},
+                         "metrics": {(m.name.group, m.name.tag): m.value
+                                     for m in group.metric_values}}
+            for group in response.session_groups}
+
+
+def test_runs_compare_in_tensorboard_hparams_custom_scalars_and_global_curves(tmp_path):
+    from conftest import tagged
+    from procs import ProcessGroup, free_port
+
+    logdir = tmp_path / "logs"
+    runs = {"avg": ["--strategy", "FedAvg"],
+            "prox": ["--strategy", "FedProx", "--strategy-options", '{"proximal_mu": 0.1}',
+                     "--compression", "fp16"]}
+    with ProcessGroup(tmp_path / "procs") as group:
+        for run, options in runs.items():  # two numpy federations (no TensorFlow), side by side
+            port = free_port()
+            group.role(f"{run}_server", "softmax-server", "--port", port, "--clients", 2,
+                       "--rounds", 3, "--logdir", logdir, "--run-name", run, "--centralized",
+                       *options)
+            for i in (1, 2):
+                group.role(f"{run}_client_{i}", "softmax-client", "--port", port, "--clients", 2,
+                           "--index", i, "--epochs", 3, "--logdir", logdir,
+                           "--validation-split", 0.2)
+        codes = group.wait_all(timeout=120)
+        assert set(codes.values()) == {0}, group.dump()
+        results = {run: tagged(group.output(f"{run}_server"), "RESULT") for run in runs}
+
+    server = plugin_data(logdir / "prox" / "server")
+    # HParams: the strategy and its parameters, the run's shape, and the epochs the clients
+    # reported (the server is not told them in this run); one session per run, completed.
+    name, hparams, status = hparams_of(server)
+    assert name == "prox"
+    assert {"strategy": "FedProx", "strategy.proximal_mu": 0.1, "strategy.fraction_fit": 1.0,
+            "clients": 2, "rounds": 3, "compression": "fp16", "epochs": 3}.items() <= hparams.items()
+    from tensorboard.plugins.hparams import api_pb2
+
+    assert status == api_pb2.STATUS_SUCCESS
+    # The global model's test and eval curves at the clients' global-epoch steps: after round
+    # r, step 3r, where the clients' round-r epochs (3(r-1) .. 3r-1) end.
+    curves = scalars(logdir / "prox" / "server")
+    per_round = [value for _, value in curves["test/accuracy"]]
+    assert curves["global/test_accuracy"] == list(zip([3, 6, 9], per_round))
+    assert [step for step, _ in curves["global/test_loss"]] == [3, 6, 9]
+    assert [step for step, _ in curves["global/eval_accuracy"]] == [3, 6, 9]
+    client = scalars(logdir / "prox" / "clients" / "client_1")
+    assert [step for step, _ in client["epoch_loss"]] == list(range(9))
+    # The final test (FL_Server.test after training) is logged at the last round's step, in a
+    # run of its own, server/final (the per-round curve keeps one value per step).
+    assert [step for step, _ in curves["test/accuracy"]] == [1, 2, 3]
+    final = scalars(logdir / "prox" / "server" / "final")
+    assert final["test/accuracy"] == [(3, pytest.approx(results["prox"]["test"]["accuracy"]))]
+    assert final["test/loss"] == [(3, pytest.approx(results["prox"]["test"]["loss"]))]
+    # custom_scalars: one chart of every client's curve with the global one, per metric.
+    layout = layout_of(server)
+    clients_chart = layout["PyFed: clients and the global model (step: global epoch)"]
+    for metric in ("loss", "accuracy"):
+        import re
+
+        tags = [f"epoch_{metric}", f"global/test_{metric}", f"global/eval_{metric}"]
+        assert all(any(re.search(rx, tag) for rx in clients_chart[metric]) for tag in tags)
+    assert layout_of(plugin_data(logdir / "avg" / "server")) == layout  # merged as one
+    # And TensorBoard's own HParams backend lists both runs, their settings and final metrics.
+    tab = hparams_tab(logdir)
+    assert set(tab) == {"avg", "prox"}, tab
+    assert tab["avg"]["hparams"]["strategy"] == "FedAvg"
+    assert tab["avg"]["hparams"]["compression"] == "none"
+    assert tab["prox"]["hparams"]["strategy.proximal_mu"] == pytest.approx(0.1)
+    for run in runs:
+        metrics = tab[run]["metrics"]
+        final = results[run]["test"]["accuracy"]
+        assert metrics[("final", "test/accuracy")] == pytest.approx(final)
+        last_round = results[run]["history"]["history"]["test_accuracy"][-1]
+        assert metrics[("", "test/accuracy")] == pytest.approx(last_round)
+        assert ("", "global/test_accuracy") in metrics and ("", "eval/loss") in metrics
+
+
+def test_plugin_summaries_need_no_tensorflow(tmp_path):
+    from pyfed.tb_plugins import RunBoard, run_hparams
+    from pyfed.strategy import FedAvg
+
+    writer = ScalarWriter(tmp_path / "server")
+    board = RunBoard(writer, "run", run_hparams(FedAvg(), 3, 2, "none", {"lr": 0.01}))
+    board.train_begin()
+    board.client_history("c", {"loss": [1.0, 0.5]}, 0)
+    board.round_end(1, {"test": {"loss": 0.4, "accuracy": 0.9}}, [{}])
+    board.test_result({"loss": 0.3, "accuracy": 0.95}, 1)
+    board.train_end(completed=True)
+    accumulator = plugin_data(tmp_path / "server")
+    name, hparams, _ = hparams_of(accumulator)
+    assert (name, hparams["lr"], hparams["epochs"], hparams["strategy"]) == ("run", 0.01, 2, "FedAvg")
+    assert scalars(tmp_path / "server")["global/test_accuracy"] == [(2, pytest.approx(0.9))]
+    assert scalars(tmp_path / "server" / "final")["test/accuracy"] == [(1, pytest.approx(0.95))]
+    if "keras" not in sys.modules:
+        assert "tensorflow" not in sys.modules

@@ -36,6 +36,10 @@ class Message:
     KIND: ClassVar[MessageKind]
     # Name of the field that carries arrays in the body (None: header only).
     ARRAY_FIELD: ClassVar[str | None] = None
+    # Fields added to version 1 after its first release: left out of the header while None,
+    # so a peer that predates them (or implements only the first field list) still reads
+    # every message that does not use them.
+    EXTENSION_FIELDS: ClassVar[frozenset] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Hello(Message):
     """Client -> server: who I am, which protocol I speak, and (optionally) my model's spec hash."""
 
     KIND: ClassVar[MessageKind] = MessageKind.HELLO
+    EXTENSION_FIELDS: ClassVar[frozenset] = frozenset({"reconnect_secret"})
     client_name: str
     protocol_version: int = VERSION
     spec_hash: str | None = None
@@ -77,6 +82,7 @@ class Welcome(Message):
     """Server -> client: accepted; the run's shape, the model to build and the training config."""
 
     KIND: ClassVar[MessageKind] = MessageKind.WELCOME
+    EXTENSION_FIELDS: ClassVar[frozenset] = frozenset({"reconnect_secret"})
     client_id: str
     rounds: int
     run_name: str

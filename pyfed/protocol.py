@@ -137,7 +137,7 @@ def encode(message: Message) -> list:
         value = getattr(message, f.name)
         if f.name == message.ARRAY_FIELD:
             arrays = [_as_wire_array(a) for a in value]
-        else:
+        elif value is not None or f.name not in message.EXTENSION_FIELDS:
             header_fields[f.name] = value
     descriptors = []
     buffers: list = [b""]

@@ -945,3 +945,17 @@ def test_check_on_the_prefix_agrees_with_receive_and_changes_nothing(role, messa
             checked = str(exc)
         assert conversation.state is state, "check() must not move the conversation"
         assert checked == received, (role, [m.KIND.name for _, m, _ in point], message)
+
+
+def test_extension_fields_are_left_out_while_unused_so_first_release_peers_read_them():
+    """reconnect_secret joined HELLO and WELCOME after version 1 shipped: a HELLO without one
+    must be byte-for-byte the first release's field list, and one with it must round-trip."""
+    import json
+
+    plain = protocol.encode_bytes(Hello(client_name="c"))
+    header = json.loads(plain[protocol.PREFIX_SIZE:])
+    assert set(header["fields"]) == {"client_name", "protocol_version", "spec_hash", "nonce",
+                                     "evaluates", "spec"}
+    with_secret = protocol.decode(protocol.encode_bytes(Hello(client_name="c", reconnect_secret="s")))
+    assert with_secret.reconnect_secret == "s"
+    assert protocol.decode(plain).reconnect_secret is None

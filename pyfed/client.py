@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
-import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from .models import FitOutcome, as_adapter
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES, VERSION, FrameLimits, Role
 from .safe_text import path_component, printable
 from .spec import spec_hash, spec_to_json
-from .transport import Channel, client_ssl_context, connect, tls_handshake
+from .transport import Channel, client_ssl_context, connect, has_pending_input, tls_handshake
 
 logger = logging.getLogger("pyfed")
 
@@ -493,16 +491,9 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
 
 
 def _readable(channel: Channel) -> bool:
-    """Has the peer sent something (or hung up)? Without blocking."""
-    sock = channel.sock
-    try:
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):  # closed under us: the send that follows says so
-        return False
+    """Has the server sent something (or hung up)? Without blocking. A socket closed under
+    us answers no: the send that follows says so."""
+    return has_pending_input(channel.sock, if_closed=False)
 
 
 def _same_machine(run_dir: str | None, run_id: str) -> bool:

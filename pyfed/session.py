@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import select
-import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from .messages import MessageKind
 from .pacing import UploadPace
 from .rounds import Collector, UpdateRejected
 from .safe_text import printable
-from .transport import BufferPool, Channel, NoBufferFree
+from .transport import BufferPool, Channel, NoBufferFree, has_pending_input
 
 logger = logging.getLogger("pyfed")
 
@@ -117,17 +115,9 @@ class ClientSession:
         return self.alive and not self.busy and self.jobs.empty() and not self._unsolicited()
 
     def _unsolicited(self) -> bool:
-        """Has the client sent something, or hung up, while nobody asked it anything?"""
-        sock = self.channel.sock
-        try:
-            if isinstance(sock, ssl.SSLSocket) and sock.pending():
-                return True
-            # poll, not select: select cannot watch descriptors >= 1024 (a busy server has them)
-            poller = select.poll()
-            poller.register(sock, select.POLLIN | select.POLLPRI)
-            return bool(poller.poll(0))
-        except (OSError, ValueError):  # closed under us
-            return True
+        """Has the client sent something, or hung up, while nobody asked it anything? (A
+        socket closed under us counts: reading it ends the session.)"""
+        return has_pending_input(self.channel.sock, if_closed=True)
 
     def _read_unsolicited(self) -> None:
         """Between jobs a client may only PING; anything else (a hang-up, an early FIT_RESULT,

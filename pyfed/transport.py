@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import select
 import socket
 import ssl
 import threading
@@ -260,6 +261,20 @@ class Channel:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def has_pending_input(sock: socket.socket, if_closed: bool) -> bool:
+    """Has the peer sent something (or hung up) that nobody has read yet? Never blocks.
+    ``if_closed`` answers for a socket closed under us (each caller knows what that means)."""
+    try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        # poll, not select: select cannot watch descriptors >= 1024 (a busy server has them)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return if_closed
 
 
 def _send_buffers(sock: socket.socket, buffers: list) -> int:

@@ -101,9 +101,8 @@ class Gateway:
         return self.port
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._stopping.set()  # not `finished`: a stopped run may be resumed, and clients told so
         with self.lock:
-            self.finished = True
             sessions = list(self.sessions.values())
         for session in sessions:
             session.end("the server is shutting down")  # wakes a thread waiting for a job
@@ -293,6 +292,8 @@ class Gateway:
         with self.changed:
             if self.finished:
                 raise Refused("finished", "training has finished; this server accepts no more clients")
+            if self._stopping.is_set():  # a client reconnecting while the server goes down
+                raise Refused("server_stopped", "the server is stopping (it may be resumed)")
             holder = self.sessions.get(name)
             secret = self._secrets.get(name)
             if holder is None:
@@ -371,7 +372,7 @@ class Gateway:
             if self.sessions.get(session.name) is session:
                 del self.sessions[session.name]
                 self._secrets.pop(session.name, None)
-                if not self.finished:
+                if not self.finished and not self._stopping.is_set():
                     logger.warning("%s (%s) disconnected", session.name, session.address)
             session.end("disconnected")
             self.changed.notify_all()

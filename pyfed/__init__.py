@@ -10,13 +10,28 @@ from . import tf_quiet
 
 tf_quiet.install()
 
-from .client import FL_Client  # noqa: E402
 from .errors import PyFedError  # noqa: E402
-from .experiment import FL_Experiment  # noqa: E402
-from .history import History  # noqa: E402
-from .server import FL_Server  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["FL_Server", "FL_Client", "FL_Experiment", "History", "PyFedError", "__version__"]
+
+# The public names load their layers on first use (PEP 562), so `import pyfed.strategy` or a
+# numpy-only tool does not pay for the network, process and TensorBoard layers, or cloudpickle.
+_LAZY = {"FL_Server": ".server", "FL_Client": ".client", "FL_Experiment": ".experiment",
+         "History": ".history"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # once: later lookups do not come back here
+        return value
+    raise AttributeError(f"module 'pyfed' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 logging.getLogger("pyfed").addHandler(logging.NullHandler())

@@ -21,7 +21,7 @@ from . import defaults as shared_defaults  # train() has a local named defaults
 from .compression import validate_codec
 from .errors import (AuthenticationError, ConfigurationError, ConnectionClosed, DuplicateNameError,
                      HandshakeError, PyFedError, ModelMismatchError, NetworkError, TLSError,
-                     ProtocolError, RemoteError)
+                     ProtocolError, RemoteError, ServerStopped, ServerUnreachable)
 from .logs import RUN_MARKER, RunLogger
 from .models import FitOutcome, as_adapter
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES, VERSION, FrameLimits, Role
@@ -34,22 +34,6 @@ logger = logging.getLogger("pyfed")
 
 # How often a client that waits for its server says so (B5: not one line, then silence).
 RETRY_NOTICE_SECONDS = 5.0
-
-
-class ServerStopped(NetworkError):
-    """The server said it is going away (Ctrl-C, a failure); it may come back (resume)."""
-
-    def __init__(self, message: str, reason: str | None = None):
-        super().__init__(message)
-        self.reason = message if reason is None else reason
-
-
-class ServerUnreachable(NetworkError):
-    """Connecting kept failing until the deadline; ``cause`` is the last socket error."""
-
-    def __init__(self, message: str, cause: str):
-        super().__init__(message)
-        self.cause = cause
 
 
 class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)

@@ -34,6 +34,22 @@ class ConnectionClosed(NetworkError):
     """The peer closed the connection (cleanly or mid-frame)."""
 
 
+class ServerStopped(NetworkError):
+    """The server said it is going away (Ctrl-C, a failure); it may come back (resume)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = message if reason is None else reason
+
+
+class ServerUnreachable(NetworkError):
+    """Connecting kept failing until the deadline; ``cause`` is the last socket error."""
+
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
+
+
 class TLSError(NetworkError):
     """The TLS handshake failed (an untrusted certificate, a plain-TCP peer): retrying won't help."""
 

@@ -42,8 +42,9 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 
 
-class Refused(Exception):
-    """A handshake that ends with an ERROR to the peer; ``code`` is machine-readable."""
+class Refused(PyFedError):
+    """A handshake that ends with an ERROR to the peer; ``code`` is machine-readable. (The
+    server's side of the refusal; the client raises HandshakeError or a subclass.)"""
 
     def __init__(self, code: str, reason: str):
         super().__init__(reason)

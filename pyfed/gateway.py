@@ -116,6 +116,13 @@ class Gateway:
             if thread is not threading.current_thread():
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
+    def close_to_new_clients(self) -> list[ClientSession]:
+        """Training is over: refuse newcomers ("training has finished") and return the sessions
+        still connected, which are owed a FINISH."""
+        with self.lock:
+            self.finished = True
+            return list(self.sessions.values())
+
     def snapshot(self, idle_only: bool = False) -> dict[str, ClientSession]:
         with self.lock:
             return {name: session for name, session in self.sessions.items()

@@ -230,8 +230,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                 self._stage = f"while waiting for clients, before round {self._first_round} started"
                 self.gateway.wait_for(max(self.num_clients, self._min("min_available_clients")),
                                       self.wait_timeout, self._say, self.progress_interval)
-                self._say(f"{len(self.gateway.sessions)} clients connected: "
-                          f"{', '.join(sorted(self.gateway.sessions))}")
+                connected = sorted(self.gateway.snapshot())
+                self._say(f"{len(connected)} clients connected: {', '.join(connected)}")
                 for server_round in range(self._first_round, self.rounds + 1):
                     self._stage = f"during round {server_round}"
                     self._run_round_with_retries(server_round)
@@ -632,9 +632,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
 
     def _finish(self, reason: str) -> None:
         parameters = self.adapter.get_weights()
-        with self.gateway.lock:
-            self.gateway.finished = True
-            sessions = list(self.gateway.sessions.values())
+        sessions = self.gateway.close_to_new_clients()
         for session in sessions:
             session.post(FinishJob(parameters, reason))
         deadline = time.monotonic() + 60  # one budget for everybody, not 60 s each

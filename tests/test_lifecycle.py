@@ -138,9 +138,10 @@ def test_a_run_whose_retries_all_fail_ends_with_one_clear_line(tmp_path):
     port = free_port()
     with Processes(tmp_path / "procs") as procs:
         procs.start("server", cli_server(tmp_path, port, "--round-retries", 2), cwd=tmp_path)
+        # The hand-written client connects once, without retrying: only once the server listens.
+        wait_text(procs, "server", r"PyFed server listening", 30)
         procs.start("evil", [PYTHON, HOSTILE, "evil-client", "--port", port, "--modes", "nan",
                              "--timeout", 40], cwd=tmp_path)
-        wait_text(procs, "server", r"PyFed server listening", 30)
         code = procs.wait("server", 60)
         stderr = procs.err("server")
     assert code == 2, stderr

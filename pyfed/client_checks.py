@@ -19,13 +19,12 @@ from . import messages
 from .errors import ProtocolError
 from .safe_text import single_component
 from .spec import TensorSpec
+from .values import first_bad_value
 
 MAX_ROUNDS = 10**9
 MAX_EPOCHS = 10_000
 MAX_BATCH_SIZE = 2**24
 MAX_ITERATIONS = 10**6
-# Elements checked for finiteness per step: bounded temporaries, few numpy calls.
-_CHUNK = 1 << 20
 
 # The config keys the built-in adapters read, with their range. Any other key is passed on
 # unchanged, as Flower does: a user's on_fit_config_fn may talk to the user's own ModelAdapter,
@@ -82,23 +81,6 @@ def training_config(config: dict, what: str) -> dict:
     return checked
 
 
-def _first_non_finite(array: np.ndarray):
-    flat = array.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for start in range(0, flat.size, _CHUNK):
-            part = flat[start:start + _CHUNK]
-            # One BLAS dot product per chunk, in the weights' own dtype (as the server's value
-            # check): NaN or Inf anywhere makes it NaN or Inf. Only a chunk that fails (or whose
-            # squares overflow) is looked at value by value. A float64 sum here cost each client
-            # about 5 ms per round on the README model, visible in the bench's round time.
-            if np.isfinite(np.dot(part, part)):
-                continue
-            bad = part[~np.isfinite(part)]
-            if bad.size:
-                return bad[0]
-    return None
-
-
 def check_weights(weights: Sequence[Any], spec: Sequence[TensorSpec], what: str) -> None:
     """The weights match the model spec agreed at WELCOME: count, shapes, dtypes, and every
     floating-point value finite (a NaN model would train into garbage without a word)."""
@@ -116,6 +98,6 @@ def check_weights(weights: Sequence[Any], spec: Sequence[TensorSpec], what: str)
             raise ProtocolError(f"{label} has dtype {array.dtype.str}; the model has "
                                 f"{expected.dtype}")
         if array.dtype.kind == "f":
-            bad = _first_non_finite(array)
+            bad = first_bad_value(array, math.inf)
             if bad is not None:
                 raise ProtocolError(f"{label} contains {bad}; every weight must be finite")

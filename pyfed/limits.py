@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from .errors import InvalidValue
 from .safe_text import printable
+from .values import MAX_ABS_VALUE
 
 # Rounds and epochs: far beyond any run (a round a second for 68 years), and TensorBoard steps
 # (int64) can never overflow.
@@ -32,9 +33,9 @@ MAX_EPOCH = 2**53
 # client's weight in the mean, checked with the update.
 MAX_NUM_EXAMPLES = 2**53
 # Losses and metric values: finite and no larger than the largest accepted weight value
-# (``rounds.MAX_ABS_VALUE``); a loss beyond 1e18 is a diverged or hostile update. Bounded like
+# (``values.MAX_ABS_VALUE``, 1e18); a loss beyond it is a diverged or hostile update. Bounded like
 # this, an examples-weighted sum of a million of them stays finite in float64.
-MAX_ABS_REAL = 1e18
+MAX_ABS_REAL = MAX_ABS_VALUE
 # Metric names per message (FIT_RESULT and EVALUATE_RESULT metrics, and history series), and
 # per round once the clients' are aggregated. Keras reports one name per compiled metric and
 # output (a 10-output model with loss and 2 metrics each has 31); 64 leaves room for that, and

@@ -18,40 +18,9 @@ from .errors import ProtocolError, RoundError, UpdateRejected  # noqa: F401  (Up
 from .safe_text import printable
 from .spec import TensorSpec
 from .strategy import EvaluateResult, FitResult, Strategy
+from .values import MAX_ABS_VALUE, first_bad_value
 
 logger = logging.getLogger("pyfed")
-
-
-# Largest magnitude accepted in a floating-point update. Far beyond any trained weight, and low
-# enough that summing a million updates of it (weighted, see strategy.aggregate) stays finite in
-# float32; a value beyond it is a corrupt or hostile update, refused like NaN.
-MAX_ABS_VALUE = 1e18
-
-# Elements checked per step (4 MiB of float32): few enough steps that Python's per-call cost
-# is small, and no model-sized temporary is made on the slow path (a connection thread's
-# temporaries stay in glibc's per-thread arenas, which made the server's RSS grow with the
-# number of clients). A chunk's sum of squares can only overflow (to the exact slow path) when
-# its values reach about 1e16, far beyond trained weights.
-_CHECK_CHUNK = 1 << 20
-
-
-def _first_bad_value(array: np.ndarray):
-    """The first value that is NaN, +-Inf or beyond MAX_ABS_VALUE, or None.
-
-    Fast path: one BLAS dot product per chunk. ``sum(x*x) <= MAX_ABS_VALUE**2`` implies every
-    ``|x| <= MAX_ABS_VALUE``, and NaN or Inf anywhere makes the sum NaN or Inf, which fails the
-    comparison; only a failing chunk is looked at value by value (so the two paths agree)."""
-    flat = array.reshape(-1)
-    limit = MAX_ABS_VALUE ** 2
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow here is the signal, not a bug
-        for start in range(0, flat.size, _CHECK_CHUNK):
-            part = flat[start:start + _CHECK_CHUNK]
-            if np.dot(part, part) <= limit:
-                continue
-            bad = part[~(np.abs(part) <= MAX_ABS_VALUE)]
-            if bad.size:
-                return bad[0]
-    return None
 
 
 class ValueScan:
@@ -77,7 +46,7 @@ class ValueScan:
                 if upto > begin:
                     values = np.frombuffer(body, dtype=dtype,
                                            count=(upto - begin) // dtype.itemsize, offset=begin)
-                    self.bad = _first_bad_value(values)
+                    self.bad = first_bad_value(values)
                     if self.bad is not None:
                         return
                     self._position = upto
@@ -119,7 +88,7 @@ def validate_update(weights: tuple, spec: list[TensorSpec], num_examples: int,
             if scan is not None and index < scan.checked:
                 continue  # every value was checked as it arrived
             found = scan is not None and scan.bad is not None and index == scan.checked
-            bad = scan.bad if found else _first_bad_value(array)
+            bad = scan.bad if found else first_bad_value(array)
             if bad is not None:
                 raise UpdateRejected(f"{label} contains {_describe(bad)}; every value must be finite and "
                                      f"within +-{MAX_ABS_VALUE:g}")

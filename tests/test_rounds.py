@@ -113,7 +113,7 @@ def _check(values):
 def test_value_check_rejects_nan_inf_and_huge_values_anywhere_and_names_them():
     import numpy as np
 
-    from pyfed.rounds import _CHECK_CHUNK
+    from pyfed.values import CHECK_CHUNK as _CHECK_CHUNK
 
     size = 2 * _CHECK_CHUNK + 1000  # several check chunks: the bad value sits in a later one
     for bad, shown in [(np.nan, "NaN"), (np.inf, "Inf"), (-np.inf, "-Inf"), (-3e38, "-3e+38"),

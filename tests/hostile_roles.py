@@ -391,14 +391,21 @@ def slow_upload(sock: socket.socket, mode: str, fit, deadline: float) -> None:
           "body_bytes_sent": sent - body_start})
 
 
+def connect_or_report(port: int, mode: str) -> socket.socket | None:
+    """A connection to the server, or None after a ``FAILED`` line the test can read."""
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=10)
+    except OSError as exc:
+        emit("FAILED", {"mode": mode, "error": f"connect: {exc}"})
+        return None
+
+
 def unsolicited_upload(port: int, mode: str, index: int, args) -> None:
     """HELLO and, before any FIT, a FIT_RESULT declaring ``--declared-body`` bytes (one uint8
     array), then stream the whole body: a server that reads it allocates it."""
     deadline = time.monotonic() + args.timeout
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    except OSError as exc:
-        emit("FAILED", {"mode": mode, "error": f"connect: {exc}"})
+    sock = connect_or_report(port, mode)
+    if sock is None:
         return
     try:
         head, body_length = fit_result_header(1, [("|u1", [args.declared_body], args.declared_body)])
@@ -428,10 +435,8 @@ def evil_session(port: int, mode: str, args, index: int = 0) -> None:
         return unsolicited_upload(port, mode, index, args)
     name = f"evil_{mode}" if index == 0 else f"evil_{mode}_{index}"
     deadline = time.monotonic() + args.timeout
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    except OSError as exc:
-        emit("FAILED", {"mode": mode, "error": f"connect: {exc}"})
+    sock = connect_or_report(port, mode)
+    if sock is None:
         return
     try:
         sock.sendall(protocol.encode_bytes(Hello(client_name=name, evaluates=mode in EVAL_MODES)))

@@ -232,6 +232,13 @@ def cli_client(procs: Processes, label: str, name: str, index: int, port: int, c
                         "--logdir", "logs", "--max-retries", 2, "--retry-interval", 0.2], cwd=cwd)
 
 
+def start_cli_run_server(procs: Processes, tmp_path, *, rounds: int) -> int:
+    """A 2-client numpy server beside CLI clients; its port once it listens."""
+    procs.start("server", [sys.executable, ROLES, "softmax-server", "--port", 0, "--clients", 2,
+                           "--rounds", rounds, "--logdir", tmp_path / "logs"], cwd=tmp_path)
+    return int(wait_for_file(procs, "server", procs.out, r"^READY (\d+)$", 30).group(1))
+
+
 def wait_for_file(procs: Processes, name: str, read, pattern: str, timeout: float) -> re.Match:
     deadline = time.monotonic() + timeout
     while True:
@@ -246,10 +253,7 @@ def wait_for_file(procs: Processes, name: str, read, pattern: str, timeout: floa
 def test_a_second_process_with_a_live_name_exits_2_and_the_first_trains_on(tmp_path):
     save_client_data(tmp_path / "parts", 2)
     with Processes(tmp_path / "procs") as procs:
-        procs.start("server", [sys.executable, ROLES, "softmax-server", "--port", 0,
-                               "--clients", 2, "--rounds", 3, "--logdir", tmp_path / "logs"],
-                    cwd=tmp_path)
-        port = int(wait_for_file(procs, "server", procs.out, r"^READY (\d+)$", 30).group(1))
+        port = start_cli_run_server(procs, tmp_path, rounds=3)
         cli_client(procs, "first", "client_1", 1, port, tmp_path)
         wait_for_file(procs, "server", procs.err, r"client_1 joined from", 30)
         # The server waits for a second client, so the first one stays connected and idle.
@@ -273,10 +277,7 @@ def test_a_second_process_with_a_live_name_exits_2_and_the_first_trains_on(tmp_p
 def test_a_killed_client_is_replaced_at_once_by_a_new_process_with_its_name(tmp_path):
     save_client_data(tmp_path / "parts", 2)
     with Processes(tmp_path / "procs") as procs:
-        procs.start("server", [sys.executable, ROLES, "softmax-server", "--port", 0,
-                               "--clients", 2, "--rounds", 2, "--logdir", tmp_path / "logs"],
-                    cwd=tmp_path)
-        port = int(wait_for_file(procs, "server", procs.out, r"^READY (\d+)$", 30).group(1))
+        port = start_cli_run_server(procs, tmp_path, rounds=2)
         first = cli_client(procs, "first", "client_1", 1, port, tmp_path)
         wait_for_file(procs, "server", procs.err, r"client_1 joined from", 30)
         first.send_signal(signal.SIGKILL)

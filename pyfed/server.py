@@ -34,8 +34,7 @@ from .models import as_adapter, is_keras_model
 from .pacing import MIN_UPLOAD_RATE, UPLOAD_STALL_TIMEOUT, UploadPace
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES
 from .rounds import Collector, EvaluateCollector, FitCollector
-from .safe_text import single_component
-from .safe_text import printable
+from .safe_text import printable, single_component
 from .session import FinishJob, RequestJob
 from .spec import spec_hash, spec_to_json
 from .stopping import StopSignals, describe

@@ -17,8 +17,8 @@ __all__ = ["FL_Server", "FL_Client", "FL_Experiment", "History", "PyFedError", "
 
 # The public names load their layers on first use (PEP 562), so `import pyfed.strategy` or a
 # numpy-only tool does not pay for the network, process and TensorBoard layers, or cloudpickle.
-_LAZY = {"FL_Server": ".server", "FL_Client": ".client", "FL_Experiment": ".experiment",
-         "History": ".history"}
+_LAZY = {"FL_Server": ".server.fl_server", "FL_Client": ".client.fl_client", "FL_Experiment": ".experiment",
+         "History": ".tracking.history"}
 
 
 def __getattr__(name: str):

@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, defaults
+from . import __version__
+from .models import defaults
 from .errors import ConfigurationError, PyFedError
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 2, 130
-# Training defaults live in pyfed.defaults, shared with FL_Experiment and FL_Client; only the
+# Training defaults live in pyfed.models.defaults, shared with FL_Experiment and FL_Client; only the
 # model depends on the dataset (the README's MLP for MNIST's 784 pixels).
 DEFAULT_MODELS = {"digits": defaults.MODEL, "mnist": "pyfed.cli:mnist_model"}
 
@@ -157,7 +158,7 @@ def split_data(args, x, y, scheme: str | None, scheme_flag: str):
     No scheme, or iid: PyFed's equal split (``split_for_clients``), exactly as before. Otherwise
     ``pyfed.data.split``, holding out 1/(clients+1) for the server unless --server-fraction.
     """
-    from .data import split, split_for_clients
+    from .data.datasets import split, split_for_clients
 
     options = {}
     for dest, (flag, owner, default) in _SCHEME_OPTIONS.items():
@@ -175,7 +176,7 @@ def split_data(args, x, y, scheme: str | None, scheme_flag: str):
 
 
 def print_split(clients_target, server_target) -> None:
-    from .data import summary
+    from .data.datasets import summary
 
     rows = {f"client_{i}": t for i, t in enumerate(clients_target, start=1)}
     print(summary({**rows, "server": server_target}, print_it=False), flush=True)
@@ -205,7 +206,7 @@ def configure_logging(verbosity: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def cmd_experiment(args) -> int:
-    from .data import load_dataset
+    from .data.datasets import load_dataset
     from .experiment import FL_Experiment
 
     model_ref = args.model or DEFAULT_MODELS[args.dataset]
@@ -299,7 +300,7 @@ def cmd_client(args) -> int:
 
 
 def cmd_partition(args) -> int:
-    from .data import load_dataset, save_partitions
+    from .data.datasets import load_dataset, save_partitions
 
     x, y = load_dataset(args.dataset, args.mnist_path)
     parts = split_data(args, x, y, args.scheme, "--scheme")
@@ -315,7 +316,7 @@ def cmd_partition(args) -> int:
 
 
 def cmd_token(args) -> int:
-    from .auth import new_token, write_token_file
+    from .wire.auth import new_token, write_token_file
 
     token = new_token()
     if args.out is None:
@@ -373,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def training_options(p):
-        # One set for every path (pyfed.defaults): client, experiment, FL_Client, FL_Experiment.
+        # One set for every path (pyfed.models.defaults): client, experiment, FL_Client, FL_Experiment.
         p.add_argument("--epochs", type=positive_int, default=defaults.EPOCHS,
                        help="local epochs per round")
         p.add_argument("--batch-size", type=positive_int, default=defaults.BATCH_SIZE)
@@ -494,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "by_label")  # pyfed.partition.SCHEMES
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "by_label")  # pyfed.data.partitioners.SCHEMES
 
 
 def token_option(p) -> None:

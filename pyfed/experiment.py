@@ -1,7 +1,7 @@
 """FL_Experiment: a whole federated run on one machine, every party a real process.
 
 The parent starts one server process and one process per client, each a fresh interpreter (as
-on separate machines) running ``python -m pyfed.experiment_child``: never the user's script, so
+on separate machines) running ``python -m pyfed.sim.child``: never the user's script, so
 a script without an ``if __name__ == "__main__":`` guard runs its top-level code once, as
 written. What a child needs (the model's JSON and weights, data, and a user's
 loss/optimizer/metric objects, which may be custom functions defined in ``__main__``) goes to
@@ -26,16 +26,16 @@ from typing import Any
 import cloudpickle
 import numpy as np
 
-from . import defaults
+from .models import defaults
 from .errors import ConfigurationError, PyFedError
-from .history import History
-from .logs import logs_line
-from .tb_plugins import hparam_value, write_final_test
+from .tracking.history import History
+from .tracking.logs import logs_line
+from .tracking.tb_plugins import hparam_value, write_final_test
 
 logger = logging.getLogger("pyfed")
 
 FINAL_WEIGHTS = "final_weights.npz"
-# The roles of ``python -m pyfed.experiment_child`` (which imports this module, never the reverse:
+# The roles of ``python -m pyfed.sim.child`` (which imports this module, never the reverse:
 # ``import pyfed`` must not import a module that ``-m`` is about to run).
 SERVER, CLIENT = "server", "client"
 
@@ -64,7 +64,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                  client_options: dict | None = None):
         if partition is not None:
             # Pool the clients' data and re-split it by the scheme; the server's test set stays.
-            from .data import partition_data
+            from .data.datasets import partition_data
 
             clients_data, clients_target = partition_data(
                 np.concatenate(list(clients_data)), np.concatenate(list(clients_target)),
@@ -101,7 +101,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
             batch_size: int = defaults.BATCH_SIZE, lr: float | None = None,
             optimizer: Any = defaults.OPTIMIZER, loss: Any = defaults.LOSS,
             metrics: Any = defaults.METRICS):
-        """Defaults are PyFed's one set (:mod:`pyfed.defaults`), as ``pyfed experiment``'s;
+        """Defaults are PyFed's one set (:mod:`pyfed.models.defaults`), as ``pyfed experiment``'s;
         ``lr=None`` is 0.005, or the rate of an optimizer instance you configured."""
         from .models import as_adapter
 
@@ -195,7 +195,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
 
 
 class _Party:
-    """One child process: ``python -m pyfed.experiment_child <role>``, fed its payload on stdin."""
+    """One child process: ``python -m pyfed.sim.child <role>``, fed its payload on stdin."""
 
     def __init__(self, name: str, process: subprocess.Popen, payload: bytes):
         self.name = name
@@ -212,7 +212,7 @@ class _Party:
         payload = header.encode() + b"\n" + cloudpickle.dumps(spec)
         sys.stdout.flush()  # the child writes to the same terminal: keep the lines in order
         sys.stderr.flush()
-        process = subprocess.Popen([sys.executable, "-m", "pyfed.experiment_child", role, *extra],
+        process = subprocess.Popen([sys.executable, "-m", "pyfed.sim.child", role, *extra],
                                    stdin=subprocess.PIPE, pass_fds=pass_fds)
         return cls(name, process, payload)
 

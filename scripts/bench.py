@@ -217,7 +217,7 @@ def child_pyfed_server(argv: list[str]) -> None:
 
     import gc
 
-    import pyfed.rounds
+    import pyfed.server.collect
     from pyfed.models import NumpyModel
     from pyfed.server import FL_Server
 
@@ -240,7 +240,7 @@ def child_pyfed_server(argv: list[str]) -> None:
             per_round[key] += seconds
         return store
 
-    pyfed.rounds.validate_update = timed(add_to("validate"), pyfed.rounds.validate_update)
+    pyfed.server.collect.validate_update = timed(add_to("validate"), pyfed.server.collect.validate_update)
     server.strategy.add = timed(add_to("fold"), server.strategy.add)
     server.strategy.add_last = timed(add_to("fold"), server.strategy.add_last)
     server.strategy.finish = timed(timings["finish"].append, server.strategy.finish)
@@ -290,7 +290,7 @@ def child_pyfed_server(argv: list[str]) -> None:
         "bytes_in": history.history["bytes_in"], "bytes_out": history.history["bytes_out"],
         "timings": timings, "baseline": baseline, "status": status, "hwm_reset": hwm_reset,
         "pool_peak_in_use": server_pool(server).peak_in_use, "weights_ok": weights_ok,
-        "pyfed_file": pyfed.rounds.__file__,
+        "pyfed_file": pyfed.server.collect.__file__,
         "tensorflow_imported": "tensorflow" in sys.modules})
 
 
@@ -304,7 +304,7 @@ def child_pyfed_client(argv: list[str]) -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    import pyfed.transport
+    import pyfed.wire.transport
     from pyfed.client import FL_Client
     from pyfed.models import NumpyModel
 
@@ -314,7 +314,7 @@ def child_pyfed_client(argv: list[str]) -> None:
     round_cpu: list[float] = []
     round_faults: list[int] = []
     receive_started = [cpu_and_faults()]
-    send, receive = pyfed.transport.Channel.send, pyfed.transport.Channel.receive
+    send, receive = pyfed.wire.transport.Channel.send, pyfed.wire.transport.Channel.receive
 
     def send_and_note(self, message, timeout=None):
         sent = send(self, message, timeout)
@@ -330,8 +330,8 @@ def child_pyfed_client(argv: list[str]) -> None:
         receive_started[0] = cpu_and_faults()
         return receive(self, *a, **k)
 
-    pyfed.transport.Channel.send = send_and_note
-    pyfed.transport.Channel.receive = receive_and_note
+    pyfed.wire.transport.Channel.send = send_and_note
+    pyfed.wire.transport.Channel.receive = receive_and_note
     client = FL_Client(args.name, None, None, server_port=args.port,
                        model=NumpyModel(model_weights(random=False), num_examples=args.examples),
                        verbose=0, logdir=args.logdir, connect_timeout=60)
@@ -457,7 +457,7 @@ def child_scale_server(argv: list[str]) -> None:
     import gc
     import zipfile  # noqa: F401  (np.savez imports it in round 1: part of the idle baseline)
 
-    import pyfed.rounds
+    import pyfed.server.collect
     from pyfed.models import NumpyModel
     from pyfed.server import FL_Server
 
@@ -480,7 +480,7 @@ def child_scale_server(argv: list[str]) -> None:
     def timed_total(key, fn):
         return timed(lambda seconds: timings.__setitem__(key, timings[key] + seconds), fn)
 
-    pyfed.rounds.validate_update = timed_total("validate", pyfed.rounds.validate_update)
+    pyfed.server.collect.validate_update = timed_total("validate", pyfed.server.collect.validate_update)
 
     def and_note(fold):  # strategy.add, and add_last for the round's last result
         fold = timed_total("fold", fold)
@@ -569,7 +569,7 @@ def child_scale_server(argv: list[str]) -> None:
         "pool_size": pool.size, "pool_peak_in_use": pool.peak_in_use, "weights_ok": weights_ok,
         "connected": connected, "cpu_seconds": time.process_time() - cpu_start,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-        "pyfed_file": pyfed.rounds.__file__, "tensorflow_imported": "tensorflow" in sys.modules})
+        "pyfed_file": pyfed.server.collect.__file__, "tensorflow_imported": "tensorflow" in sys.modules})
 
 
 def child_thread_clients(argv: list[str]) -> None:

@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from pyfed import defaults  # first: PyFed keeps TensorFlow's start-up quiet
+from pyfed.models import defaults  # first: PyFed keeps TensorFlow's start-up quiet
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ Roles:
   command line. Prints ``READY <port>`` once listening and ``RESULT {json}`` at the end.
 - ``honest-client``: an FL_Client on synthetic data (no scikit-learn, starts in milliseconds),
   optionally slowed down by ``--fit-delay`` so a run lasts long enough to poke at.
-- ``evil-client``: speaks the protocol by hand (``pyfed.protocol`` + a raw socket), one
+- ``evil-client``: speaks the protocol by hand (``pyfed.wire.protocol`` + a raw socket), one
   connection per ``--modes`` entry, and answers every FIT with a crafted, invalid reply. Prints
   one ``REJECTED {json}`` line per ERROR the server sends back, ``CLOSED {json}`` when the
   server hangs up, ``FINISHED {json}`` on FINISH. Modes in ``FIELD_MODES`` send a valid update
@@ -45,8 +45,8 @@ import time
 
 import numpy as np
 
-from pyfed import protocol
-from pyfed.messages import (Error, Evaluate, EvaluateResult, Finish, Fit, FitResult, Hello,
+from pyfed.wire import protocol
+from pyfed.wire.messages import (Error, Evaluate, EvaluateResult, Finish, Fit, FitResult, Hello,
                             MessageKind, Welcome)
 
 SHAPES = [(64, 10), (10,)]  # SoftmaxRegression(64, 10)
@@ -570,7 +570,7 @@ def evil_server(args) -> None:
     import uuid
 
     from pyfed.models import SoftmaxRegression
-    from pyfed.spec import spec_hash, spec_to_json
+    from pyfed.wire.spec import spec_hash, spec_to_json
 
     model = SoftmaxRegression(64, 10)
     spec = model.spec()

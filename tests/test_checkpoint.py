@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from pyfed.checkpoint import (CHECKPOINT_FILE, Checkpoint, find_checkpoint, load_checkpoint,
+from pyfed.server.checkpoint import (CHECKPOINT_FILE, Checkpoint, find_checkpoint, load_checkpoint,
                               remove_orphaned_temporaries, save_checkpoint)
 
 

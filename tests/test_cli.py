@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cliprocs import PYFED_SCRIPT, PYTHON, TF_NOISE, Processes, child_env, free_port
-from pyfed import FL_Client, defaults
+from pyfed import FL_Client
+from pyfed.models import defaults
 from pyfed.cli import build_parser, load_object, mnist_model, split_data
 from pyfed.errors import ConfigurationError
 from pyfed.experiment import FL_Experiment
@@ -269,7 +270,7 @@ def test_token_command_writes_a_private_file_once_and_servers_accept_it(tmp_path
     import os
     import stat
 
-    from pyfed.auth import resolve_token
+    from pyfed.wire.auth import resolve_token
 
     with Processes(tmp_path / "procs") as procs:
         procs.start("write", [*PYFED, "token", "--out", "fed.token"], cwd=tmp_path)

@@ -314,7 +314,7 @@ def test_clients_exit_at_once_with_one_line_when_the_server_is_stopped(tmp_path)
 
 
 def test_clients_asked_to_wait_for_resume_reconnect_to_the_resumed_server(tmp_path):
-    from pyfed.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from pyfed.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
     port = free_port()
     with Processes(tmp_path / "procs") as procs:
@@ -348,7 +348,7 @@ def test_clients_asked_to_wait_for_resume_reconnect_to_the_resumed_server(tmp_pa
 # -- the checks themselves, without sockets ----------------------------------------------------
 
 def test_training_config_checks_what_the_adapters_read_and_passes_the_rest_on():
-    from pyfed.client_checks import training_config
+    from pyfed.client.checks import training_config
     from pyfed.errors import ProtocolError
 
     config = training_config({"epochs": 3, "batch_size": 64, "lr": 0.01, "proximal_mu": 0.0,
@@ -372,9 +372,9 @@ def test_training_config_checks_what_the_adapters_read_and_passes_the_rest_on():
 
 
 def test_check_weights_names_the_tensor_and_what_was_agreed():
-    from pyfed.client_checks import check_weights
+    from pyfed.client.checks import check_weights
     from pyfed.errors import ProtocolError
-    from pyfed.spec import spec_of_arrays
+    from pyfed.wire.spec import spec_of_arrays
 
     good = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32), np.zeros(2, np.int64)]
     spec = spec_of_arrays(good)

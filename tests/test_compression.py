@@ -1,6 +1,6 @@
 """pyfed.compression: round-trip error bounds, error feedback, downlink agreement, hostile input.
 
-No sockets: frames go through pyfed.protocol's sans-I/O encode/decode where the wire matters.
+No sockets: frames go through pyfed.wire.protocol's sans-I/O encode/decode where the wire matters.
 """
 
 import subprocess
@@ -10,11 +10,11 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from pyfed import protocol
-from pyfed.compression import (CODECS, Downlink, ErrorFeedback, apply_roundtrip, decode, encode,
+from pyfed.wire import protocol
+from pyfed.wire.compression import (CODECS, Downlink, ErrorFeedback, apply_roundtrip, decode, encode,
                                fingerprint, validate_codec, wire_nbytes)
 from pyfed.errors import ConfigurationError, ProtocolError
-from pyfed.spec import TensorSpec, spec_of_arrays
+from pyfed.wire.spec import TensorSpec, spec_of_arrays
 
 F32 = np.finfo(np.float32)
 
@@ -64,7 +64,7 @@ def test_wire_nbytes_counts_alignment_like_the_protocol():
 
 
 def test_import_does_not_pull_tensorflow():
-    code = "import sys, pyfed.compression; assert 'tensorflow' not in sys.modules"
+    code = "import sys, pyfed.wire.compression; assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

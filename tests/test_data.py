@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from pyfed import data, partition as part
+from pyfed import data
+from pyfed.data import partitioners as part
 from pyfed.errors import ConfigurationError, DatasetUnavailableError
 
 SCHEMES = ("iid", "dirichlet", "shards", "by_label")
@@ -386,6 +387,6 @@ def test_partition_module_is_re_exported_and_needs_no_tensorflow():
     for name in ("iid", "dirichlet", "shards", "by_label", "partition", "split", "summary",
                  "partition_data", "SCHEMES"):
         assert getattr(data, name) is getattr(part, name)
-    code = ("import sys, pyfed.partition; "
+    code = ("import sys, pyfed.data.partitioners; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -22,7 +22,7 @@ from procs import ROLES, ProcessGroup, free_port
 from roles import weights_hash
 from test_logs import scalars
 
-from pyfed.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from pyfed.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 POLL = 0.05
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyfed import fd_limits as limits
+from pyfed.server import fd_limits as limits
 
 resource = pytest.importorskip("resource")
 

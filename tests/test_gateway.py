@@ -1,4 +1,4 @@
-"""pyfed.gateway's accept loop, in-process, over real loopback sockets: running out of a
+"""pyfed.server.gateway's accept loop, in-process, over real loopback sockets: running out of a
 resource (here threads, for real) is survived, logged once, and serving resumes."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from pyfed import protocol
-from pyfed.messages import Hello, Welcome
-from pyfed.transport import BufferPool
+from pyfed.wire import protocol
+from pyfed.wire.messages import Hello, Welcome
+from pyfed.wire.transport import BufferPool
 
 from hostile_roles import drain_until_closed, read_frame
 
@@ -31,7 +31,7 @@ def assert_logged_soon(caplog, text: str, timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def gateway():
-    from pyfed.gateway import Gateway
+    from pyfed.server.gateway import Gateway
 
     gw = Gateway(host="127.0.0.1", port=0, spec=[], spec_hash="0" * 64, pool=BufferPool(1),
                  welcome=lambda name: Welcome(client_id=name, rounds=1, run_name="r", run_id="i"),

@@ -37,8 +37,8 @@ from procs import ProcessGroup
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from bench import proc_status  # noqa: E402  (the benchmark's /proc reader, Threads included)
 
-from pyfed import protocol
-from pyfed.messages import (Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,
+from pyfed.wire import protocol
+from pyfed.wire.messages import (Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,
                             FitResult, Hello, MessageKind, Ping, Welcome)
 
 HOSTILE = Path(__file__).with_name("hostile_roles.py")

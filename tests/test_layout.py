@@ -1,4 +1,4 @@
-"""pyfed.layout and compression.wire_layout: what a FIT_RESULT must carry, known from the
+"""pyfed.wire.layout and compression.wire_layout: what a FIT_RESULT must carry, known from the
 model spec, checked on the header. No sockets (the transport and the server use it in
 test_transport.py and test_hostile.py)."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyfed import compression, protocol
-from pyfed.layout import LayoutMismatch
-from pyfed.messages import FitResult
-from pyfed.spec import spec_of_arrays
+from pyfed.wire import compression, protocol
+from pyfed.wire.layout import LayoutMismatch
+from pyfed.wire.messages import FitResult
+from pyfed.wire.spec import spec_of_arrays
 
 MODEL = [np.ones((64, 10), "<f4"), np.ones(10, "<f4"), np.arange(3, dtype="<i8"),
          np.ones((2, 3), "<f8"), np.ones((), "<f4")]

@@ -28,7 +28,7 @@ from test_hostile import (HOSTILE, assert_no_traceback, finish_all, server_resul
                           start_honest, start_server, tagged_lines, wait_for)
 from test_logs import scalars
 
-from pyfed.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from pyfed.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 PYFED = [PYTHON, "-m", "pyfed"]
 MODEL_SOURCE = ("def build():\n"
@@ -208,7 +208,7 @@ def test_resume_keeps_to_its_run_folder_across_kills(tmp_path):
 
 def test_resume_finds_the_newest_checkpoint_of_its_run_name(tmp_path):
     # Folders an older PyFed let drift: exp (round 2) and exp-2 (round 5, written later).
-    from pyfed.checkpoint import find_checkpoint
+    from pyfed.server.checkpoint import find_checkpoint
 
     port, logdir = free_port(), tmp_path / "logs"
     with ProcessGroup(tmp_path / "procs") as group:

@@ -1,4 +1,4 @@
-"""Numbers, names and sizes from the network (pyfed.limits), against live servers and clients.
+"""Numbers, names and sizes from the network (pyfed.wire.limits), against live servers and clients.
 
 Trust boundaries 1 and 4 (DESIGN.md): every number a peer sends is checked as a type and a range
 where its message is decoded, every string is escaped before it reaches a log or the terminal,
@@ -27,9 +27,9 @@ from procs import ProcessGroup
 from test_hostile import (assert_no_traceback, finish_all, frame, send_and_drain, server_result,
                           start_evil, start_honest, start_server, tagged_lines)
 
-from pyfed import auth, limits, protocol
+from pyfed.wire import auth, limits, protocol
 from pyfed.errors import InvalidValue, ProtocolError
-from pyfed.messages import (Error, EvaluateResult, Finish, Fit, FitResult, Hello, Welcome)
+from pyfed.wire.messages import (Error, EvaluateResult, Finish, Fit, FitResult, Hello, Welcome)
 
 HOSTILE = Path(__file__).with_name("hostile_roles.py")
 FORGED_LINE = re.compile(r"^round 9/9", re.MULTILINE)
@@ -177,7 +177,7 @@ def _forging_server(listener: socket.socket, seen: dict) -> None:
     """A hostile server: welcomes one client, asks it to train, then answers with a
     non-fatal ERROR and a FINISH whose reasons try to write log lines on the client."""
     from pyfed.models import SoftmaxRegression
-    from pyfed.spec import spec_hash, spec_to_json
+    from pyfed.wire.spec import spec_hash, spec_to_json
 
     model = SoftmaxRegression(64, 10)
     spec = model.spec()
@@ -227,7 +227,7 @@ def test_metric_names_are_capped_and_the_checkpoint_stays_small(tmp_path):
     """One client sends 50,000 metric names a round (refused, saying which cap), another 64
     valid but never-seen-before names every round: the aggregated metrics and the history
     (hence the checkpoint) stay bounded, and the honest clients' metrics are kept."""
-    from pyfed.checkpoint import load_checkpoint
+    from pyfed.server.checkpoint import load_checkpoint
 
     rounds = 12
     with ProcessGroup(tmp_path / "procs") as group:
@@ -374,7 +374,7 @@ def test_a_refused_message_leaves_the_conversation_usable_where_the_table_allows
 
 
 def test_the_channel_skips_a_refused_messages_body_and_reads_the_next_one():
-    from pyfed.transport import Channel
+    from pyfed.wire.transport import Channel
 
     left, right = socket.socketpair()
     weights = (np.ones((300, 100), np.float32),)  # 120 kB: several pieces of the skip
@@ -403,7 +403,7 @@ def test_the_channel_skips_a_refused_messages_body_and_reads_the_next_one():
 
 
 def test_the_history_keeps_at_most_max_history_keys_names_over_a_run(caplog):
-    from pyfed.history import History
+    from pyfed.tracking.history import History
 
     history = History(max_keys=5)
     for server_round in range(1, 5):
@@ -417,7 +417,7 @@ def test_the_history_keeps_at_most_max_history_keys_names_over_a_run(caplog):
 
 
 def test_metric_names_are_escaped_in_progress_lines_and_tensorboard_tags(tmp_path):
-    from pyfed.logs import RunLogger, format_metrics, round_line
+    from pyfed.tracking.logs import RunLogger, format_metrics, round_line
 
     line = round_line(1, 2, 3, {FORGED: 0.5, "loss": 1.0}, 1.0, 10, 10)
     assert "\n" not in line and ESCAPED in line and line.startswith("round 1/2")

@@ -8,7 +8,7 @@ import pytest
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pyfed.logs import RunLogger, ScalarWriter, new_run_dir, round_line
+from pyfed.tracking.logs import RunLogger, ScalarWriter, new_run_dir, round_line
 from pyfed.safe_text import path_component
 
 SERVER_TAGS = {"fit/loss", "fit/accuracy", "round/participants", "round/seconds",
@@ -192,7 +192,7 @@ def test_a_resumed_writer_purges_what_the_stopped_run_wrote_past_its_checkpoint(
 
 
 def test_a_resumed_run_purges_each_client_from_the_epoch_its_first_round_began(tmp_path):
-    from pyfed.logs import RunLogger
+    from pyfed.tracking.logs import RunLogger
 
     first = RunLogger(tmp_path)
     for server_round in (1, 2, 3):  # 2 epochs a round; round 3 was never checkpointed
@@ -220,7 +220,7 @@ def test_a_writer_that_cannot_write_warns_once_and_goes_on(tmp_path, caplog):
 
 
 def test_a_round_written_again_replaces_its_first_curve(tmp_path):
-    from pyfed.logs import RunLogger
+    from pyfed.tracking.logs import RunLogger
 
     logger = RunLogger(tmp_path)
     logger.client_history("c", {"loss": [1.0, 1.0]}, 0, server_round=1)
@@ -358,7 +358,7 @@ def test_runs_compare_in_tensorboard_hparams_custom_scalars_and_global_curves(tm
 
 
 def test_plugin_summaries_need_no_tensorflow(tmp_path):
-    from pyfed.tb_plugins import RunBoard, run_hparams
+    from pyfed.tracking.tb_plugins import RunBoard, run_hparams
     from pyfed.strategy import FedAvg
 
     writer = ScalarWriter(tmp_path / "server")

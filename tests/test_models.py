@@ -22,7 +22,7 @@ from pyfed.data import load_digits
 from pyfed.errors import ConfigurationError, ModelMismatchError
 from pyfed.models import as_adapter
 from pyfed.models.sklearn_adapter import SklearnAdapter, sklearn_from_description
-from pyfed.spec import spec_hash
+from pyfed.wire.spec import spec_hash
 from pyfed.strategy.aggregate import weighted_average
 
 # name -> (estimator factory, fit config): small enough that 5 rounds take well under a second.

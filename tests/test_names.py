@@ -26,8 +26,9 @@ from hostile_roles import drain_until_closed, read_frame
 from procs import ROLES, ProcessGroup
 from test_hostile import finish_all, server_result, start_honest, start_server, wait_for
 
-from pyfed import data, protocol
-from pyfed.messages import Error, Hello, Welcome
+from pyfed import data
+from pyfed.wire import protocol
+from pyfed.wire.messages import Error, Hello, Welcome
 
 LOOPBACK = "127.0.0.1"
 DUPLICATE = (r"client name '{name}' is already connected \(from 127\.0\.0\.1:(\d+)\); "
@@ -87,7 +88,7 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
 
 
 def test_hung_up_tells_a_closed_peer_from_a_quiet_or_talking_one():
-    from pyfed.gateway import _hung_up
+    from pyfed.server.gateway import _hung_up
 
     server, client = tcp_pair()
     try:
@@ -135,7 +136,7 @@ def test_reconnect_secrets_are_optional_on_the_wire():
 
 
 def test_secrets_compare_safely():
-    from pyfed import auth
+    from pyfed.wire import auth
 
     secret = auth.new_reconnect_secret()
     assert len(secret) == 43 and secret != auth.new_reconnect_secret()

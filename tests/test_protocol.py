@@ -1,4 +1,4 @@
-"""Tests of the sans-I/O wire format and state table (pyfed.protocol): no sockets, no TensorFlow."""
+"""Tests of the sans-I/O wire format and state table (pyfed.wire.protocol): no sockets, no TensorFlow."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyfed import protocol
+from pyfed.wire import protocol
 from pyfed.errors import ProtocolError
-from pyfed.messages import (Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,
+from pyfed.wire.messages import (Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,
                             FitResult, Hello, Message, MessageKind, Ping, Welcome)
-from pyfed.protocol import (ALIGNMENT, HANDSHAKE_LIMITS, MAGIC, MAX_HEADER_BYTES, PREFIX,
+from pyfed.wire.protocol import (ALIGNMENT, HANDSHAKE_LIMITS, MAGIC, MAX_HEADER_BYTES, PREFIX,
                             PREFIX_SIZE, VERSION, Conversation, FrameLimits, Role, State)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def _no_sockets(monkeypatch):
 
 
 def test_protocol_does_not_import_tensorflow():
-    code = ("import sys, pyfed.protocol, pyfed.messages, pyfed.errors\n"
+    code = ("import sys, pyfed.wire.protocol, pyfed.wire.messages, pyfed.errors\n"
             "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
             "assert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,

@@ -98,8 +98,8 @@ def test_centralized_and_federated_evaluation_every_round(tmp_path):
 def _check(values):
     import numpy as np
 
-    from pyfed.rounds import UpdateRejected, validate_update
-    from pyfed.spec import TensorSpec
+    from pyfed.server.collect import UpdateRejected, validate_update
+    from pyfed.wire.spec import TensorSpec
 
     array = np.asarray(values, dtype=np.float32)
     spec = [TensorSpec(name="kernel", path="dense/kernel", shape=array.shape, dtype="<f4")]
@@ -113,7 +113,7 @@ def _check(values):
 def test_value_check_rejects_nan_inf_and_huge_values_anywhere_and_names_them():
     import numpy as np
 
-    from pyfed.values import CHECK_CHUNK as _CHECK_CHUNK
+    from pyfed.wire.values import CHECK_CHUNK as _CHECK_CHUNK
 
     size = 2 * _CHECK_CHUNK + 1000  # several check chunks: the bad value sits in a later one
     for bad, shown in [(np.nan, "NaN"), (np.inf, "Inf"), (-np.inf, "-Inf"), (-3e38, "-3e+38"),
@@ -142,9 +142,9 @@ def test_value_check_accepts_every_value_within_the_bound_even_when_the_fast_pat
 def _collector(strategy, clients=("a", "b", "c"), **options):
     import numpy as np
 
-    from pyfed.messages import FitResult
-    from pyfed.rounds import FitCollector
-    from pyfed.spec import spec_of_arrays
+    from pyfed.wire.messages import FitResult
+    from pyfed.server.collect import FitCollector
+    from pyfed.wire.spec import spec_of_arrays
 
     current = [np.zeros(4, np.float32)]
     collector = FitCollector(1, set(clients), strategy, spec_of_arrays(current), 100, **options)
@@ -161,7 +161,7 @@ def test_an_exception_from_the_strategys_fold_ends_the_round_with_its_reason():
     import pytest
 
     from pyfed.errors import RoundError
-    from pyfed.rounds import UpdateRejected
+    from pyfed.server.collect import UpdateRejected
     from pyfed.strategy import FedAvg
 
     class Buggy(FedAvg):
@@ -186,7 +186,7 @@ def test_an_exception_from_the_strategys_fold_ends_the_round_with_its_reason():
 def test_an_exception_while_screening_or_logging_refuses_only_that_update(caplog):
     import pytest
 
-    from pyfed.rounds import UpdateRejected
+    from pyfed.server.collect import UpdateRejected
     from pyfed.strategy import FedAvg
 
     class Picky(FedAvg):

@@ -170,8 +170,8 @@ def test_before_authentication_a_peer_learns_nothing_about_the_model_or_the_clie
     from hostile_roles import drain_until_closed, read_frame
     from test_hostile import wait_for
 
-    from pyfed import auth, protocol
-    from pyfed.messages import Auth, Challenge, Error, Hello
+    from pyfed.wire import auth, protocol
+    from pyfed.wire.messages import Auth, Challenge, Error, Hello
 
     wrong_spec = [["weight_0", [3, 4], "<f4", "weight_0"]]
 
@@ -254,7 +254,7 @@ def test_a_weak_token_trains_but_the_server_warns_once(tmp_path):
 
 
 def test_a_strong_token_gives_no_warning_and_an_empty_one_is_an_error(tmp_path, monkeypatch):
-    from pyfed import auth
+    from pyfed.wire import auth
     from pyfed.errors import ConfigurationError
 
     monkeypatch.setenv("PYFED_TOKEN", "")

@@ -85,7 +85,7 @@ def test_final_keras_model_is_saved_in_the_run_folder(digits_run):
 def test_upload_and_connection_limits_are_checked_and_derived():
     import numpy as np
 
-    from pyfed.fd_limits import FD_HEADROOM, open_file_limit
+    from pyfed.server.fd_limits import FD_HEADROOM, open_file_limit
 
     model = NumpyModel([np.zeros((4, 3), "<f4"), np.zeros(3, "<f4")])
     with pytest.raises(ConfigurationError, match="min_upload_rate must be a positive number; received 0"):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pyfed.stopping import StopSignals, Stopped, describe
+from pyfed.server.stopping import StopSignals, Stopped, describe
 
 
 def _deliver(signum: int) -> None:

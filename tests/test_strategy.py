@@ -586,7 +586,7 @@ def test_delta_sum_mean_in_place_reuses_the_accumulator_and_keeps_other_dtypes()
 
 
 def test_delta_sum_cannot_overflow_at_the_largest_accepted_values():
-    from pyfed.rounds import MAX_ABS_VALUE
+    from pyfed.server.collect import MAX_ABS_VALUE
 
     base = [np.full(4, -MAX_ABS_VALUE, np.float32)]
     summed = aggregate.WeightedSum(base, reference=base)
@@ -871,7 +871,7 @@ def test_max_update_norm_options_are_validated_and_none_costs_nothing():
 
 
 def test_the_union_of_metric_names_is_capped_and_the_most_reported_names_win():
-    from pyfed.limits import MAX_METRICS
+    from pyfed.wire.limits import MAX_METRICS
 
     honest = [(10, {"loss": 0.5, "accuracy": 0.9}) for _ in range(3)]
     inventive = [(10**6, {f"x{i:03d}": 1.0 for i in range(MAX_METRICS)}) for _ in range(2)]

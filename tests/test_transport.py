@@ -1,4 +1,4 @@
-"""Tests of pyfed.transport over real TCP sockets on 127.0.0.1 (loopback only)."""
+"""Tests of pyfed.wire.transport over real TCP sockets on 127.0.0.1 (loopback only)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from pyfed import protocol, transport
+from pyfed.wire import protocol, transport
 from pyfed.errors import ConnectionClosed, NetworkError, ProtocolError
-from pyfed.messages import Finish, Fit, FitResult, Hello, Ping, Welcome
-from pyfed.protocol import HANDSHAKE_LIMITS, MAGIC, PREFIX, VERSION, FrameLimits, Role, State
-from pyfed.transport import BufferPool, Channel
+from pyfed.wire.messages import Finish, Fit, FitResult, Hello, Ping, Welcome
+from pyfed.wire.protocol import HANDSHAKE_LIMITS, MAGIC, PREFIX, VERSION, FrameLimits, Role, State
+from pyfed.wire.transport import BufferPool, Channel
 
 IO_TIMEOUT = 10.0      # bound on any single blocking socket operation in these tests
 JOIN_TIMEOUT = 15.0    # bound on any thread join
@@ -525,8 +525,8 @@ def _scan_weights(bad_at):
 @pytest.mark.parametrize("bad_at", [None, (0, 123_457, np.nan), (2, 4, -np.inf),
                                     (3, 0, np.nan), (5, 209, 3e37)])
 def test_value_scan_checks_the_body_piece_by_piece_as_it_arrives(channels, bad_at):
-    from pyfed.rounds import UpdateRejected, ValueScan, validate_update
-    from pyfed.spec import TensorSpec
+    from pyfed.server.collect import UpdateRejected, ValueScan, validate_update
+    from pyfed.wire.spec import TensorSpec
 
     server, client = channels
     handshake(server, client)
@@ -582,7 +582,7 @@ def test_value_scan_checks_the_body_piece_by_piece_as_it_arrives(channels, bad_a
 
 
 def test_an_unasked_for_result_is_refused_on_its_prefix_unread(channels):
-    from pyfed.pacing import queued_bytes
+    from pyfed.wire.pacing import queued_bytes
 
     server, client = channels
     handshake(server, client)  # READY: nobody asked for a FIT_RESULT
@@ -599,8 +599,8 @@ def test_an_unasked_for_result_is_refused_on_its_prefix_unread(channels):
 
 
 def test_expect_refuses_a_frame_on_its_header_before_any_allocation(tcp_pair):
-    from pyfed.layout import LayoutMismatch
-    from pyfed.pacing import queued_bytes
+    from pyfed.wire.layout import LayoutMismatch
+    from pyfed.wire.pacing import queued_bytes
 
     server_sock, client_sock = tcp_pair
     frame = protocol.encode_bytes(FitResult(round=1, weights=(np.zeros(5000, "<f4"),)))
@@ -638,12 +638,12 @@ def test_a_body_without_a_buffer_is_drained_and_the_stream_stays_in_step(channel
 
 
 # ---------------------------------------------------------------------------------------------
-# Paced bodies (pyfed.pacing): a slow peer never holds a receive buffer for long
+# Paced bodies (pyfed.wire.pacing): a slow peer never holds a receive buffer for long
 # ---------------------------------------------------------------------------------------------
 
 
 def test_a_paced_large_body_arrives_whole_and_the_socket_is_restored(tcp_pair):
-    from pyfed.pacing import UploadPace
+    from pyfed.wire.pacing import UploadPace
 
     server_sock, client_sock = tcp_pair
     weights = (np.random.default_rng(3).standard_normal(2_000_000).astype("<f4"),
@@ -667,7 +667,7 @@ def _begin_upload(sock: socket.socket, frame: bytes, body_bytes: int) -> None:
 
 
 def test_a_dribbling_peer_never_gets_a_buffer(tcp_pair):
-    from pyfed.pacing import UploadPace
+    from pyfed.wire.pacing import UploadPace
 
     server_sock, client_sock = tcp_pair
     frame = protocol.encode_bytes(FitResult(round=1, weights=(np.zeros(1024, "<f4"),)))
@@ -695,7 +695,7 @@ def test_a_dribbling_peer_never_gets_a_buffer(tcp_pair):
 
 
 def test_a_peer_stalling_mid_body_loses_its_buffer(tcp_pair):
-    from pyfed.pacing import UploadPace
+    from pyfed.wire.pacing import UploadPace
 
     server_sock, client_sock = tcp_pair
     frame = protocol.encode_bytes(FitResult(round=1, weights=(np.zeros(1 << 18, "<f4"),)))
@@ -712,7 +712,7 @@ def test_a_peer_stalling_mid_body_loses_its_buffer(tcp_pair):
 
 
 def test_waiting_for_a_buffer_is_not_counted_against_the_peer(tcp_pair):
-    from pyfed.pacing import UploadPace
+    from pyfed.wire.pacing import UploadPace
 
     server_sock, client_sock = tcp_pair
     frame = protocol.encode_bytes(FitResult(round=1, weights=(np.ones(1 << 18, "<f4"),)))

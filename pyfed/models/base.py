@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import ConfigurationError
-from ..spec import TensorSpec
+from ..wire.spec import TensorSpec
 
 
 @dataclass

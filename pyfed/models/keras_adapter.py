@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError, ModelMismatchError
-from ..spec import TensorSpec
+from ..wire.spec import TensorSpec
 from .base import FitOutcome
 from .data_checks import check_features, check_labels
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import TensorSpec, spec_of_arrays
+from ..wire.spec import TensorSpec, spec_of_arrays
 from ..errors import ConfigurationError
 from .base import FitOutcome
 from .data_checks import check_features, check_labels

@@ -37,7 +37,7 @@ from sklearn.metrics import hinge_loss, log_loss
 from sklearn.utils import check_array, check_random_state
 
 from ..errors import ConfigurationError, ModelMismatchError
-from ..spec import TensorSpec
+from ..wire.spec import TensorSpec
 from .base import FitOutcome
 from .sklearn_checks import (  # noqa: F401  (the checks live beside, at the trust boundary)
     _estimator_name, _check_settings, _is_fitted, _check_n_features, _check_classes, _labels, _parameter_count, _encode, _decode, ESTIMATORS, DTYPE, MAX_PARAMETERS, _SCALARS)

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigurationError, RoundError, UpdateRejected
-from ..limits import MAX_METRICS
+from ..wire.limits import MAX_METRICS
 from ..safe_text import printable
 from . import _checks
 from .aggregate import (RecycledBlocks, WeightedSum, cast_to, common_metrics, update_norm,

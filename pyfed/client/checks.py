@@ -15,11 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import messages
-from .errors import ProtocolError
-from .safe_text import single_component
-from .spec import TensorSpec
-from .values import first_bad_value
+from ..wire import messages
+from ..errors import ProtocolError
+from ..safe_text import single_component
+from ..wire.spec import TensorSpec
+from ..wire.values import first_bad_value
 
 MAX_ROUNDS = 10**9
 MAX_EPOCHS = 10_000

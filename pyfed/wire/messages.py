@@ -1,7 +1,7 @@
 """The typed messages PyFed peers exchange. Frozen dataclasses; arrays travel in the body.
 
 Scalar fields go to the frame's JSON header and are type-checked on decode against these
-annotations, then range- and shape-checked by :mod:`pyfed.limits`; the one field named by
+annotations, then range- and shape-checked by :mod:`pyfed.wire.limits`; the one field named by
 ``ARRAY_FIELD`` travels as raw arrays in the body.
 """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from .limits import MAX_HISTORY_KEYS
-from .safe_text import printable
+from ..wire.limits import MAX_HISTORY_KEYS
+from ..safe_text import printable
 
 logger = logging.getLogger("pyfed")
 

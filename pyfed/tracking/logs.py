@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import StorageError
-from .safe_text import path_component, printable
+from ..errors import StorageError
+from ..safe_text import path_component, printable
 
 logger = logging.getLogger("pyfed")
 

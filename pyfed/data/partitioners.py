@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 SCHEMES = ("iid", "dirichlet", "shards", "by_label")
 DEFAULT_MIN_SIZE = 10

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ConfigurationError, ProtocolError
+from ..errors import ConfigurationError, ProtocolError
 from .layout import ArraySlot, Layout
 from .protocol import ALIGNMENT
-from .safe_text import printable
+from ..safe_text import printable
 from .spec import TensorSpec, spec_of_arrays
 
 CODECS = ("none", "fp16", "int8")

@@ -7,7 +7,7 @@ scalar fields and one descriptor per array: ``{"dtype": "<f4", "shape": [...], "
 
 Everything a peer sends is checked before it is trusted: lengths against caps *before* any
 buffer is allocated, dtypes against an allow-list (never object), shapes/offsets/sizes against
-each other and against the body, and every header field's type and range (:mod:`pyfed.limits`).
+each other and against the body, and every header field's type and range (:mod:`pyfed.wire.limits`).
 Nothing is ever unpickled.
 
 The legal order of messages lives in one transition table (:data:`TRANSITIONS`), as in h11;
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from . import limits
-from .errors import InvalidValue, ProtocolError
-from .safe_text import printable
+from ..errors import InvalidValue, ProtocolError
+from ..safe_text import printable
 from .messages import (  # noqa: F401  (re-exported: protocol is the one import users need)
     MESSAGE_TYPES, VERSION, Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,
     FitResult, Hello, Message, MessageKind, Ping, Welcome)
@@ -212,7 +212,7 @@ def decode_header(prefix: FramePrefix, header: bytes | bytearray | memoryview) -
     header can never make us allocate or read more than its (already capped) body length.
 
     A malformed frame raises :class:`ProtocolError`. A well-formed one whose field has the
-    wrong type, or a value outside its range or shape (:mod:`pyfed.limits`), raises its
+    wrong type, or a value outside its range or shape (:mod:`pyfed.wire.limits`), raises its
     subclass :class:`InvalidValue`: checked last, so the frame is known to be intact and the
     receiver may refuse just this message.
     """

@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 
-from . import messages
-from .errors import ProtocolError, RoundError, UpdateRejected  # noqa: F401  (UpdateRejected: re-exported)
-from .safe_text import printable
-from .spec import TensorSpec
-from .strategy import EvaluateResult, FitResult, Strategy
-from .values import MAX_ABS_VALUE, first_bad_value
+from ..wire import messages
+from ..errors import ProtocolError, RoundError, UpdateRejected  # noqa: F401  (UpdateRejected: re-exported)
+from ..safe_text import printable
+from ..wire.spec import TensorSpec
+from ..strategy import EvaluateResult, FitResult, Strategy
+from ..wire.values import MAX_ABS_VALUE, first_bad_value
 
 logger = logging.getLogger("pyfed")
 

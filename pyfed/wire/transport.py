@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import protocol
-from .errors import ConnectionClosed, InvalidValue, NetworkError, ProtocolError, TLSError
+from ..errors import ConnectionClosed, InvalidValue, NetworkError, ProtocolError, TLSError
 from .pacing import PacedFrame, UploadPace, gate_size, receive_paced, wait_until_queued
 from .protocol import Conversation, FramePrefix, FrameLimits, Message, Role
 
@@ -111,7 +111,7 @@ class Channel:
         body is then read through a small scratch buffer and dropped, and the message comes
         back with its arrays empty (a result too late to count still ends its exchange).
 
-        ``pace`` (see :mod:`pyfed.pacing`): once the prefix has arrived, the frame must keep
+        ``pace`` (see :mod:`pyfed.wire.pacing`): once the prefix has arrived, the frame must keep
         up a minimum rate, no buffer is taken until the body's first chunk is queued in the
         kernel, and a pause while holding one loses it.
 

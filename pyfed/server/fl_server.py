@@ -1,6 +1,6 @@
 """FL_Server: runs the rounds, aggregates, evaluates, checkpoints and logs.
 
-Connections are the :class:`~pyfed.gateway.Gateway`'s job (one thread each, for the server's
+Connections are the :class:`~pyfed.server.gateway.Gateway`'s job (one thread each, for the server's
 whole life); this module is the caller's thread running :meth:`FL_Server.train`, which posts
 jobs to the clients' sessions and waits on each round's collector, with a deadline if set.
 """
@@ -21,26 +21,26 @@ from typing import Any
 
 import numpy as np
 
-from . import auth, compression, messages
-from .compression import Downlink, validate_codec, wire_layout
+from ..wire import auth, compression, messages
+from ..wire.compression import Downlink, validate_codec, wire_layout
 from .checkpoint import (CHECKPOINT_FILE, Checkpoint, find_checkpoint, load_checkpoint,
                          remove_orphaned_temporaries, save_checkpoint)
-from .errors import ConfigurationError, RoundError, StorageError
+from ..errors import ConfigurationError, RoundError, StorageError
 from .gateway import Gateway
-from .history import History
-from .logs import (RUN_MARKER, RunLogger, discard_run_dir, format_metrics, launch_tensorboard,
+from ..tracking.history import History
+from ..tracking.logs import (RUN_MARKER, RunLogger, discard_run_dir, format_metrics, launch_tensorboard,
                    logs_line, new_run_dir, round_line)
-from .models import as_adapter, is_keras_model
-from .pacing import MIN_UPLOAD_RATE, UPLOAD_STALL_TIMEOUT, UploadPace
-from .protocol import DEFAULT_MAX_MESSAGE_BYTES
-from .rounds import Collector, EvaluateCollector, FitCollector
-from .safe_text import printable, single_component
+from ..models import as_adapter, is_keras_model
+from ..wire.pacing import MIN_UPLOAD_RATE, UPLOAD_STALL_TIMEOUT, UploadPace
+from ..wire.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from .collect import Collector, EvaluateCollector, FitCollector
+from ..safe_text import printable, single_component
 from .session import FinishJob, RequestJob
-from .spec import spec_hash, spec_to_json
+from ..wire.spec import spec_hash, spec_to_json
 from .stopping import StopSignals, describe
-from .strategy import FedAvg, Strategy
-from .tb_plugins import RunBoard, run_hparams
-from .transport import BufferPool, local_addresses, server_ssl_context
+from ..strategy import FedAvg, Strategy
+from ..tracking.tb_plugins import RunBoard, run_hparams
+from ..wire.transport import BufferPool, local_addresses, server_ssl_context
 
 logger = logging.getLogger("pyfed")
 
@@ -73,12 +73,12 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         ssl_certfile, ssl_keyfile: serve over TLS.
         handshake_timeout: seconds a new connection has for its whole handshake (default 10).
         max_connections: open connections at most; more are refused at once. Default: what the
-            open-file limit leaves room for, (RLIMIT_NOFILE - open - 64) // 2 (see pyfed.limits).
+            open-file limit leaves room for, (RLIMIT_NOFILE - open - 64) // 2 (see pyfed.wire.limits).
         max_message_bytes: cap on a received body (default 4 GiB).
         min_upload_rate, upload_stall_timeout: once a result has begun to arrive, it must be
             whole within ``upload_stall_timeout + size / min_upload_rate`` seconds (default
             5 s + size / 256 KiB/s), and a pause longer than ``upload_stall_timeout`` while it
-            holds a receive buffer drops it; see pyfed.pacing.
+            holds a receive buffer drops it; see pyfed.wire.pacing.
         max_examples: cap on a client's declared ``num_examples`` (default 10**9), i.e. on its
             weight in the mean. The count cannot be checked, so this bounds a client's influence
             only weakly; a strategy's ``max_update_norm`` bounds the update itself.

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PyFedError
-from .strategy.state import join_arrays, split_arrays
+from ..errors import PyFedError
+from ..strategy.state import join_arrays, split_arrays
 
 logger = logging.getLogger("pyfed")
 

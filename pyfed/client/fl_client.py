@@ -14,20 +14,20 @@ from typing import Any
 
 import numpy as np
 
-from . import messages
-from . import auth, compression
-from .client_checks import check_round, check_weights, check_welcome, training_config
-from . import defaults as shared_defaults  # train() has a local named defaults
-from .compression import validate_codec
-from .errors import (AuthenticationError, ConfigurationError, ConnectionClosed, DuplicateNameError,
+from ..wire import messages
+from ..wire import auth, compression
+from .checks import check_round, check_weights, check_welcome, training_config
+from ..models import defaults as shared_defaults  # train() has a local named defaults
+from ..wire.compression import validate_codec
+from ..errors import (AuthenticationError, ConfigurationError, ConnectionClosed, DuplicateNameError,
                      HandshakeError, PyFedError, ModelMismatchError, NetworkError, TLSError,
                      ProtocolError, RemoteError, ServerStopped, ServerUnreachable)
-from .logs import RUN_MARKER, RunLogger
-from .models import FitOutcome, as_adapter
-from .protocol import DEFAULT_MAX_MESSAGE_BYTES, VERSION, FrameLimits, Role
-from .safe_text import path_component, printable
-from .spec import spec_hash, spec_to_json
-from .transport import Channel, client_ssl_context, connect, has_pending_input, tls_handshake
+from ..tracking.logs import RUN_MARKER, RunLogger
+from ..models import FitOutcome, as_adapter
+from ..wire.protocol import DEFAULT_MAX_MESSAGE_BYTES, VERSION, FrameLimits, Role
+from ..safe_text import path_component, printable
+from ..wire.spec import spec_hash, spec_to_json
+from ..wire.transport import Channel, client_ssl_context, connect, has_pending_input, tls_handshake
 
 logger = logging.getLogger("pyfed")
 
@@ -116,7 +116,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
               metrics: Any = None):
         """Take part in every round until the server says FINISH. Returns the final model.
 
-        Defaults are PyFed's one set (:mod:`pyfed.defaults`, as ``pyfed client``): Adam at
+        Defaults are PyFed's one set (:mod:`pyfed.models.defaults`, as ``pyfed client``): Adam at
         lr 0.005 (``lr=None`` keeps the rate of an optimizer instance you configured), and the
         sparse categorical cross-entropy with accuracy unless you compiled your own model.
 
@@ -326,7 +326,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                     f"{self.name}: this client's model has a different architecture from the "
                     f"server's (spec hash {printable(welcome.spec_hash[:16])}...)")
         if self.adapter is None:
-            from .models import adapter_from_description
+            from ..models import adapter_from_description
 
             try:
                 self.adapter = adapter_from_description(welcome.model)

@@ -1,7 +1,7 @@
 """What makes runs comparable in TensorBoard: HParams, a custom-scalars layout, global curves.
 
 Written into each run's ``server/`` folder with TensorBoard's own protobufs and the record
-writer of :mod:`pyfed.logs`, never with TensorFlow (importing this module does not import it):
+writer of :mod:`pyfed.tracking.logs`, never with TensorFlow (importing this module does not import it):
 
 - **HParams** (the HParams tab): one session per run, named after the run folder, holding the
   strategy and its parameters, clients, rounds, compression, and the training settings. Its

@@ -2,7 +2,7 @@
 before a byte of its body is read or a buffer allocated for it.
 
 A peer's header is a claim. The receiver compares it with what it expects (the model's tensors
-as they travel under the run's codec, see :func:`pyfed.compression.wire_layout`) and refuses a
+as they travel under the run's codec, see :func:`pyfed.wire.compression.wire_layout`) and refuses a
 mismatch at once, so no body is ever sized by what the peer says: a result with an extra 512 MiB
 array costs the server the header it read, nothing more.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 from .protocol import ALIGNMENT
 
 

@@ -4,7 +4,7 @@ Trust boundary 1 (DESIGN.md): a number from the network is validated as a type a
 before any arithmetic touches it. JSON is happy to carry ``10**400``, ``NaN``, ``-Infinity`` or
 ``true`` where a count belongs, and each of those once crashed the server (``float()`` raised
 ``OverflowError`` on the round's thread). :func:`check_fields` applies one rule per message
-field, called by :func:`pyfed.protocol.decode_header` on every header after its types are
+field, called by :func:`pyfed.wire.protocol.decode_header` on every header after its types are
 checked, so no layer above ever sees a value outside these bounds. A value that breaks a rule
 raises :class:`~pyfed.errors.InvalidValue` naming the message, the field, the rule and the value
 received; the frame itself is intact, so the receiver refuses just that message.
@@ -20,8 +20,8 @@ import math
 import sys
 from collections.abc import Callable
 
-from .errors import InvalidValue
-from .safe_text import printable
+from ..errors import InvalidValue
+from ..safe_text import printable
 from .values import MAX_ABS_VALUE
 
 # Rounds and epochs: far beyond any run (a round a second for 68 years), and TensorBoard steps

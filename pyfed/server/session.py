@@ -14,14 +14,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import messages
-from .errors import InvalidValue, PyFedError
-from .layout import Layout, LayoutMismatch
-from .messages import MessageKind
-from .pacing import UploadPace
-from .rounds import Collector, UpdateRejected
-from .safe_text import printable
-from .transport import BufferPool, Channel, NoBufferFree, has_pending_input
+from ..wire import messages
+from ..errors import InvalidValue, PyFedError
+from ..wire.layout import Layout, LayoutMismatch
+from ..wire.messages import MessageKind
+from ..wire.pacing import UploadPace
+from .collect import Collector, UpdateRejected
+from ..safe_text import printable
+from ..wire.transport import BufferPool, Channel, NoBufferFree, has_pending_input
 
 logger = logging.getLogger("pyfed")
 

@@ -20,16 +20,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import auth, messages, protocol
-from .errors import InvalidValue, PyFedError
+from ..wire import auth, messages, protocol
+from ..errors import InvalidValue, PyFedError
 from .fd_limits import default_max_connections, open_file_limit
-from .layout import Layout
-from .pacing import UploadPace
-from .protocol import HANDSHAKE_LIMITS, VERSION, FrameLimits, Role
-from .safe_text import printable
+from ..wire.layout import Layout
+from ..wire.pacing import UploadPace
+from ..wire.protocol import HANDSHAKE_LIMITS, VERSION, FrameLimits, Role
+from ..safe_text import printable
 from .session import ClientSession
-from .spec import first_difference, spec_from_json
-from .transport import BufferPool, Channel, listen, tls_handshake
+from ..wire.spec import first_difference, spec_from_json
+from ..wire.transport import BufferPool, Channel, listen, tls_handshake
 
 logger = logging.getLogger("pyfed")
 
@@ -68,7 +68,7 @@ class Gateway:
         self.token = token
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
-        # None: as many as the open-file limit leaves room for (see pyfed.limits).
+        # None: as many as the open-file limit leaves room for (see pyfed.wire.limits).
         self.max_connections_derived = max_connections is None
         self.max_connections = default_max_connections() if max_connections is None else max_connections
         self.max_message_bytes = max_message_bytes

@@ -30,7 +30,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .errors import ConfigurationError, ConnectionClosed, NetworkError
+from ..errors import ConfigurationError, ConnectionClosed, NetworkError
 from .protocol import FramePrefix
 
 try:  # Linux and the BSDs; elsewhere the gate is skipped (a buffer is taken at once)

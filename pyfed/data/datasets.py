@@ -1,7 +1,7 @@
 """Built-in datasets and partitioners. Defaults work offline: scikit-learn ships digits.
 
 The partitioners (``iid``, ``dirichlet``, ``shards``, ``by_label``, ``partition``, ``split``,
-``summary``) live in :mod:`pyfed.partition` and are re-exported here.
+``summary``) live in :mod:`pyfed.data.partitioners` and are re-exported here.
 
 ``load_mnist`` reads a local file, or asks ``fetch_openml`` when online; offline, it fails with
 a :class:`~pyfed.errors.DatasetUnavailableError` that says what to do instead.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigurationError, DatasetUnavailableError
-from .partition import (SCHEMES, by_label, dirichlet, iid, partition, partition_data, shards,
+from ..errors import ConfigurationError, DatasetUnavailableError
+from .partitioners import (SCHEMES, by_label, dirichlet, iid, partition, partition_data, shards,
                         split, summary)
 
 __all__ = ["load_digits", "load_mnist", "split_for_clients", "load_dataset", "save_partitions",

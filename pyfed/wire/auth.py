@@ -27,7 +27,7 @@ import os
 import secrets
 from pathlib import Path
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 logger = logging.getLogger("pyfed")
 

@@ -1,4 +1,4 @@
-"""One party of an FL_Experiment: ``python -m pyfed.experiment_child server|client``.
+"""One party of an FL_Experiment: ``python -m pyfed.sim.child server|client``.
 
 FL_Experiment starts each party as a fresh interpreter running this module, never the user's
 script: a script without an ``if __name__ == "__main__":`` guard would otherwise run again in
@@ -18,7 +18,7 @@ import json
 import os
 import sys
 
-from .experiment import CLIENT, FINAL_WEIGHTS, SERVER
+from ..experiment import CLIENT, FINAL_WEIGHTS, SERVER
 
 
 def read_payload(stream) -> dict:
@@ -54,12 +54,12 @@ class Reporter:
 def run_server(spec: dict, report: Reporter) -> int:
     import numpy as np
 
-    from .errors import PyFedError
+    from ..errors import PyFedError
 
     try:
         _setup(spec["seed"])
-        from .models import adapter_from_description
-        from .server import FL_Server
+        from ..models import adapter_from_description
+        from ..server.fl_server import FL_Server
 
         adapter = adapter_from_description(spec["model"])
         adapter.set_weights(spec["weights"])
@@ -83,10 +83,10 @@ def run_server(spec: dict, report: Reporter) -> int:
 
 
 def run_client(spec: dict) -> int:
-    from .errors import PyFedError
+    from ..errors import PyFedError
 
     _setup(spec["seed"])
-    from .client import FL_Client
+    from ..client.fl_client import FL_Client
 
     try:
         client = FL_Client(spec["name"], spec["data"], spec["target"], server_ip=spec["host"],
@@ -99,7 +99,7 @@ def run_client(spec: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyfed.experiment_child")
+    parser = argparse.ArgumentParser(prog="python -m pyfed.sim.child")
     parser.add_argument("role", choices=[SERVER, CLIENT])
     parser.add_argument("--report-fd", type=int)
     args = parser.parse_args(argv)

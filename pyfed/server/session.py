@@ -51,6 +51,9 @@ class RequestJob:
     # holds once it is sent (the next int8 delta is taken from it).
     model_version: int | None = None
 
+    def __post_init__(self) -> None:
+        self.deadline = Deadline.of(self.deadline)  # a time.monotonic() value or None works too
+
 
 @dataclass
 class FinishJob:

@@ -27,6 +27,7 @@ import cloudpickle
 import numpy as np
 
 from .models import defaults
+from .deadline import Deadline, wait_until
 from .errors import ConfigurationError, PyFedError
 from .tracking.history import History
 from .tracking.logs import logs_line
@@ -167,19 +168,24 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
 
     def _next_report(self, reports: "_Reports", children, what: str) -> dict:
         """Wait for the server's next report, failing fast if any party dies first."""
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        while True:
-            report = reports.next(timeout=0.2)
+        arrived: list[dict] = []
+
+        def report_or_failure() -> bool:
+            report = reports.next(timeout=0.2)  # this is the wait: no sleep between checks
             if report is not None:
                 if report.get("event") == "error":
                     raise PyFedError(f"the server failed to {what}: {report.get('error')}")
-                return report
+                arrived.append(report)
+                return True
             for child in children:
                 if child.exitcode not in (None, 0):
                     raise PyFedError(f"{child.name} exited with code {child.exitcode} before the "
                                      f"server could {what}; see its output above")
-            if deadline is not None and time.monotonic() > deadline:
-                raise PyFedError(f"the experiment did not {what} within {self.timeout:g} s")
+            return False
+
+        if not wait_until(report_or_failure, Deadline(self.timeout), sleep=lambda seconds: None):
+            raise PyFedError(f"the experiment did not {what} within {self.timeout:g} s")
+        return arrived[0]
 
     def _test(self, adapter, loss, optimizer, lr, metrics) -> dict | None:
         if self.server_data is None or len(self.server_data) == 0:

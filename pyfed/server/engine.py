@@ -104,6 +104,8 @@ class SyncRounds:
                 "bytes_in": fit.bytes_in + self.evaluation.bytes_in,
                 "bytes_out": fit.bytes_out + self.evaluation.bytes_out,
                 "clients": sorted(fit.answered)}
+        # The callbacks (the checkpoint's write) run without the previous global weights held.
+        parameters = new_parameters = None  # noqa: F841
         server.callbacks.on_round_end(server, server_round, logs)
 
     def _global_model(self, server_round: int):

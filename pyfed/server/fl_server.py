@@ -17,7 +17,7 @@ from ..safe_text import single_component
 from ..strategy import FedAvg, Strategy
 from ..tracking.history import History
 from ..tracking.hooks import ServerCallback
-from ..tracking.logs import RUN_MARKER, discard_run_dir, launch_tensorboard
+from ..tracking.logs import RUN_MARKER, discard_run_dir, launch_tensorboard, tensorboard_line
 from ..wire import auth
 from ..wire.compression import Downlink, validate_codec, wire_layout
 from ..wire.pacing import MIN_UPLOAD_RATE, UPLOAD_STALL_TIMEOUT, UploadPace
@@ -182,9 +182,9 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         try:
             self.start()
             try:
+                self.stage = f"while waiting for clients, before round {self.first_round} started"
                 self._began = True
                 self.callbacks.on_train_begin(self)
-                self.stage = f"while waiting for clients, before round {self.first_round} started"
                 self.gateway.wait_for(max(self.num_clients, self.min_clients("min_available_clients")),
                                       self.wait_timeout, self.say, self.progress_interval)
                 connected = sorted(self.gateway.snapshot())
@@ -209,6 +209,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
             self.stop_signals.restore()
         if self.launch_tensorboard:
             self.tensorboard_process = launch_tensorboard(self.logdir, self.tensorboard_port)
+            self.say(tensorboard_line(self.tensorboard_port, self.tensorboard_process))
         return self.history
 
     def test(self, data, target, loss=None, *args, metrics=None, optimizer=None, lr=None,

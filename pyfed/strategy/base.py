@@ -100,14 +100,6 @@ class Strategy(ABC):
     def finish(self) -> tuple[list[np.ndarray], dict]:
         """Close the round: the new global weights and the aggregated fit metrics."""
 
-    def aggregate_fit(self, server_round: int, parameters: list[np.ndarray],
-                      results: list[FitResult]) -> tuple[list[np.ndarray], dict]:
-        """Non-streaming convenience: ``begin``, ``add`` each result, ``finish``."""
-        self.begin(server_round, parameters)
-        for result in results:
-            self.add(result)
-        return self.finish()
-
     def configure_evaluate(self, server_round: int, parameters: list[np.ndarray],
                            clients: list[str]) -> list[tuple[str, dict]]:
         """Federated evaluation plan; none by default."""

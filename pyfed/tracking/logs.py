@@ -227,12 +227,16 @@ def logs_line(run_dir, logdir) -> str:
 
 
 def launch_tensorboard(logdir: str | os.PathLike, port: int = 6006) -> subprocess.Popen:
-    """Start TensorBoard in the background (it outlives training on purpose) and say where."""
+    """Start TensorBoard in the background (it outlives training on purpose); the caller says
+    where (:func:`tensorboard_line`)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    print(f"TensorBoard: http://localhost:{port}/ (pid {process.pid})", flush=True)
     return process
+
+
+def tensorboard_line(port: int, process: subprocess.Popen) -> str:
+    return f"TensorBoard: http://localhost:{port}/ (pid {process.pid})"
 
 
 # ---------------------------------------------------------------------------------------------

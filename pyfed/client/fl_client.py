@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..wire import messages
 from ..wire import auth, compression
@@ -22,6 +22,7 @@ from ..errors import (ConfigurationError, PyFedError, ModelMismatchError, Networ
                      ProtocolError, RemoteError, ServerStopped)
 from ..tracking.logs import RUN_MARKER, RunLogger
 from ..models import as_adapter
+from ..models.keras_adapter import check_fit_callbacks
 from ..wire.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from ..safe_text import path_component, printable
 from .rounds import ClientRounds
@@ -56,6 +57,8 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
             by default the client stops at once with ServerStopped ("the server stopped: ...").
         token / token_file: the federation's shared secret (else $PYFED_TOKEN).
         ssl_cafile: connect over TLS, trusting this CA (``use_ssl=True`` uses the system's CAs).
+        fit_callbacks: Keras callbacks passed to the Keras model's ``fit`` every round; they
+            see each round's epochs, numbered across rounds. Keras models only.
     """
 
     def __init__(self, name: str, data: Any, target: Any, server_ip: str = "127.0.0.1",
@@ -67,7 +70,7 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
                  max_retries: int = 5, retry_interval: float = 1.0,
                  token: str | bytes | None = None, token_file: str | os.PathLike | None = None,
                  ssl_cafile: str | None = None, use_ssl: bool | None = None,
-                 wait_for_resume: bool = False):
+                 wait_for_resume: bool = False, fit_callbacks: Sequence[Any] | None = None):
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"name must be a non-empty string; received {name!r}")
         if data is not None and target is not None and len(data) != len(target):
@@ -79,6 +82,9 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
         self.server_port = int(server_port)
         self.adapter = as_adapter(model) if model is not None else None
         self.model = model
+        # Checked again once the server's model is known, when the client brings none.
+        self.fit_callbacks = (list(fit_callbacks or []) if self.adapter is None else
+                              check_fit_callbacks(fit_callbacks, self.adapter, f"{name}: "))
         self.connect_timeout = connect_timeout
         self.verbose = verbose
         self.logdir = Path(logdir)
@@ -245,6 +251,7 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
                 raise ModelMismatchError(
                     f"{self.name}: the rebuilt model's spec hash differs from the server's "
                     f"({printable(welcome.spec_hash[:16])}...)")
+        check_fit_callbacks(self.fit_callbacks, self.adapter, f"{self.name}: ")
         if hasattr(self.adapter, "compile"):
             self.adapter.compile(loss=loss, optimizer=optimizer, lr=lr, metrics=metrics)
 

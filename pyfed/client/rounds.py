@@ -46,7 +46,10 @@ class ClientRounds:
                     self._reference = [np.array(w) for w in weights]
                 self.adapter.set_weights(weights)
                 self._say(self._round_line(message.round, config))
-                outcome: FitOutcome = self.adapter.fit(self.data, self.target, config)
+                # Only a Keras adapter takes callbacks (FL_Client checked): others keep fit's
+                # three arguments, as a user's own ModelAdapter defines it.
+                extra = {"callbacks": self.fit_callbacks} if self.fit_callbacks else {}
+                outcome: FitOutcome = self.adapter.fit(self.data, self.target, config, **extra)
                 update = self.adapter.get_weights()
                 if self.codec != "none":
                     update, _ = self._feedback.encode(self.codec, update, self._reference)

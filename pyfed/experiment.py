@@ -52,7 +52,9 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
     ``partition="dirichlet"`` with ``partition_options={"alpha": 0.3}`` (pools the clients' data
     and re-splits it: iid, dirichlet, shards, by_label), ``seed``, ``server_options`` and
     ``client_options`` (extra keyword arguments for FL_Server / FL_Client, e.g.
-    ``{"validation_split": 0.1}``), ``logdir``, ``run_name``, ``verbose``, ``timeout``.
+    ``{"validation_split": 0.1}``), ``fit_callbacks`` (Keras callbacks for every client's
+    ``fit``; each client process gets its own copy), ``logdir``, ``run_name``, ``verbose``,
+    ``timeout``.
     """
 
     def __init__(self, num_clients: int, clients_data, clients_target, server_data, server_target,
@@ -62,7 +64,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                  timeout: float | None = None, seed: int | None = None,
                  strategy=None, partition: str | None = None,
                  partition_options: dict | None = None, server_options: dict | None = None,
-                 client_options: dict | None = None):
+                 client_options: dict | None = None, fit_callbacks: list | None = None):
         if partition is not None:
             # Pool the clients' data and re-split it by the scheme; the server's test set stays.
             from .data.datasets import partition_data
@@ -93,6 +95,11 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
         self.partition = partition
         self.server_options = dict(server_options or {})
         self.client_options = dict(client_options or {})
+        if fit_callbacks:
+            if "fit_callbacks" in self.client_options:
+                raise ConfigurationError("fit_callbacks is given twice: as an argument and in "
+                                         "client_options; pass it once")
+            self.client_options["fit_callbacks"] = list(fit_callbacks)
         self.history: History | None = None
         self.test_results: dict | None = None
         self.run_dir: Path | None = None
@@ -105,10 +112,13 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
         """Defaults are PyFed's one set (:mod:`pyfed.models.defaults`), as ``pyfed experiment``'s;
         ``lr=None`` is 0.005, or the rate of an optimizer instance you configured."""
         from .models import as_adapter
+        from .models.keras_adapter import check_fit_callbacks
 
         lr = defaults.learning_rate(optimizer, lr)
 
         adapter = as_adapter(model)
+        # Here, before any process starts, rather than in every client child.
+        check_fit_callbacks(self.client_options.get("fit_callbacks"), adapter, "")
         # The clients' settings, for TensorBoard's HParams (the server cannot know them all).
         hparams = {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                    "optimizer": hparam_value(optimizer), "loss": hparam_value(loss),

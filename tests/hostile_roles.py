@@ -16,8 +16,8 @@ Roles:
   ``--mode``: ``traversal`` / ``abs-path`` (``--run-name`` is a path), ``bad-weights``
   (``--fault shape|count|dtype|nan|inf``), ``bad-config`` (``--fit-config`` JSON), ``bad-round``
   (FIT for round ``--fit-round``), ``evaluate-without-data``, ``huge-model`` (a model
-  description of 40 TiB of weights); ``honest`` plays a correct
-  ``--rounds``-round run. Prints ``READY <port>``, then ``CLIENT_ERROR {json}`` for each ERROR
+  description of 40 TiB of weights), ``wrong-id`` (a WELCOME for another client); ``honest``
+  plays a correct ``--rounds``-round run. Prints ``READY <port>``, then ``CLIENT_ERROR {json}`` for each ERROR
   the client sends, ``RESULT {json}`` for each FIT_RESULT, ``CLOSED {json}`` at the end.
   server hangs up, ``FINISHED {json}`` on FINISH. With ``--bad-fits N`` only the first N FITs
   get the crafted reply and later ones an honest echo (a transient fault), and every FIT is
@@ -587,8 +587,10 @@ def evil_server(args) -> None:
         description = model.describe()
         if args.mode == "huge-model":  # 2**40 x 10 float32: 40 TiB, were it allocated
             description["n_features"] = 1 << 40
+        # wrong-id: a WELCOME for another client (as if this server welcomed someone else)
+        client_id = "someone-else" if args.mode == "wrong-id" else hello.client_name
         sock.sendall(protocol.encode_bytes(Welcome(
-            client_id=hello.client_name, rounds=args.rounds, run_name=run_name,
+            client_id=client_id, rounds=args.rounds, run_name=run_name,
             run_id=uuid.uuid4().hex, model=description, spec_hash=spec_hash(spec),
             config={"spec": spec_to_json(spec), "compression": "none"})))
         config = json.loads(args.fit_config) if args.mode == "bad-config" else {"epochs": 1}
@@ -720,7 +722,8 @@ def main() -> None:
     # evil-server
     parser.add_argument("--mode", default="honest",
                         choices=["honest", "traversal", "abs-path", "bad-weights", "bad-config",
-                                 "bad-round", "evaluate-without-data", "huge-model"])
+                                 "bad-round", "evaluate-without-data", "huge-model",
+                                 "wrong-id"])
     parser.add_argument("--run-name", default="../../escaped")
     parser.add_argument("--fault", default="shape")
     parser.add_argument("--fit-config", default="{}")

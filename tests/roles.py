@@ -41,12 +41,27 @@ def server(args) -> None:
                                   "weights": weights_hash(model.get_weights())}), flush=True)
 
 
+def epoch_recorder(path):
+    """A Keras callback appending one JSON line per finished epoch to ``path``: the epoch's number
+    and the names Keras logged. Its class is made here, so that importing this module needs no
+    Keras, and cloudpickle (FL_Experiment) carries the class by value."""
+    import keras
+
+    class EpochRecorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            with open(path, "a") as file:
+                file.write(json.dumps({"epoch": epoch, "logs": sorted(logs or {})}) + "\n")
+
+    return EpochRecorder()
+
+
 def client(args) -> None:
     xs, ys, _, _ = digits_split(args.clients)
     i = args.index
+    callbacks = [epoch_recorder(args.epoch_log)] if args.epoch_log else None
     c = FL_Client(f"client_{i}", xs[i - 1], ys[i - 1], server_ip=args.server_ip,
                   server_port=args.port, logdir=args.logdir, verbose=2,
-                  connect_timeout=args.connect_timeout)
+                  connect_timeout=args.connect_timeout, fit_callbacks=callbacks)
     model = c.train(args.epochs, 32, 0.005, "sparse_categorical_crossentropy", "adam", ["accuracy"])
     print("CLIENT " + json.dumps({"name": c.name, "rounds": c.rounds_trained,
                                   "weights": weights_hash(model.get_weights())}), flush=True)
@@ -278,6 +293,7 @@ def main() -> None:
     parser.add_argument("--server-ip", default="127.0.0.1")
     parser.add_argument("--multi-system", action="store_true")
     parser.add_argument("--connect-timeout", type=float, default=60)
+    parser.add_argument("--epoch-log", default=None, help="client: record Keras epochs here")
     args = parser.parse_args()
     roles = {"server": server, "client": client, "numpy-server": numpy_server,
              "numpy-client": numpy_client, "softmax-server": softmax_server,

@@ -71,6 +71,39 @@ def test_a_client_with_a_different_model_is_refused_at_the_handshake(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# fit_callbacks (issue 11): Keras callbacks given to the client reach its model's fit every round.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fit_callbacks_see_every_epoch_of_every_round(tmp_path):
+    from procs import ProcessGroup
+
+    port = free_port()
+    epochs = tmp_path / "epochs.jsonl"
+    with ProcessGroup(tmp_path / "procs") as group:
+        group.role("server", "server", "--port", port, "--clients", 1, "--rounds", 3,
+                   "--logdir", tmp_path / "logs")
+        group.role("client", "client", "--port", port, "--clients", 1, "--index", 1,
+                   "--epochs", 2, "--logdir", tmp_path / "logs", "--epoch-log", epochs)
+        codes = group.wait_all(timeout=300)
+        assert codes == {"server": 0, "client": 0}, group.dump()
+    records = [json.loads(line) for line in epochs.read_text().splitlines()]
+    # 3 rounds of 2 epochs, numbered across rounds as the client's TensorBoard curves are.
+    assert [record["epoch"] for record in records] == [0, 1, 2, 3, 4, 5], records
+    assert all("loss" in record["logs"] and "accuracy" in record["logs"] for record in records)
+
+
+def test_fit_callbacks_are_refused_for_a_model_that_is_not_keras():
+    from pyfed.models import SoftmaxRegression
+
+    with pytest.raises(ConfigurationError, match="c: fit_callbacks are Keras callbacks, passed "
+                                                 "to a Keras model's fit; this model is a "
+                                                 "SoftmaxRegression"):
+        FL_Client("c", np.zeros((4, 4)), np.zeros(4, int), model=SoftmaxRegression(4, 3),
+                  fit_callbacks=[object()])
+
+
+# ---------------------------------------------------------------------------------------------
 # A hostile server (issue 10, A7): what it sends never becomes a path outside the logdir, never
 # overwrites the model with weights of another shape or non-finite values, and never sets the
 # training config out of range. The real `pyfed client` CLI against hostile_roles.py
@@ -160,6 +193,7 @@ REFUSALS = {
     "evaluate-without-data": ([], "asks this client to evaluate, but it holds no evaluation data"),
     "huge-model": ([], "bad SoftmaxRegression description: n_features must be a whole number in "
                        "[1, 268435456]; received 1099511627776"),
+    "wrong-id": ([], "the server's WELCOME is for client 'someone-else', not 'c1'"),
 }
 
 

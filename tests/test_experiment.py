@@ -1,5 +1,6 @@
 """FL_Experiment end to end: it spawns a real server process and real client processes."""
 
+import json
 import multiprocessing
 import re
 
@@ -66,6 +67,34 @@ def test_a_failing_client_stops_the_experiment_with_its_name(tmp_path):
 def test_experiment_checks_its_arguments():
     with pytest.raises(ConfigurationError, match="for 3 clients; received 2 data and 2 target"):
         FL_Experiment(3, [1, 2], [1, 2], None, None)
+
+
+def test_fit_callbacks_reach_every_client_process(tmp_path):
+    from roles import epoch_recorder
+
+    clients_x, clients_y, test_x, test_y = digits_parts(2)
+    # Each client process gets its own copy of the callback, and both append to this file.
+    experiment = FL_Experiment(2, clients_x, clients_y, test_x, test_y, port=0,
+                               logdir=tmp_path / "logs", verbose=0, timeout=240,
+                               fit_callbacks=[epoch_recorder(tmp_path / "epochs.jsonl")])
+    experiment.run(data.digits_model(), rounds=2, epochs=2, batch_size=32, lr=0.005,
+                   optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    lines = (tmp_path / "epochs.jsonl").read_text().splitlines()
+    # 2 clients x 2 rounds x 2 epochs, numbered across rounds.
+    assert sorted(json.loads(line)["epoch"] for line in lines) == [0, 0, 1, 1, 2, 2, 3, 3], lines
+
+
+def test_fit_callbacks_of_an_experiment_are_checked_before_any_process_starts():
+    from pyfed.models import SoftmaxRegression
+
+    x, y = np.zeros((4, 4), np.float32), np.zeros(4, int)
+    experiment = FL_Experiment(1, [x], [y], None, None, fit_callbacks=[object()])
+    with pytest.raises(ConfigurationError, match="this model is a SoftmaxRegression"):
+        experiment.run(SoftmaxRegression(4, 3), rounds=1)
+    assert experiment.run_dir is None  # no server was started
+    with pytest.raises(ConfigurationError, match="fit_callbacks is given twice"):
+        FL_Experiment(1, [x], [y], None, None, fit_callbacks=[object()],
+                      client_options={"fit_callbacks": []})
 
 
 # The README's FL_Experiment snippet, pasted into a script as a new user does: no

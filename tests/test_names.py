@@ -88,29 +88,29 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
 
 
 def test_hung_up_tells_a_closed_peer_from_a_quiet_or_talking_one():
-    from pyfed.server.gateway import _hung_up
+    from pyfed.server.gateway import hung_up
 
     server, client = tcp_pair()
     try:
-        assert not _hung_up(server)  # connected and quiet
+        assert not hung_up(server)  # connected and quiet
         client.sendall(b"PYFD")
         assert wait_until(lambda: server.recv(4, socket.MSG_PEEK) == b"PYFD")
-        assert not _hung_up(server)  # data waiting, peer alive
+        assert not hung_up(server)  # data waiting, peer alive
         assert server.recv(4) == b"PYFD"  # nothing was consumed by the check
         client.sendall(b"last words")
         client.close()  # FIN behind unread data: still dead
-        assert wait_until(lambda: _hung_up(server))
+        assert wait_until(lambda: hung_up(server))
         assert server.recv(64) == b"last words"
     finally:
         server.close()
         client.close()
-    assert _hung_up(server)  # our own socket closed
+    assert hung_up(server)  # our own socket closed
 
     server, client = tcp_pair()
     try:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         client.close()  # linger 0: a reset, as from a crashed host's kernel
-        assert wait_until(lambda: _hung_up(server))
+        assert wait_until(lambda: hung_up(server))
     finally:
         server.close()
 

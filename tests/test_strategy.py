@@ -765,19 +765,19 @@ def _norm(update, reference):
 
 
 def test_update_norm_matches_numpy_over_float_tensors_in_chunks_and_never_overflows():
-    from pyfed.strategy.aggregate import _CHUNK
+    from pyfed.strategy.aggregate import CHUNK_ELEMENTS
 
     rng = np.random.default_rng(3)
-    reference = [rng.standard_normal(2 * _CHUNK + 7).astype(np.float32),
+    reference = [rng.standard_normal(2 * CHUNK_ELEMENTS + 7).astype(np.float32),
                  rng.standard_normal((3, 4)), np.arange(5), rng.standard_normal(9).astype(np.float16)]
     update = [reference[0] + rng.standard_normal(reference[0].size).astype(np.float32),
               reference[1] + 2.0, reference[2] + 1000, (reference[3] + 60000).astype(np.float16)]
     got = aggregate.update_norm(update, reference)
     assert got == pytest.approx(_norm(update, reference), rel=1e-6)  # the int tensor left out
     # Values near the accepted bound (1e18): float32 squares overflow, float64 does not.
-    big = [np.full(3 * _CHUNK, 9e17, np.float32)]
-    assert aggregate.update_norm(big, [np.full(3 * _CHUNK, -9e17, np.float32)]) == pytest.approx(
-        1.8e18 * np.sqrt(3 * _CHUNK), rel=1e-6)
+    big = [np.full(3 * CHUNK_ELEMENTS, 9e17, np.float32)]
+    assert aggregate.update_norm(big, [np.full(3 * CHUNK_ELEMENTS, -9e17, np.float32)]) == pytest.approx(
+        1.8e18 * np.sqrt(3 * CHUNK_ELEMENTS), rel=1e-6)
     assert aggregate.update_norm([np.zeros(0, np.float32)], [np.zeros(0, np.float32)]) == 0.0
     with pytest.raises(ValueError, match="shape"):
         aggregate.update_norm([np.zeros(3)], [np.zeros(4)])

@@ -39,7 +39,10 @@ _LOCAL = ("round", "verbose")
 
 
 def check_welcome(welcome: messages.Welcome, who: str) -> None:
-    """The parts of WELCOME the client acts on before any round."""
+    """The parts of WELCOME the client acts on before any round; ``who`` is the client's name."""
+    if welcome.client_id != who:  # the server would be welcoming someone else
+        raise ProtocolError(f"{who}: the server's WELCOME is for client "
+                            f"{welcome.client_id[:60]!r}, not {who!r}")
     if not 1 <= welcome.rounds <= MAX_ROUNDS:
         raise ProtocolError(f"{who}: the server's WELCOME announces {welcome.rounds} rounds; "
                             f"expected 1 to {MAX_ROUNDS}")

@@ -10,33 +10,29 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Sequence
 
 from ..wire import messages
 from ..wire import auth, compression
-from .checks import check_round, check_weights, check_welcome, training_config
+from .checks import check_welcome
+from .connection import ClientHandshake
 from ..models import defaults as shared_defaults  # train() has a local named defaults
 from ..wire.compression import validate_codec
-from ..errors import (AuthenticationError, ConfigurationError, ConnectionClosed, DuplicateNameError,
-                     HandshakeError, PyFedError, ModelMismatchError, NetworkError, TLSError,
-                     ProtocolError, RemoteError, ServerStopped, ServerUnreachable)
+from ..errors import (ConfigurationError, PyFedError, ModelMismatchError, NetworkError, TLSError,
+                     ProtocolError, RemoteError, ServerStopped)
 from ..tracking.logs import RUN_MARKER, RunLogger
-from ..models import FitOutcome, as_adapter
-from ..wire.protocol import DEFAULT_MAX_MESSAGE_BYTES, VERSION, FrameLimits, Role
+from ..models import as_adapter
+from ..models.keras_adapter import check_fit_callbacks
+from ..wire.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from ..safe_text import path_component, printable
-from ..wire.spec import spec_hash, spec_to_json
-from ..wire.transport import Channel, client_ssl_context, connect, has_pending_input, tls_handshake
+from .rounds import ClientRounds
+from ..wire.spec import spec_hash
+from ..wire.transport import Channel, client_ssl_context
 
 logger = logging.getLogger("pyfed")
 
 
-# How often a client that waits for its server says so (B5: not one line, then silence).
-RETRY_NOTICE_SECONDS = 5.0
-
-
-class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
+class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's public name)
     """A federated client holding private ``data`` and ``target``.
 
     ``FL_Client(name, data, target, server_ip="127.0.0.1", server_port=54321, **options)``
@@ -61,6 +57,8 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
             by default the client stops at once with ServerStopped ("the server stopped: ...").
         token / token_file: the federation's shared secret (else $PYFED_TOKEN).
         ssl_cafile: connect over TLS, trusting this CA (``use_ssl=True`` uses the system's CAs).
+        fit_callbacks: Keras callbacks passed to the Keras model's ``fit`` every round; they
+            see each round's epochs, numbered across rounds. Keras models only.
     """
 
     def __init__(self, name: str, data: Any, target: Any, server_ip: str = "127.0.0.1",
@@ -72,7 +70,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                  max_retries: int = 5, retry_interval: float = 1.0,
                  token: str | bytes | None = None, token_file: str | os.PathLike | None = None,
                  ssl_cafile: str | None = None, use_ssl: bool | None = None,
-                 wait_for_resume: bool = False):
+                 wait_for_resume: bool = False, fit_callbacks: Sequence[Any] | None = None):
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"name must be a non-empty string; received {name!r}")
         if data is not None and target is not None and len(data) != len(target):
@@ -84,6 +82,9 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         self.server_port = int(server_port)
         self.adapter = as_adapter(model) if model is not None else None
         self.model = model
+        # Checked again once the server's model is known, when the client brings none.
+        self.fit_callbacks = (list(fit_callbacks or []) if self.adapter is None else
+                              check_fit_callbacks(fit_callbacks, self.adapter, f"{name}: "))
         self.connect_timeout = connect_timeout
         self.verbose = verbose
         self.logdir = Path(logdir)
@@ -228,95 +229,8 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         with contextlib.suppress(PyFedError, OSError):  # the conversation may be over already
             channel.send(messages.Error(reason=printable(reason, 1000), code="client_error"))
 
-    # ------------------------------------------------------------------------------------------
-
-    def _connect(self, timeout: float, announce: bool = True) -> Channel:
-        """Connect, retrying until ``timeout``; says so every few seconds while it waits."""
-        deadline = time.monotonic() + timeout
-        delay = 0.1
-        next_notice = time.monotonic()
-        while True:
-            try:
-                sock = connect(self.server_ip, self.server_port, timeout=10)
-                if self.ssl_context is not None:
-                    sock = tls_handshake(sock, self.ssl_context, server_side=False,
-                                         server_hostname=self.server_ip, timeout=30)
-                # No body may arrive before WELCOME (the header may: WELCOME carries the model JSON).
-                return Channel(sock, Role.CLIENT, FrameLimits(max_body_bytes=0),
-                               peer=f"server {self.server_ip}:{self.server_port}")
-            except TLSError as exc:
-                raise TLSError(f"{self.name}: {exc}") from None  # retrying will not help
-            except NetworkError as exc:
-                now = time.monotonic()
-                remaining = deadline - now
-                if remaining <= 0:
-                    raise ServerUnreachable(
-                        f"{self.name}: could not reach the PyFed server at {self.server_ip}:"
-                        f"{self.server_port} within {timeout:g} s ({exc}). Is the "
-                        "server running, and are server_ip and server_port right?",
-                        cause=str(exc)) from None
-                if announce and now >= next_notice:
-                    self._say(f"{self.name}: waiting for the server at {self.server_ip}:"
-                              f"{self.server_port} ({exc}); retrying for {remaining:.0f} s more",
-                              logging.INFO)
-                    next_notice = now + RETRY_NOTICE_SECONDS
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, 2.0)
-
-    def _handshake(self, channel: Channel) -> messages.Welcome:
-        # An unfitted estimator brought by the client takes the server's shapes after WELCOME.
-        ready = self.adapter is not None and getattr(self.adapter, "initialized", True)
-        nonce = auth.new_nonce() if self.token is not None else None
-        channel.send(messages.Hello(
-            client_name=self.name, protocol_version=VERSION,
-            spec_hash=spec_hash(self.adapter.spec()) if ready else None,
-            spec=spec_to_json(self.adapter.spec()) if ready else None,
-            evaluates=self.val_data is not None, nonce=nonce,
-            reconnect_secret=self._reconnect_secret))
-        reply = channel.receive(timeout=60)
-        if isinstance(reply, messages.Challenge):
-            reply = self._answer_challenge(channel, nonce, reply)
-        if isinstance(reply, messages.Error):
-            where = f"the server at {self.server_ip}:{self.server_port}"
-            reason = printable(reply.reason, 1000)  # from the network: one line, escaped
-            if reply.code == "server_stopped":
-                raise ServerStopped(f"{where} is stopping: {reason}")
-            if reply.code == "server_full":
-                raise NetworkError(f"{where} is full: {reason}")
-            error = {"model_mismatch": ModelMismatchError,
-                     "authentication_failed": AuthenticationError,
-                     "duplicate_name": DuplicateNameError}.get(reply.code, HandshakeError)
-            raise error(f"{self.name}: {where} refused the connection: {reason}")
-        if not isinstance(reply, messages.Welcome):
-            raise ProtocolError(f"expected WELCOME, received {reply.KIND.name}")
-        if self.token is not None and nonce is not None and not self._server_proved:
-            raise AuthenticationError(
-                f"{self.name}: the server at {self.server_ip}:{self.server_port} did not "
-                "authenticate itself, but this client has a token; refusing to train with it")
-        channel.limits = FrameLimits(max_body_bytes=self.max_message_bytes)
-        if reply.reconnect_secret is not None:
-            self._reconnect_secret = reply.reconnect_secret
-        return reply
-
-    def _answer_challenge(self, channel: Channel, nonce: str | None,
-                          challenge: messages.Challenge):
-        self._server_proved = False
-        if self.token is None or nonce is None:
-            raise AuthenticationError(
-                f"{self.name}: the server at {self.server_ip}:{self.server_port} requires a token; "
-                f"pass token=..., token_file=... or set ${auth.TOKEN_ENVIRONMENT_VARIABLE}")
-        if not auth.valid_nonce(challenge.nonce) or not auth.proofs_match(
-                auth.server_proof(self.token, nonce, challenge.nonce), challenge.proof):
-            with contextlib.suppress(PyFedError):  # so the server can log who failed, and why
-                channel.send(messages.Error(reason="the server's proof did not verify",
-                                            code="authentication_failed"))
-            raise AuthenticationError(
-                f"{self.name}: the server at {self.server_ip}:{self.server_port} failed to prove "
-                "it holds the token (the tokens differ, or this is not your server)")
-        self._server_proved = True
-        channel.send(messages.Auth(proof=auth.client_proof(self.token, nonce, challenge.nonce,
-                                                           self.name)))
-        return channel.receive(timeout=60)
+    # -- after WELCOME, before round 1 (connecting and the handshake: ClientHandshake; the
+    #    rounds: ClientRounds) ------------------------------------------------------------------
 
     def _prepare_model(self, welcome: messages.Welcome, loss, optimizer, lr, metrics) -> None:
         if self.adapter is not None and not getattr(self.adapter, "initialized", True):
@@ -337,6 +251,7 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
                 raise ModelMismatchError(
                     f"{self.name}: the rebuilt model's spec hash differs from the server's "
                     f"({printable(welcome.spec_hash[:16])}...)")
+        check_fit_callbacks(self.fit_callbacks, self.adapter, f"{self.name}: ")
         if hasattr(self.adapter, "compile"):
             self.adapter.compile(loss=loss, optimizer=optimizer, lr=lr, metrics=metrics)
 
@@ -369,12 +284,6 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         self._feedback.reset()
         self._spec = self.adapter.spec()
 
-    def _incoming_weights(self, message) -> list:
-        if self.codec == "none":
-            return list(message.weights)
-        return compression.decode(self.codec, message.weights, message.config.get("compression"),
-                                  self._spec, self._reference)
-
     def _local_logger(self, welcome: messages.Welcome) -> RunLogger | None:
         """This client's own curves on its own machine, unless the server writes them here."""
         if _same_machine(welcome.config.get("run_dir"), welcome.run_id):
@@ -383,101 +292,6 @@ class FL_Client:  # noqa: N801  (PyFed 0.0.x's public name)
         run_dir = self.logdir / path_component(welcome.run_name)
         run_dir.mkdir(parents=True, exist_ok=True)
         return RunLogger(run_dir)
-
-    def _serve(self, channel: Channel, defaults: dict, tb: RunLogger | None) -> None:
-        while True:
-            message = channel.receive(timeout=self.timeout)
-            if isinstance(message, messages.Fit):
-                what = f"{self.name}: the server's FIT"
-                check_round(message.round, self._rounds, what)
-                what = f"{what} for round {message.round}"
-                config = {**defaults, **training_config(message.config, what),
-                          "round": message.round}
-                config.pop("compression", None)
-                weights = self._incoming_weights(message)
-                check_weights(weights, self._spec, what)
-                if self.codec != "none":  # the base of this round's deltas, both ways
-                    self._reference = [np.array(w) for w in weights]
-                self.adapter.set_weights(weights)
-                self._say(self._round_line(message.round, config))
-                outcome: FitOutcome = self.adapter.fit(self.data, self.target, config)
-                update = self.adapter.get_weights()
-                if self.codec != "none":
-                    update, _ = self._feedback.encode(self.codec, update, self._reference)
-                self._reply(channel, messages.FitResult(
-                    round=message.round, weights=tuple(update),
-                    num_examples=int(outcome.num_examples), metrics=outcome.metrics,
-                    history=outcome.history, first_epoch=outcome.first_epoch))
-                self.rounds_trained += 1
-                if tb is not None and outcome.history:
-                    tb.client_history(self.name, outcome.history, outcome.first_epoch)
-            elif isinstance(message, messages.Evaluate):
-                what = f"{self.name}: the server's EVALUATE"
-                check_round(message.round, self._rounds, what)
-                what = f"{what} for round {message.round}"
-                if self.val_data is None:
-                    raise ProtocolError(f"{what} asks this client to evaluate, but it holds no "
-                                        "evaluation data (and said so in HELLO)")
-                config = {**defaults, **training_config(message.config, what),
-                          "round": message.round}
-                weights = self._incoming_weights(message)
-                check_weights(weights, self._spec, what)
-                self.adapter.set_weights(weights)
-                loss, count, metrics = self.adapter.evaluate(*self.val_data, config)
-                self._reply(channel, messages.EvaluateResult(
-                    round=message.round, num_examples=int(count), loss=float(loss),
-                    metrics=metrics))
-            elif isinstance(message, messages.Finish):
-                check_weights(list(message.weights), self._spec, f"{self.name}: the server's FINISH")
-                self.adapter.set_weights(message.weights)
-                self.final_reason = printable(message.reason)
-                logger.info("%s: training finished (%s)", self.name, self.final_reason)
-                return
-            elif isinstance(message, messages.Error):
-                self._server_error(message)
-
-    def _server_error(self, message: messages.Error) -> None:
-        reason = printable(message.reason)  # from the network: no forged lines
-        if message.code == "server_stopped":
-            raise ServerStopped(f"the server is stopping: {reason}", reason)
-        if message.fatal:
-            raise RemoteError(f"{self.name}: the server ended the session: {reason}")
-        logger.warning("%s: %s", self.name, reason)
-
-    def _reply(self, channel: Channel, result: messages.Message) -> None:
-        """Send a result; but first hear what the server said while this client was busy
-        (e.g. "stopping"): that must end the client now, not after a failed send and a series
-        of reconnection attempts. A send that fails anyway may still have that notice behind it."""
-        self._read_notice(channel)
-        try:
-            channel.send(result)
-        except NetworkError:
-            with contextlib.suppress(ConnectionClosed, ProtocolError):
-                self._read_notice(channel)  # raises ServerStopped if that is why
-            raise
-
-    def _read_notice(self, channel: Channel) -> None:
-        """Read what the server sent while this client was busy (the state table leaves only
-        ERROR or PING) and act on it."""
-        while _readable(channel):
-            message = channel.receive(timeout=10)
-            if isinstance(message, messages.Error):
-                self._server_error(message)
-
-    def _round_line(self, server_round: int, config: dict) -> str:
-        epochs = config.get("epochs", 1)
-        line = (f"{self.name}: round {server_round}/{self._rounds} · training {epochs} "
-                f"epoch{'s' if epochs != 1 else ''}")
-        try:
-            return f"{line} on {len(self.data)} examples"
-        except TypeError:  # no data (an echo model) or a dataset without a length
-            return line
-
-
-def _readable(channel: Channel) -> bool:
-    """Has the server sent something (or hung up)? Without blocking. A socket closed under
-    us answers no: the send that follows says so."""
-    return has_pending_input(channel.sock, if_closed=False)
 
 
 def _same_machine(run_dir: str | None, run_id: str) -> bool:

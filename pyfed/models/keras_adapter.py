@@ -52,6 +52,17 @@ def model_from_description(description: dict):
     return model
 
 
+def check_fit_callbacks(callbacks, adapter, who: str) -> list:
+    """``callbacks`` as a list, if ``adapter`` has somewhere to put them: only a Keras model's
+    ``fit`` takes Keras callbacks. ``who`` starts the error (e.g. the client's name)."""
+    callbacks = list(callbacks or [])
+    if callbacks and not isinstance(adapter, KerasAdapter):
+        raise ConfigurationError(
+            f"{who}fit_callbacks are Keras callbacks, passed to a Keras model's fit; this "
+            f"model is a {type(adapter).__name__}, which takes none")
+    return callbacks
+
+
 class KerasAdapter:
     def __init__(self, model):
         self.model = model
@@ -135,7 +146,9 @@ class KerasAdapter:
         model.compile(loss=proximal_loss, optimizer=model.optimizer, metrics=metrics)
         self._anchors = anchors
 
-    def fit(self, data, target, config: dict) -> FitOutcome:
+    def fit(self, data, target, config: dict, callbacks=None) -> FitOutcome:
+        """One round of local training; ``callbacks`` (Keras callbacks, FL_Client's
+        ``fit_callbacks``) go to ``model.fit`` and see this round's epochs, numbered globally."""
         epochs = int(config.get("epochs", 1))
         server_round = int(config.get("round", 1))
         if "lr" in config:  # the server's on_fit_config_fn may schedule the learning rate
@@ -151,7 +164,8 @@ class KerasAdapter:
         result = self.model.fit(
             data, target, batch_size=int(config.get("batch_size", 32)),
             epochs=first_epoch + epochs, initial_epoch=first_epoch,
-            verbose=config.get("verbose", "auto"), shuffle=True)
+            verbose=config.get("verbose", "auto"), shuffle=True,
+            callbacks=list(callbacks) if callbacks else None)
         history = {name: [float(v) for v in values] for name, values in result.history.items()}
         metrics = {name: values[-1] for name, values in history.items() if values}
         return FitOutcome(num_examples=len(data), metrics=metrics, history=history,

@@ -25,7 +25,6 @@ rebuilds it with :func:`sklearn_from_description`, which builds only the three c
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from typing import Any
 
@@ -34,16 +33,20 @@ import scipy.sparse
 import sklearn
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import hinge_loss, log_loss
-from sklearn.utils import check_array, check_random_state
+from sklearn.utils import check_array
 
 from ..errors import ConfigurationError, ModelMismatchError
 from ..wire.spec import TensorSpec
 from .base import FitOutcome
-from .sklearn_checks import (  # noqa: F401  (the checks live beside, at the trust boundary)
-    _estimator_name, _check_settings, _is_fitted, _check_n_features, _check_classes, _labels, _parameter_count, _encode, _decode, ESTIMATORS, DTYPE, MAX_PARAMETERS, _SCALARS)
+from .sklearn_checks import (DTYPE, _check_classes, _check_n_features, _check_settings, _encode,
+                             _estimator_name, _is_fitted, _labels)
+from .sklearn_description import sklearn_from_description
+from .sklearn_init import adopt_fitted, initialize
 
 logger = logging.getLogger("pyfed")
 
+# sklearn_from_description is re-exported: rebuilding lives in a module of its own.
+__all__ = ["SklearnAdapter", "sklearn_from_description"]
 
 
 class SklearnAdapter:
@@ -66,7 +69,8 @@ class SklearnAdapter:
         self.classes: np.ndarray | None = None
         self._warned: set[str] = set()
         if _is_fitted(estimator):
-            self._adopt_fitted(n_features, classes)
+            self.n_features, self.classes = adopt_fitted(self.name, estimator, n_features,
+                                                         classes)
         elif n_features is not None or classes is not None:
             if n_features is None or classes is None:
                 missing = "n_features" if n_features is None else "classes"
@@ -126,79 +130,8 @@ class SklearnAdapter:
             self.name == "MLPClassifier" and self.estimator.solver == "lbfgs")
 
     def _initialize(self, n_features: int, classes: np.ndarray) -> None:
-        count = _parameter_count(self.name, self.estimator, n_features, len(classes))
-        if count > MAX_PARAMETERS:
-            raise ConfigurationError(
-                f"a {self.name} with {n_features} features and {len(classes)} classes has "
-                f"{count} parameters; PyFed's limit is {MAX_PARAMETERS}")
-        est = self.estimator
-        zero_row = np.zeros((1, n_features), dtype=DTYPE)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            if self.name == "LogisticRegression":
-                k = 1 if len(classes) == 2 else len(classes)
-                est.classes_ = classes
-                est.coef_ = np.zeros((k, n_features), dtype=DTYPE)
-                est.intercept_ = np.zeros(k, dtype=DTYPE)
-                est.n_features_in_ = n_features
-                est.n_iter_ = np.zeros(1, dtype=np.int32)
-            elif self.name == "SGDClassifier":
-                est.partial_fit(zero_row, classes[:1], classes=classes)
-                est.coef_[...] = 0.0
-                est.intercept_[...] = 0.0
-                est.t_ = 1.0
-            elif est.solver == "lbfgs":  # no partial_fit: one zero row per class, one iteration
-                max_iter = est.max_iter
-                est.set_params(max_iter=1)
-                try:
-                    est.fit(np.zeros((len(classes), n_features), dtype=DTYPE), classes)
-                finally:
-                    est.set_params(max_iter=max_iter)
-                self._reseed_mlp()
-            else:
-                est.partial_fit(zero_row, classes[:1], classes=classes)
-                self._reseed_mlp()
+        initialize(self.name, self.estimator, n_features, classes)
         self.n_features, self.classes = n_features, classes
-
-    def _reseed_mlp(self) -> None:
-        """Undo the initialising step: scikit-learn's Glorot init, fresh optimizer state."""
-        est = self.estimator
-        rng = check_random_state(est.random_state)
-        factor = 2.0 if est.activation == "logistic" else 6.0
-        for coef, intercept in zip(est.coefs_, est.intercepts_):
-            bound = math.sqrt(factor / (coef.shape[0] + coef.shape[1]))
-            coef[...] = rng.uniform(-bound, bound, coef.shape)
-            intercept[...] = rng.uniform(-bound, bound, intercept.shape)
-        if hasattr(est, "_optimizer"):
-            del est._optimizer  # scikit-learn builds a fresh one when it is missing
-        for attr, value in (("t_", 0), ("n_iter_", 0), ("loss_curve_", []),
-                            ("best_loss_", np.inf), ("_no_improvement_count", 0)):
-            if hasattr(est, attr):
-                setattr(est, attr, value)
-
-    def _adopt_fitted(self, n_features, classes) -> None:
-        est = self.estimator
-        own_classes = _check_classes(est.classes_)
-        own_features = int(est.n_features_in_)
-        if n_features is not None and int(n_features) != own_features:
-            raise ConfigurationError(
-                f"the {self.name} is fitted on {own_features} features; received n_features="
-                f"{n_features}")
-        if classes is not None and not np.array_equal(_check_classes(classes), own_classes):
-            raise ConfigurationError(
-                f"the {self.name} is fitted on classes {own_classes.tolist()}; received classes="
-                f"{list(classes)}")
-        if self.name == "MLPClassifier":
-            converted = any(a.dtype != DTYPE for a in est.coefs_ + est.intercepts_)
-            if converted and hasattr(est, "_optimizer"):
-                del est._optimizer  # its moments belong to the arrays being replaced
-            est.coefs_ = [np.array(a, dtype=DTYPE, order="C") for a in est.coefs_]
-            est.intercepts_ = [np.array(a, dtype=DTYPE, order="C") for a in est.intercepts_]
-        else:
-            # Private, writable float64 copies: set_weights writes into them in place.
-            est.coef_ = np.array(np.atleast_2d(est.coef_), dtype=DTYPE, order="C")
-            est.intercept_ = np.array(np.atleast_1d(est.intercept_), dtype=DTYPE, order="C")
-        self.n_features, self.classes = own_features, own_classes
 
     def _require_initialized(self) -> None:
         if not self.initialized:
@@ -391,54 +324,3 @@ class SklearnAdapter:
                 f"the targets hold labels {unknown.tolist()[:10]} that are not among the "
                 f"{self.name}'s classes {self.classes.tolist()[:20]}")
         return x, y
-
-
-def sklearn_from_description(description: dict) -> SklearnAdapter:
-    """Rebuild the server's estimator from WELCOME's ``{"kind": "sklearn", ...}``.
-
-    Only SGDClassifier, LogisticRegression and MLPClassifier are built, only with parameters
-    that class has, and only from JSON scalars (or flat lists of them): anything else is a
-    ModelMismatchError naming the offending value.
-    """
-    if not isinstance(description, dict) or description.get("kind") != "sklearn":
-        raise ModelMismatchError(f"not a scikit-learn model description: {description!r:.200}")
-    name = description.get("estimator")
-    if not isinstance(name, str) or name not in ESTIMATORS:
-        raise ModelMismatchError(
-            f"refusing to build estimator {name!r:.100} from the network: PyFed clients build "
-            f"only {', '.join(ESTIMATORS)}. For another model, pass your own to "
-            "FL_Client(model=...)")
-    cls = ESTIMATORS[name]
-    versions = (f"scikit-learn {sklearn.__version__} here, "
-                f"{description.get('sklearn_version', 'unknown')} on the server")
-    params = description.get("params", {})
-    if not isinstance(params, dict):
-        raise ModelMismatchError(
-            f"{name} params must be an object; received {type(params).__name__}")
-    known = cls().get_params(deep=False)
-    decoded = {}
-    for key, value in params.items():
-        if key not in known:
-            raise ModelMismatchError(
-                f"unknown {name} parameter {key!r:.100} ({versions}); known: {sorted(known)}")
-        decoded[key] = _decode(name, key, value)
-    n_features, classes = description.get("n_features"), description.get("classes")
-    if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
-        raise ModelMismatchError(
-            f"{name} n_features must be a positive integer; received {n_features!r:.100}")
-    if (not isinstance(classes, list) or len(classes) < 2
-            or not all(isinstance(c, _SCALARS[1:]) for c in classes)):
-        raise ModelMismatchError(
-            f"{name} classes must be a list of at least 2 labels (numbers or strings); "
-            f"received {classes!r:.200}")
-    estimator = cls()
-    try:
-        estimator.set_params(**decoded)
-        if hasattr(estimator, "_validate_params"):  # scikit-learn's own constraints, early
-            estimator._validate_params()
-        return SklearnAdapter(estimator, n_features=n_features, classes=classes)
-    except (ValueError, TypeError) as exc:  # InvalidParameterError and ConfigurationError too
-        raise ModelMismatchError(f"cannot build the server's {name} ({versions}): {exc}") from exc
-
-
-# -- helpers ------------------------------------------------------------------------------------

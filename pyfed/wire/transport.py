@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import select
 import socket
 import ssl
 import threading
@@ -24,9 +23,18 @@ from collections.abc import Callable
 import numpy as np
 
 from . import protocol
-from ..errors import ConnectionClosed, InvalidValue, NetworkError, ProtocolError, TLSError
+from ..errors import ConnectionClosed, InvalidValue, NetworkError, ProtocolError
+from .buffer_pool import BufferPool, NoBufferFree
 from .pacing import PacedFrame, UploadPace, gate_size, receive_paced, wait_until_queued
 from .protocol import Conversation, FramePrefix, FrameLimits, Message, Role
+from .sockets import connect, has_pending_input, listen, local_addresses, tune_socket
+from .tls import client_ssl_context, server_ssl_context, tls_handshake
+
+# Re-exported: the transport is the one import its users need (the pool, sockets and TLS live
+# in modules of their own).
+__all__ = ["Allocator", "BodyWatcher", "BufferPool", "Channel", "Expectation", "NoBufferFree",
+           "client_ssl_context", "connect", "has_pending_input", "listen", "local_addresses",
+           "server_ssl_context", "tls_handshake", "tune_socket"]
 
 # sendmsg takes at most IOV_MAX buffers per call.
 _IOV_MAX = min(getattr(os, "sysconf", lambda _: 1024)("SC_IOV_MAX") or 1024, 1024)
@@ -47,14 +55,6 @@ _DRAIN_STEP = 64 << 10
 def _default_allocator(nbytes: int) -> np.ndarray:
     # np.empty does not zero-fill: the kernel writes every byte via recv_into anyway.
     return np.empty(nbytes, dtype=np.uint8)
-
-
-def tune_socket(sock: socket.socket) -> None:
-    # Buffer sizes are left to the kernel: setting SO_SNDBUF/SO_RCVBUF turns off TCP's
-    # autotuning, which sizes them to the link; fixed 4 MiB buffers made the bench's
-    # 10-client round about 8% slower on loopback than autotuned ones.
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Channel:
@@ -263,20 +263,6 @@ class Channel:
         self.close()
 
 
-def has_pending_input(sock: socket.socket, if_closed: bool) -> bool:
-    """Has the peer sent something (or hung up) that nobody has read yet? Never blocks.
-    ``if_closed`` answers for a socket closed under us (each caller knows what that means)."""
-    try:
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        # poll, not select: select cannot watch descriptors >= 1024 (a busy server has them)
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
-    except (OSError, ValueError):
-        return if_closed
-
-
 def _send_buffers(sock: socket.socket, buffers: list) -> int:
     views = [memoryview(b).cast("B") for b in buffers if len(b)]
     total = sum(v.nbytes for v in views)
@@ -304,167 +290,3 @@ def _peer_name(sock: socket.socket) -> str:
         return f"{host}:{port}"
     except OSError:
         return "peer"
-
-
-# ---------------------------------------------------------------------------------------------
-# Receive-buffer pool
-# ---------------------------------------------------------------------------------------------
-
-
-class NoBufferFree(NetworkError):
-    """No receive buffer came free before the deadline."""
-
-
-class BufferPool:
-    """A bounded set of reusable receive buffers.
-
-    The server receives each client's update into a buffer from here, folds it into the running
-    aggregate, and gives the buffer back. At most ``size`` buffers ever exist, so server memory is
-    O(model x size) however many clients send at once: the others wait in ``acquire`` (their bytes
-    wait in the kernel's socket buffers, which is TCP's own back-pressure). ``max_nbytes`` (the
-    model's frame) caps every buffer: a bigger request is refused, so no buffer ever grows to
-    what a peer declared.
-    """
-
-    def __init__(self, size: int = 2, max_nbytes: int | None = None):
-        if size < 1:
-            raise ValueError(f"buffer pool size must be at least 1; received {size}")
-        self.size = size
-        self.max_nbytes = max_nbytes
-        self._free: list[np.ndarray] = []
-        self._created = 0
-        self._in_use = 0
-        self.peak_in_use = 0
-        self.largest = 0  # bytes of the biggest buffer ever made
-        self._cond = threading.Condition()
-
-    def acquire(self, nbytes: int, timeout: float | None = None) -> np.ndarray:
-        if self.max_nbytes is not None and nbytes > self.max_nbytes:
-            raise ProtocolError(f"a receive buffer of {nbytes} bytes was asked for; the largest "
-                                f"message expected is {self.max_nbytes} bytes")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for i, buf in enumerate(self._free):
-                    if buf.nbytes >= nbytes:
-                        self._free.pop(i)
-                        return self._lend(buf, nbytes)
-                if self._created < self.size:
-                    self._created += 1
-                    return self._lend(self._new(nbytes), nbytes)
-                if self._free:  # every idle buffer is too small: replace one
-                    self._free.pop(0)
-                    return self._lend(self._new(nbytes), nbytes)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise NoBufferFree(f"no receive buffer free after {timeout:g} s")
-                self._cond.wait(remaining)
-
-    def _new(self, nbytes: int) -> np.ndarray:
-        self.largest = max(self.largest, nbytes)
-        return np.empty(nbytes, dtype=np.uint8)
-
-    def _lend(self, buf: np.ndarray, nbytes: int) -> np.ndarray:
-        self._in_use += 1
-        self.peak_in_use = max(self.peak_in_use, self._in_use)
-        # Hand out an exact-size view; release() finds the owner through .base.
-        return buf[:nbytes]
-
-    def release(self, view: np.ndarray) -> None:
-        owner = view.base if view.base is not None else view
-        with self._cond:
-            self._in_use -= 1
-            self._free.append(owner)
-            self._cond.notify()
-
-    @property
-    def in_use(self) -> int:
-        return self._in_use
-
-
-# ---------------------------------------------------------------------------------------------
-# Connecting and listening
-# ---------------------------------------------------------------------------------------------
-
-
-def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
-    try:
-        sock = socket.create_server((host, port), backlog=backlog, reuse_port=False)
-    except OSError as exc:
-        raise NetworkError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
-
-
-def connect(host: str, port: int, timeout: float) -> socket.socket:
-    try:
-        return socket.create_connection((host, port), timeout=timeout)
-    except socket.timeout:
-        raise NetworkError(f"timed out connecting to {host}:{port}") from None
-    except OSError as exc:
-        raise NetworkError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-
-
-def local_addresses() -> list[str]:
-    """This machine's IPv4 interface addresses, read locally (no packet is sent anywhere)."""
-    addresses: list[str] = []
-    try:
-        import fcntl
-        import struct
-
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            for _, name in socket.if_nameindex():
-                request = struct.pack("256s", name.encode()[:15])
-                with contextlib.suppress(OSError):
-                    reply = fcntl.ioctl(probe.fileno(), 0x8915, request)  # SIOCGIFADDR
-                    addresses.append(socket.inet_ntoa(reply[20:24]))
-        finally:
-            probe.close()
-    except (ImportError, OSError):
-        with contextlib.suppress(OSError):
-            addresses = socket.gethostbyname_ex(socket.gethostname())[2]
-    return list(dict.fromkeys(addresses))
-
-
-# ---------------------------------------------------------------------------------------------
-# TLS (standard library ssl)
-# ---------------------------------------------------------------------------------------------
-
-
-def server_ssl_context(certfile, keyfile=None) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise NetworkError(f"cannot load the TLS certificate {certfile} / key {keyfile}: {exc}") from None
-    return context
-
-
-def client_ssl_context(cafile=None) -> ssl.SSLContext:
-    """Verifies the server's certificate against ``cafile`` (or the system's CAs) and name."""
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise NetworkError(f"cannot load the TLS CA file {cafile}: {exc}") from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-def tls_handshake(sock: socket.socket, context: ssl.SSLContext, *, server_side: bool,
-                  server_hostname: str | None = None, timeout: float = 10.0) -> ssl.SSLSocket:
-    """Wrap and handshake within ``timeout``; runs on the connection's own thread, never the
-    accept loop, so a silent peer cannot stall other connections."""
-    sock.settimeout(timeout)
-    try:
-        wrapped = context.wrap_socket(sock, server_side=server_side,
-                                      server_hostname=None if server_side else server_hostname,
-                                      do_handshake_on_connect=False)
-        wrapped.do_handshake()
-        return wrapped
-    except ssl.SSLCertVerificationError as exc:
-        raise TLSError(f"TLS: the server's certificate was not trusted "
-                       f"({exc.verify_message}); pass the right ssl_cafile") from None
-    except (ssl.SSLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise TLSError(f"TLS handshake failed: {reason}") from None

@@ -40,9 +40,9 @@ def num_params(shapes) -> int:
     return sum(math.prod(s) for s in shapes)
 
 
-# The memory probes are the benchmark's own, so the test and bench.py measure the same way.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from bench import proc_status, reset_peak_rss, trace_server_phases  # noqa: E402
+# The memory probes are the benchmark's own, so the test and benchmarks/ measure the same way.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.probes import proc_status, reset_peak_rss, trace_server_phases  # noqa: E402
 
 
 def server(args) -> None:

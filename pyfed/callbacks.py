@@ -1,107 +1,29 @@
-"""Server callbacks, in the style of Keras callbacks: subclass :class:`ServerCallback`, override
-the hooks you need, and pass ``FL_Server(..., callbacks=[...])``.
+"""Server callbacks, in the style of Keras callbacks.
 
-A run calls, in order::
+Subclass :class:`ServerCallback`, override the hooks you need, and pass
+``FL_Server(..., callbacks=[MyCallback()])``::
 
-    on_train_begin(server)
-    for each round (a retried round begins again):
-        on_round_begin(server, round, clients)          clients: {name: its FIT config}
-        on_fit_result(server, round, client, num_examples, metrics)   once per folded update
-        on_client_history(server, round, client, history, first_epoch)  its epoch curves
-        on_evaluate_end(server, round, logs)            test_* and eval_* results, if any
-        on_round_end(server, round, logs)               what History records for the round
-    on_train_end(server, history)
+    class Watch(ServerCallback):
+        def on_round_end(self, server, server_round, logs):
+            print(server_round, logs.get("test_accuracy"))
 
-``on_status(server, line, warning)`` carries the server's status lines (listening, waiting for
-clients, retries); the progress printer prints them.
+The hooks, in the order a run calls them, are documented on :class:`ServerCallback`. The
+built-ins run first, in this order, and an instance of one of their classes (or a subclass)
+passed in ``callbacks=`` takes its place:
 
-``on_fit_result`` and ``on_client_history`` run on the connection's thread as each update is
-folded; the fan-out holds a lock, so a callback never runs concurrently with itself. The other
-hooks run on the thread that called ``train()``.
+- :class:`History`: records each round's logs; ``FL_Server.train()`` returns it.
+- :class:`TensorBoard`: the run's event files (server scalars, client curves, HParams).
+- :class:`Checkpointer`: the per-round checkpoint that ``resume=True`` continues from.
+- :class:`ProgressPrinter`: one line per round and the status lines (only with ``verbose=1``).
 
-History, TensorBoard, checkpoints and the progress lines are built-in callbacks
-(:mod:`pyfed.tracking.builtins`), added by default. Passing an instance of one of their classes
-replaces the default one; ``verbose=0`` drops the printer. An exception from a callback is
-logged and the run goes on; a stop signal (Ctrl-C) is not an exception and still stops it.
+Clients take Keras callbacks for their own training: ``FL_Client(..., fit_callbacks=[...])``.
 """
 
-from __future__ import annotations
+from .server.checkpointer import Checkpointer
+from .tracking.history import History
+from .tracking.hooks import CallbackList, ServerCallback
+from .tracking.progress import ProgressPrinter
+from .tracking.tensorboard import TensorBoard
 
-import logging
-import threading
-from typing import Any, Iterable
-
-from .safe_text import printable
-
-logger = logging.getLogger("pyfed")
-
-HOOKS = ("on_train_begin", "on_round_begin", "on_fit_result", "on_client_history",
-         "on_evaluate_end", "on_round_end", "on_train_end", "on_status")
-
-
-class ServerCallback:
-    """No-op hooks; override the ones you need."""
-
-    def on_train_begin(self, server) -> None:
-        """The server listens and ``num_clients`` are connected; round 1 (or the first round
-        after a resume) is next."""
-
-    def on_round_begin(self, server, server_round: int, clients: dict[str, dict]) -> None:
-        """The round's clients are chosen: ``clients`` maps each name to its FIT config. FIT
-        has not been sent yet."""
-
-    def on_fit_result(self, server, server_round: int, client: str, num_examples: int,
-                      metrics: dict[str, float]) -> None:
-        """One client's update was checked and folded into the aggregate."""
-
-    def on_client_history(self, server, server_round: int, client: str, history: dict,
-                          first_epoch: int) -> None:
-        """The per-epoch curves the client reported with its update (Keras ``History``)."""
-
-    def on_evaluate_end(self, server, server_round: int, logs: dict[str, float]) -> None:
-        """The new global model was evaluated: ``test_*`` (centralized) and ``eval_*``
-        (federated, examples-weighted) values; not called when nothing evaluated it."""
-
-    def on_round_end(self, server, server_round: int, logs: dict[str, Any]) -> None:
-        """The round's record: ``fit_*``, ``test_*``, ``eval_*`` metrics, ``participants``,
-        ``round_seconds``, ``bytes_in``, ``bytes_out`` and ``clients``."""
-
-    def on_train_end(self, server, history) -> None:
-        """The last round ended, the final model was saved and sent (or the run stopped: then
-        ``server.completed`` is False)."""
-
-    def on_status(self, server, line: str, warning: bool = False) -> None:
-        """A status line: listening, waiting for clients, resuming, a retried round."""
-
-
-class CallbackList:
-    """Fans each hook out to the callbacks in order; one callback's exception is logged and
-    does not stop the others or the round."""
-
-    def __init__(self, callbacks: Iterable[ServerCallback] = ()):
-        self.callbacks = list(callbacks)
-        self._lock = threading.RLock()  # hooks from connection threads run one at a time
-
-    def __iter__(self):
-        return iter(self.callbacks)
-
-    def find(self, kind: type) -> ServerCallback | None:
-        """The first callback of this class (e.g. the built-in History)."""
-        return next((callback for callback in self.callbacks if isinstance(callback, kind)), None)
-
-    def call(self, hook: str, *args) -> None:
-        with self._lock:
-            for callback in self.callbacks:
-                method = getattr(callback, hook, None)
-                if method is None:
-                    continue
-                try:
-                    method(*args)
-                except Exception as exc:  # a user's bug must not cost the round
-                    logger.error("callback %s.%s raised %s: %s", type(callback).__name__, hook,
-                                 type(exc).__name__, printable(exc))
-
-    def __getattr__(self, hook: str):
-        if hook in HOOKS:
-            return lambda *args: self.call(hook, *args)
-        raise AttributeError(hook)
+__all__ = ["ServerCallback", "CallbackList", "History", "TensorBoard", "Checkpointer",
+           "ProgressPrinter"]

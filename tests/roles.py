@@ -105,6 +105,45 @@ def security_options(args) -> dict:
     return options
 
 
+def recording_callbacks(path):
+    """A user callback that appends every hook it sees to ``path`` (one JSON line each), and
+    one that raises in every hook: the run must go on as if it were not there."""
+    from pyfed.callbacks import ServerCallback
+
+    class Recorder(ServerCallback):
+        def _note(self, *event):
+            with open(path, "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+        def on_train_begin(self, server):
+            self._note("on_train_begin", server.port)
+
+        def on_round_begin(self, server, server_round, clients):
+            self._note("on_round_begin", server_round, sorted(clients))
+
+        def on_fit_result(self, server, server_round, client, num_examples, metrics):
+            self._note("on_fit_result", server_round, client, num_examples, sorted(metrics))
+
+        def on_evaluate_end(self, server, server_round, logs):
+            self._note("on_evaluate_end", server_round, sorted(logs))
+
+        def on_round_end(self, server, server_round, logs):
+            self._note("on_round_end", server_round, logs["participants"],
+                       server.history.rounds[-1])
+
+        def on_train_end(self, server, history):
+            self._note("on_train_end", history.rounds, server.completed)
+
+    class Broken(ServerCallback):
+        def on_train_begin(self, server):
+            raise RuntimeError("a user's callback bug")
+
+        on_round_begin = on_fit_result = on_round_end = on_evaluate_end = on_train_end = (
+            lambda self, *args: (_ for _ in ()).throw(RuntimeError("a user's callback bug")))
+
+    return [Broken(), Recorder()]
+
+
 def softmax_server(args) -> None:
     """A numpy-only server training SoftmaxRegression on digits (fast: no TensorFlow)."""
     from pyfed.models import SoftmaxRegression
@@ -115,6 +154,8 @@ def softmax_server(args) -> None:
         options.update(ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     if args.round_retries is not None:
         options["round_retries"] = args.round_retries
+    if args.callback_log:
+        options["callbacks"] = recording_callbacks(args.callback_log)
     srv = FL_Server(SoftmaxRegression(64, 10), args.clients, args.rounds, port=args.port,
                     logdir=args.logdir, strategy=make_strategy(args),
                     test_data=(test_x, test_y) if args.centralized else None,
@@ -224,6 +265,7 @@ def main() -> None:
     parser.add_argument("--ssl-cafile", default=None)
     parser.add_argument("--use-ssl", action="store_true")
     parser.add_argument("--compression", default=None)
+    parser.add_argument("--callback-log", default=None, help="record the server's callbacks here")
     parser.add_argument("--launch-tensorboard", action="store_true")
     parser.add_argument("--tensorboard-port", type=int, default=6006)
     parser.add_argument("--port", type=int, required=True)

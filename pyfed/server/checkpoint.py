@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,20 +72,25 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
+    # A truncated or damaged file fails inside numpy's zip reader with BadZipFile (a bad CRC,
+    # no central directory) or EOFError (an empty file), neither an OSError; a document that
+    # is not the one save_checkpoint writes fails on its fields. Each is one PyFedError here.
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(archive["meta"].tobytes().decode("utf-8"))
-            if meta.get("format") != FORMAT_VERSION:
-                raise PyFedError(f"checkpoint {path} has format {meta.get('format')}; "
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+                found = meta.get("format") if isinstance(meta, dict) else None
+                raise PyFedError(f"checkpoint {path} has format {found}; "
                                  f"this PyFed reads format {FORMAT_VERSION}")
             weights = [archive[f"w_{i}"] for i in range(meta["num_weights"])]
             strategy_arrays = [archive[f"s_{i}"] for i in range(meta["num_strategy_arrays"])]
-    except (OSError, KeyError, ValueError) as exc:
-        raise PyFedError(f"cannot read checkpoint {path}: {exc}") from None
-    return Checkpoint(server_round=int(meta["round"]), weights=weights,
-                      strategy_state=join_arrays(meta["strategy"], strategy_arrays),
-                      history=meta["history"], run_name=meta["run_name"],
-                      spec_hash=meta["spec_hash"])
+            return Checkpoint(server_round=int(meta["round"]), weights=weights,
+                              strategy_state=join_arrays(meta["strategy"], strategy_arrays),
+                              history=meta["history"], run_name=meta["run_name"],
+                              spec_hash=meta["spec_hash"])
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, IndexError, TypeError,
+            ValueError) as exc:
+        raise PyFedError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 
 def find_checkpoint(logdir: Path, run_name: str | None = None,

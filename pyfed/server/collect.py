@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from ..deadline import NEVER, Deadline, wait_until
 from ..wire import messages
 from ..errors import ProtocolError, RoundError, UpdateRejected  # noqa: F401  (UpdateRejected: re-exported)
 from ..safe_text import printable
@@ -109,6 +110,7 @@ class Collector:
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = time.monotonic()
+        self.deadline = NEVER  # the round's; the driver sets it (sessions share it via the job)
         self.closed = False
         self._cond = threading.Condition()
 
@@ -157,19 +159,27 @@ class Collector:
         """len(pending) in O(1): answered and failures are disjoint subsets of expected."""
         return len(self.expected) - len(self.answered) - len(self.failures)
 
-    def wait(self, timeout: float | None = None, poll: float = 1.0, mark_missing: bool = True) -> None:
+    def wait(self, timeout: float | None = None, mark_missing: bool = True) -> bool:
         """Until every client asked has answered or failed, or ``timeout`` seconds have passed
-        (then, with ``mark_missing``, the missing ones count as failed)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._outstanding():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    if mark_missing:
-                        for client in self.pending:
-                            self.failures[client] = f"no answer within {timeout:g} s"
-                    break
-                self._cond.wait(poll if remaining is None else min(poll, remaining))
+        (then, with ``mark_missing``, the missing ones count as failed). True: all answered."""
+        answered = self.wait_until_answered(Deadline(timeout))
+        if not answered and mark_missing:
+            with self._cond:
+                for client in self.pending:
+                    self.failures[client] = f"no answer within {timeout:g} s"
+        return answered
+
+    def wait_until_answered(self, deadline: Deadline, every: float | None = None,
+                            tick=None) -> bool:
+        """Until nobody is outstanding (True) or the deadline (False); ``tick()`` every
+        ``every`` s meanwhile, outside the lock (it may take it to read ``pending``)."""
+        def sleep(seconds: float) -> None:
+            with self._cond:
+                if self._outstanding():
+                    self._cond.wait(seconds)
+
+        return wait_until(lambda: not self._outstanding(), deadline, sleep=sleep, poll=1.0,
+                          every=every, tick=tick)
 
     def value_scan(self) -> ValueScan | None:
         """A scan to run on the reply's body as it arrives (see ValueScan); None: no arrays to
@@ -186,13 +196,15 @@ class FitCollector(Collector):
     kind = "fit"
 
     def __init__(self, server_round: int, expected: set[str], strategy: Strategy,
-                 spec: list[TensorSpec], max_examples: int, on_history=None, decode=None):
+                 spec: list[TensorSpec], max_examples: int, on_history=None, decode=None,
+                 on_fit_result=None):
         super().__init__(server_round, expected)
         self.strategy = strategy
         self.spec = spec
         self.max_examples = max_examples
         self.on_history = on_history  # callable(name, history, first_epoch), for TensorBoard
         self.decode = decode  # compressed uplink -> the model's tensors (None: sent as they are)
+        self.on_fit_result = on_fit_result  # callable(name, num_examples, metrics): callbacks
         self.broken: str | None = None  # why the strategy's aggregate cannot be trusted
 
     def value_scan(self) -> ValueScan | None:
@@ -251,6 +263,8 @@ class FitCollector(Collector):
                                      f"({type(exc).__name__}); this round is abandoned") from None
             self.answered.append(client)
             self._cond.notify_all()
+        if self.on_fit_result is not None:
+            self.on_fit_result(client, result.num_examples, dict(result.metrics))
         if self.on_history and result.history:
             try:
                 self.on_history(client, result.history, result.first_epoch)

@@ -14,11 +14,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ..deadline import Deadline
 from ..wire import messages
 from ..errors import InvalidValue, PyFedError
 from ..wire.layout import Layout, LayoutMismatch
 from ..wire.messages import MessageKind
 from ..wire.pacing import UploadPace
+from ..wire.readiness import input_arrives
 from .collect import Collector, UpdateRejected
 from ..safe_text import printable
 from ..wire.transport import BufferPool, Channel, NoBufferFree, has_pending_input
@@ -40,13 +42,17 @@ class RequestJob:
 
     collector: Collector
     request: messages.Message
-    # The round's deadline (a time.monotonic() value; None: no deadline). A reply whose body
-    # gets no pool buffer by then cannot count: it is read through a scratch buffer and
-    # refused, so a late client keeps its connection and no buffer is waited for past it.
-    deadline: float | None
+    # The round's deadline. A client with no answer begun by then has failed the round (the
+    # session says so at that instant); a reply whose body gets no pool buffer by then cannot
+    # count: it is read through a scratch buffer and refused, so a late client keeps its
+    # connection and no buffer is waited for past it.
+    deadline: Deadline
     # With compression: the global-model version this request carries, which the client
     # holds once it is sent (the next int8 delta is taken from it).
     model_version: int | None = None
+
+    def __post_init__(self) -> None:
+        self.deadline = Deadline.of(self.deadline)  # a time.monotonic() value or None works too
 
 
 @dataclass
@@ -173,10 +179,9 @@ class ClientSession:
         def allocate(nbytes):
             """A pool buffer, waited for until the round's deadline; after it, None: the
             result cannot count, so its body is read and dropped without holding one."""
-            remaining = None if job.deadline is None else job.deadline - time.monotonic()
-            if not collector.closed and (remaining is None or remaining > 0):
+            if not collector.closed and not job.deadline.expired():
                 try:
-                    buffer = self.pool.acquire(nbytes, timeout=remaining)
+                    buffer = self.pool.acquire(nbytes, timeout=job.deadline.remaining())
                 except NoBufferFree:
                     pass
                 else:
@@ -185,6 +190,11 @@ class ClientSession:
             late.append(nbytes)
             return None
 
+        if not input_arrives(self.channel.sock, job.deadline):
+            # The round ends now without this client; a late answer is still read (and
+            # refused) below, so the client keeps its connection for the next round.
+            collector.fail(self.name, f"no answer within the round's {job.deadline.seconds:g} s "
+                                      "deadline")
         before = self.channel.bytes_received
         scan = collector.value_scan()
         try:

@@ -1,16 +1,20 @@
-"""Training history, shaped like Keras' ``History``: ``history.history["fit_loss"][round - 1]``."""
+"""Training history, shaped like Keras' ``History``: ``history.history["fit_loss"][round - 1]``.
+
+As in Keras, the History is itself a callback: the server's built-in one records each round's
+logs in ``on_round_end``, and ``FL_Server.train()`` returns it."""
 
 from __future__ import annotations
 
 import logging
 
-from ..wire.limits import MAX_HISTORY_KEYS
 from ..safe_text import printable
+from ..wire.limits import MAX_HISTORY_KEYS
+from .hooks import ServerCallback
 
 logger = logging.getLogger("pyfed")
 
 
-class History:
+class History(ServerCallback):
     """Every series has one entry per round, so a name first seen in round ``r`` costs ``r``
     entries: at most ``max_keys`` names are kept over a run (metric names come from the
     clients), so the history and every checkpoint grow linearly with the rounds."""
@@ -20,6 +24,9 @@ class History:
         self.rounds: list[int] = []
         self.max_keys = max_keys
         self._warned = False
+
+    def on_round_end(self, server, server_round: int, logs: dict) -> None:
+        self.record(server_round, logs)
 
     def record(self, server_round: int, values: dict) -> None:
         self.rounds.append(server_round)
@@ -52,9 +59,14 @@ class History:
     @classmethod
     def from_dict(cls, data: dict) -> "History":
         history = cls()
-        history.rounds = list(data.get("rounds", []))
-        history.history = {k: list(v) for k, v in data.get("history", {}).items()}
+        history.load_dict(data)
         return history
+
+    def load_dict(self, data: dict) -> None:
+        """Continue a checkpoint's history (resume), in place: the server's callbacks keep
+        this same object."""
+        self.rounds = list(data.get("rounds", []))
+        self.history = {k: list(v) for k, v in data.get("history", {}).items()}
 
     def __repr__(self) -> str:
         return f"History(rounds={len(self.rounds)}, keys={sorted(self.history)})"

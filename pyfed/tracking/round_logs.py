@@ -1,0 +1,33 @@
+"""A round's logs (the flat dict History records) seen as TensorBoard's sections.
+
+``fit_loss`` is ``fit/loss``; the counters are ``round/…`` (``round_seconds`` is
+``round/seconds``); ``clients`` (a list of names) is no scalar.
+"""
+
+from __future__ import annotations
+
+SECTIONS = ("fit", "test", "eval")
+COUNTERS = {"participants": "participants", "round_seconds": "seconds", "bytes_in": "bytes_in",
+            "bytes_out": "bytes_out"}
+
+
+def sections(logs: dict) -> dict[str, dict[str, float]]:
+    """``{"fit": {...}, "test": {...}, "eval": {...}}``: each section present in the logs."""
+    found: dict[str, dict[str, float]] = {}
+    for key, value in logs.items():
+        section, _, name = key.partition("_")
+        if section in SECTIONS and name:
+            found.setdefault(section, {})[name] = value
+    return found
+
+
+def counters(logs: dict) -> dict[str, float]:
+    return {short: logs[key] for key, short in COUNTERS.items() if key in logs}
+
+
+def scalars(logs: dict) -> dict[str, float]:
+    """The server's scalars for the round: ``fit/loss``, ``test/accuracy``, ``round/seconds``."""
+    values = {f"{section}/{name}": value
+              for section, named in sections(logs).items() for name, value in named.items()}
+    values.update({f"round/{name}": value for name, value in counters(logs).items()})
+    return values

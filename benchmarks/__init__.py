@@ -62,6 +62,8 @@ check ``sys.modules`` and report.
 
 Modules: ``__main__`` (options and the report), one per section (``overhead`` with ``floor`` and
 ``overhead_report``, ``startup``, ``memory``, ``scale``; ``fleet`` runs the last two), the
-children's programs (``overhead_roles``, ``fleet_roles``, started through ``child``), and the
-shared helpers (``processes``, ``probes``, ``model``, ``records``).
+children's programs (``overhead_roles``, ``fleet_roles``, started through ``child``), what the
+servers observe through ``FL_Server(..., callbacks=[...])`` (``server_probes``: no private
+method of PyFed is patched), and the shared helpers (``processes``, ``probes``, ``model``,
+``records``).
 """

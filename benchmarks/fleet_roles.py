@@ -9,7 +9,6 @@ import contextlib
 import importlib
 import json
 import os
-import resource
 import sys
 import threading
 import time
@@ -17,7 +16,7 @@ import time
 import numpy as np
 
 from .model import same_weights, seeded_weights, shapes_from_text
-from .probes import proc_status, reset_peak_rss, timed, trace_server_phases
+from .probes import proc_status, reset_peak_rss, timed
 from .records import emit
 
 
@@ -54,17 +53,24 @@ def scale_server(argv: list[str]) -> None:
     from pyfed.models import NumpyModel
     from pyfed.server import FL_Server
 
+    from .server_probes import PhaseTracer, RoundTimer, TimedCheckpointer
+
     import_lazy_modules()
 
     shapes = shapes_from_text(args.shapes)
+    timings = {"validate": 0.0, "fold": 0.0, "first_result": [], "last_result": [],
+               "round_started": [], "full_round": [], "round_cpu": [], "thread_start": []}
+    checkpointer = TimedCheckpointer()
+    rounds = RoundTimer(timings)
+    checkpointer.before.append(rounds.round_work_done)
+    tracer = PhaseTracer(checkpointer)
     # No reference kept here: the server's model is its only copy of the weights.
     server = FL_Server(NumpyModel(seeded_weights(shapes)), num_clients=args.clients,
                        rounds=args.rounds, port=0, logdir=args.logdir, verbose=0,
                        wait_timeout=args.timeout, round_timeout=args.timeout,
                        buffer_pool_size=args.pool_size,
-                       max_connections=max(1024, args.clients + 64))
-    timings = {"validate": 0.0, "fold": 0.0, "first_result": [], "last_result": [],
-               "round_started": [], "full_round": [], "round_cpu": [], "thread_start": []}
+                       max_connections=max(1024, args.clients + 64),
+                       callbacks=[*tracer.callbacks, rounds])
 
     def timed_total(key, fn):
         return timed(lambda seconds: timings.__setitem__(key, timings[key] + seconds), fn)
@@ -84,25 +90,6 @@ def scale_server(argv: list[str]) -> None:
 
     server.strategy.add = and_note(server.strategy.add)
     server.strategy.add_last = and_note(server.strategy.add_last)
-    run_round = server._run_round
-
-    def run_round_timed(server_round):
-        cpu = time.process_time()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        timings["round_started"].append(start)
-        timings["last_result"].append(None)
-        run_round(server_round)
-        timings["full_round"].append(time.perf_counter() - start)
-        timings["round_cpu"].append(time.process_time() - cpu)
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        timings.setdefault("round_cpu_user", []).append(after.ru_utime - usage.ru_utime)
-        timings.setdefault("round_cpu_sys", []).append(after.ru_stime - usage.ru_stime)
-        timings.setdefault("round_voluntary_switches", []).append(after.ru_nvcsw - usage.ru_nvcsw)
-        timings.setdefault("round_involuntary_switches", []).append(
-            after.ru_nivcsw - usage.ru_nivcsw)
-
-    server._run_round = run_round_timed
     # Thread.start waits until the new thread runs: with many threads it is a per-connection
     # cost paid inside the accept loop.
     thread_start = threading.Thread.start
@@ -137,7 +124,7 @@ def scale_server(argv: list[str]) -> None:
     gc.collect()
     baseline = proc_status()
     hwm_reset = reset_peak_rss()
-    phases = trace_server_phases(server, baseline["VmRSS"])
+    tracer.baseline_rss = baseline["VmRSS"]
     cpu_start = time.process_time()
     print("BENCH ready", json.dumps({"port": server.port, "pid": os.getpid(),
                                      "time": time.time()}), flush=True)
@@ -154,11 +141,36 @@ def scale_server(argv: list[str]) -> None:
     emit(args.out, {
         "error": error, "round_seconds": history.get("round_seconds", []),
         "participants": history.get("participants", []), "timings": timings,
-        "baseline": baseline, "status": status, "hwm_reset": hwm_reset, "phases": phases,
+        "baseline": baseline, "status": status, "hwm_reset": hwm_reset, "phases": tracer.phases,
         "pool_size": pool.size, "pool_peak_in_use": pool.peak_in_use, "weights_ok": weights_ok,
         "connected": connected, "cpu_seconds": time.process_time() - cpu_start,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "pyfed_file": pyfed.__file__, "tensorflow_imported": "tensorflow" in sys.modules})
+
+
+def note_handshakes(current: threading.local) -> None:
+    """When each client thread sent HELLO and received WELCOME, into ``current.outcome``:
+    wrappers of the public ``Channel.send`` and ``Channel.receive`` (a client's handshake runs
+    on the thread that called ``train()``)."""
+    from pyfed.wire import messages
+    from pyfed.wire.transport import Channel
+
+    send, receive = Channel.send, Channel.receive
+
+    def send_and_note(self, message, *a, **k):
+        outcome = getattr(current, "outcome", None)
+        if outcome is not None and isinstance(message, messages.Hello):
+            outcome.setdefault("hello_at", time.time())
+        return send(self, message, *a, **k)
+
+    def receive_and_note(self, *a, **k):
+        message = receive(self, *a, **k)
+        outcome = getattr(current, "outcome", None)
+        if outcome is not None and isinstance(message, messages.Welcome):
+            outcome.setdefault("welcome_at", time.time())
+        return message
+
+    Channel.send, Channel.receive = send_and_note, receive_and_note
 
 
 def thread_clients(argv: list[str]) -> None:
@@ -179,6 +191,8 @@ def thread_clients(argv: list[str]) -> None:
     from pyfed.models import NumpyModel
 
     imported_at = time.time()
+    current = threading.local()  # .outcome: the dict of the client this thread runs
+    note_handshakes(current)
     shapes = shapes_from_text(args.shapes)
     threading.stack_size(1 << 20)  # hundreds of threads: 1 MiB of address space each is plenty
     lock = threading.Lock()
@@ -192,15 +206,7 @@ def thread_clients(argv: list[str]) -> None:
                                                 num_examples=index + 1),
                                verbose=0, logdir=args.logdir, connect_timeout=args.timeout,
                                timeout=args.timeout, max_retries=0)
-            handshake = client._handshake
-
-            def handshake_and_note(channel):
-                outcome["hello_at"] = time.time()
-                welcome = handshake(channel)
-                outcome["welcome_at"] = time.time()
-                return welcome
-
-            client._handshake = handshake_and_note  # an instance attribute: pyfed is unchanged
+            current.outcome = outcome
             client.train()
             outcome.update(rounds=client.rounds_trained, reason=client.final_reason)
         except BaseException as exc:  # noqa: BLE001  (counted and reported by the parent)

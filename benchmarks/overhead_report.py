@@ -123,7 +123,7 @@ def print_report(results: dict) -> None:
         modes = ", ".join(f"{mode} {fmt_range(f['summary'])}" for mode, f in sorted(r["floor"].items()))
         print(f"  {r['clients']} clients: floor by mode: {modes}")
         b = r["pyfed"]["breakdown_median_seconds"]
-        print(f"{pad}pyfed round incl. get_weights + TensorBoard write "
+        print(f"{pad}pyfed round incl. sampling + History and TensorBoard writes "
               f"{r['pyfed']['full_round_summary']['median']:.3f} s; "
               + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in b.items()))
         costs = r["per_round_costs_median"]

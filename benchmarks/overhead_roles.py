@@ -29,58 +29,35 @@ def pyfed_server(argv: list[str]) -> None:
     from pyfed.models import NumpyModel
     from pyfed.server import FL_Server
 
+    from .server_probes import GoAndTime, TimedCheckpointer
+
+    # Light instrumentation (callbacks and wrappers of public methods; nothing in pyfed
+    # changes): the whole round from "go" until History and TensorBoard have written it (adds
+    # the sampling, the evaluation and those writes to round_seconds), and where the folded time
+    # goes: strategy.add runs under the collector's lock; validate_update before it, and only
+    # for what the ValueScan did not already check while the body arrived (that part is in the
+    # receive, not timed here).
+    timings: dict[str, list[float]] = {"full_round": [], "validate": [], "fold": [], "finish": [],
+                                       "checkpoint": [], "cpu": [], "faults": []}
+    pacer = GoAndTime(timings)
+    checkpointer = TimedCheckpointer()
+    checkpointer.before.append(pacer.round_work_done)
+    checkpointer.after.append(lambda server_round, seconds: timings["checkpoint"].append(seconds))
+
     weights = model_weights(random=True)
     server = FL_Server(NumpyModel(weights), num_clients=args.clients, rounds=args.rounds, port=0,
                        logdir=args.logdir, verbose=0, wait_timeout=120,
-                       buffer_pool_size=args.pool_size)
-
-    # Light instrumentation (wrappers only, nothing in pyfed changes): the whole _run_round call
-    # (adds get_weights, TensorBoard scalars and the history record to round_seconds), and where
-    # the folded time goes: strategy.add runs under the collector's lock; validate_update before
-    # it, and only for what the ValueScan did not already check while the body arrived (that
-    # part is in the receive, not timed here).
-    timings: dict[str, list[float]] = {"full_round": [], "validate": [], "fold": [], "finish": [],
-                                       "checkpoint": [], "cpu": [], "faults": []}
-    per_round = {"validate": 0.0, "fold": 0.0}
+                       buffer_pool_size=args.pool_size, callbacks=[checkpointer, pacer])
 
     def add_to(key):
         def store(seconds):
-            per_round[key] += seconds
+            pacer.per_round[key] += seconds
         return store
 
     pyfed.server.collect.validate_update = timed(add_to("validate"), pyfed.server.collect.validate_update)
     server.strategy.add = timed(add_to("fold"), server.strategy.add)
     server.strategy.add_last = timed(add_to("fold"), server.strategy.add_last)
     server.strategy.finish = timed(timings["finish"].append, server.strategy.finish)
-    run_round = server._run_round
-
-    def run_round_timed(server_round):
-        # The parent interleaves our rounds with the floor's: wait for its "go" (outside the
-        # measured time: round_seconds starts inside run_round).
-        if sys.stdin.readline().strip() != "go":
-            raise SystemExit("the bench parent went away")
-        per_round["validate"] = per_round["fold"] = 0.0
-        cpu, faults = cpu_and_faults()
-        start = time.perf_counter()
-        run_round(server_round)
-        timings["full_round"].append(time.perf_counter() - start)
-        cpu_after, faults_after = cpu_and_faults()
-        timings["cpu"].append(cpu_after - cpu)
-        timings["faults"].append(faults_after - faults)
-        timings["validate"].append(per_round["validate"])
-        timings["fold"].append(per_round["fold"])
-
-    def checkpoint_then_done(server_round):
-        # train() saves a checkpoint after each round, outside round_seconds. "done" waits for
-        # it, so it never runs during (and slows) the floor's next round.
-        start = time.perf_counter()
-        checkpoint(server_round)
-        timings["checkpoint"].append(time.perf_counter() - start)
-        print("BENCH done", server_round, flush=True)
-
-    server._run_round = run_round_timed
-    checkpoint = server._checkpoint
-    server._checkpoint = checkpoint_then_done
 
     server.start()  # listening, no client yet: this is the idle baseline
     gc.collect()

@@ -59,34 +59,3 @@ def timed(store, fn):
         finally:
             store(time.perf_counter() - start)
     return wrapper
-
-
-def trace_server_phases(server, baseline_rss: int) -> list:
-    """Wrap the server's steps (instance attributes only; pyfed is not changed) to note VmHWM and
-    VmRSS above the baseline as each ends, so the report can say which step set the peak."""
-    phases: list = []
-    current_round = [0]
-
-    def wrap(owner, attribute: str, label: str) -> None:
-        original = getattr(owner, attribute)
-
-        def wrapper(*a, **k):
-            if attribute == "_run_round":
-                current_round[0] = a[0]
-            try:
-                return original(*a, **k)
-            finally:
-                status = proc_status()
-                phases.append([current_round[0], label, status["VmHWM"] - baseline_rss,
-                               status["VmRSS"] - baseline_rss])
-        setattr(owner, attribute, wrapper)
-
-    wrap(server, "_run_round", "round")
-    wrap(server.strategy, "begin", "begin")
-    wrap(server, "_wait", "fold")
-    wrap(server.strategy, "finish", "finish")
-    wrap(server.adapter, "set_weights", "set_weights")
-    wrap(server, "_checkpoint", "checkpoint")
-    wrap(server, "_save_final_model", "final_model")
-    wrap(server, "_finish", "FINISH")
-    return phases

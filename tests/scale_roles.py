@@ -42,10 +42,11 @@ def num_params(shapes) -> int:
 
 # The memory probes are the benchmark's own, so the test and benchmarks/ measure the same way.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.probes import proc_status, reset_peak_rss, trace_server_phases  # noqa: E402
+from benchmarks.probes import proc_status, reset_peak_rss  # noqa: E402
 
 
 def server(args) -> None:
+    from benchmarks.server_probes import PhaseTracer
     from pyfed.models import NumpyModel
     from pyfed.server import FL_Server
 
@@ -57,13 +58,15 @@ def server(args) -> None:
     import zipfile  # noqa: F401  (np.savez, for the checkpoint, imports it in round 1)
 
     shapes = parse_shapes(args.shapes)
+    tracer = PhaseTracer()  # the server's memory after each of its steps, through callbacks
     rng = np.random.default_rng(0)
     # No reference kept here: the server's model is the only copy of the weights, as it would
     # be in a server script that built its model and handed it over.
     srv = FL_Server(NumpyModel([rng.random(shape, dtype=np.float32) for shape in shapes]),
                     args.clients, args.rounds, port=0, logdir=args.logdir,
                     verbose=0, wait_timeout=args.wait_timeout, round_timeout=args.round_timeout,
-                    buffer_pool_size=args.pool_size, max_connections=max(1024, args.clients + 64))
+                    buffer_pool_size=args.pool_size, max_connections=max(1024, args.clients + 64),
+                    callbacks=tracer.callbacks)
     srv.start()
     gc.collect()
     baseline = proc_status()
@@ -78,7 +81,7 @@ def server(args) -> None:
             connected.append(time.time())
 
     srv.gateway.wait_for = timed_wait_for
-    phases = trace_server_phases(srv, baseline["VmRSS"])
+    tracer.baseline_rss = baseline["VmRSS"]
     print("READY " + json.dumps({"port": srv.port, "pid": os.getpid(), "time": started}), flush=True)
     history = srv.train()
     status = proc_status()
@@ -90,7 +93,7 @@ def server(args) -> None:
         "baseline_rss": baseline["VmRSS"], "peak_rss": status["VmHWM"], "hwm_reset": hwm_reset,
         "peak_above_baseline": status["VmHWM"] - baseline["VmRSS"],
         "peak_above_baseline_x_model": (status["VmHWM"] - baseline["VmRSS"]) / model_bytes,
-        "phases": phases, "listening_at": started, "all_connected_at": connected[0] if connected else None,
+        "phases": tracer.phases, "listening_at": started, "all_connected_at": connected[0] if connected else None,
         "tensorflow_imported": "tensorflow" in sys.modules}), flush=True)
 
 

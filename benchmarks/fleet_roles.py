@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from .model import same_weights, seeded_weights, shapes_from_text
-from .probes import proc_status, reset_peak_rss, timed
+from .probes import proc_status, timed
 from .records import emit
 
 
@@ -47,13 +47,11 @@ def scale_server(argv: list[str]) -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    import gc
-
     import pyfed.server.collect
     from pyfed.models import NumpyModel
     from pyfed.server import FL_Server
 
-    from .server_probes import PhaseTracer, RoundTimer, TimedCheckpointer
+    from .server_probes import IdleBaseline, PhaseTracer, RoundTimer, TimedCheckpointer
 
     import_lazy_modules()
 
@@ -63,7 +61,10 @@ def scale_server(argv: list[str]) -> None:
     checkpointer = TimedCheckpointer()
     rounds = RoundTimer(timings)
     checkpointer.before.append(rounds.round_work_done)
-    tracer = PhaseTracer(checkpointer)
+    # Listening, no client yet: the idle baseline; then the parent starts the clients.
+    idle = IdleBaseline(lambda baseline: print("BENCH ready", json.dumps(
+        {"port": server.port, "pid": os.getpid(), "time": baseline.at}), flush=True))
+    tracer = PhaseTracer(idle, checkpointer)
     # No reference kept here: the server's model is its only copy of the weights.
     server = FL_Server(NumpyModel(seeded_weights(shapes)), num_clients=args.clients,
                        rounds=args.rounds, port=0, logdir=args.logdir, verbose=0,
@@ -120,14 +121,6 @@ def scale_server(argv: list[str]) -> None:
                                                   / (time.perf_counter() - wall))
 
     server.gateway.wait_for = wait_for_and_note
-    server.start()  # listening, no client yet: the idle baseline
-    gc.collect()
-    baseline = proc_status()
-    hwm_reset = reset_peak_rss()
-    tracer.baseline_rss = baseline["VmRSS"]
-    cpu_start = time.process_time()
-    print("BENCH ready", json.dumps({"port": server.port, "pid": os.getpid(),
-                                     "time": time.time()}), flush=True)
     error = None
     try:
         history = server.train().history
@@ -141,9 +134,10 @@ def scale_server(argv: list[str]) -> None:
     emit(args.out, {
         "error": error, "round_seconds": history.get("round_seconds", []),
         "participants": history.get("participants", []), "timings": timings,
-        "baseline": baseline, "status": status, "hwm_reset": hwm_reset, "phases": tracer.phases,
+        "baseline": idle.status, "status": status, "hwm_reset": idle.hwm_reset,
+        "phases": tracer.phases,
         "pool_size": pool.size, "pool_peak_in_use": pool.peak_in_use, "weights_ok": weights_ok,
-        "connected": connected, "cpu_seconds": time.process_time() - cpu_start,
+        "connected": connected, "cpu_seconds": time.process_time() - idle.cpu,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "pyfed_file": pyfed.__file__, "tensorflow_imported": "tensorflow" in sys.modules})
 

@@ -35,7 +35,7 @@ def print_memory_report(rows: list[dict], model_bytes: int, per_process: int,
     print()
     print(f"server memory: README model ({model_bytes / 1e6:.1f} MB float32), echo clients as "
           f"threads ({per_process} per process, each its own socket), {rows[0]['rounds']} rounds; "
-          f"peak RSS above the idle baseline (VmHWM - VmRSS after start(); the bench keeps no "
+          f"peak RSS above the idle baseline (VmHWM - VmRSS as train() began; the bench keeps no "
           f"copy of the weights); target < {target:g}x model at the largest count, flat in clients")
     print(f"{'clients':<8} {'procs':<6} {'peak above baseline':<22} {'x model':<8} {'pool peak':<10} "
           f"{'round s (median)':<17} peak first reached at")

@@ -10,7 +10,7 @@ import sys
 import time
 
 from .model import model_weights, same_weights
-from .probes import cpu_and_faults, proc_status, reset_peak_rss, timed
+from .probes import cpu_and_faults, proc_status, timed
 from .records import emit
 
 
@@ -23,13 +23,11 @@ def pyfed_server(argv: list[str]) -> None:
     parser.add_argument("--pool-size", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import gc
-
     import pyfed.server.collect
     from pyfed.models import NumpyModel
     from pyfed.server import FL_Server
 
-    from .server_probes import GoAndTime, TimedCheckpointer
+    from .server_probes import GoAndTime, IdleBaseline, TimedCheckpointer
 
     # Light instrumentation (callbacks and wrappers of public methods; nothing in pyfed
     # changes): the whole round from "go" until History and TensorBoard have written it (adds
@@ -44,10 +42,13 @@ def pyfed_server(argv: list[str]) -> None:
     checkpointer.before.append(pacer.round_work_done)
     checkpointer.after.append(lambda server_round, seconds: timings["checkpoint"].append(seconds))
 
+    # Listening, no client yet: the idle baseline; then the parent starts the clients.
+    idle = IdleBaseline(lambda baseline: print("BENCH ready", json.dumps(
+        {"port": server.port, "pid": os.getpid()}), flush=True))
     weights = model_weights(random=True)
     server = FL_Server(NumpyModel(weights), num_clients=args.clients, rounds=args.rounds, port=0,
                        logdir=args.logdir, verbose=0, wait_timeout=120,
-                       buffer_pool_size=args.pool_size, callbacks=[checkpointer, pacer])
+                       buffer_pool_size=args.pool_size, callbacks=[checkpointer, pacer, idle])
 
     def add_to(key):
         def store(seconds):
@@ -59,11 +60,6 @@ def pyfed_server(argv: list[str]) -> None:
     server.strategy.add_last = timed(add_to("fold"), server.strategy.add_last)
     server.strategy.finish = timed(timings["finish"].append, server.strategy.finish)
 
-    server.start()  # listening, no client yet: this is the idle baseline
-    gc.collect()
-    baseline = proc_status()
-    hwm_reset = reset_peak_rss()
-    print("BENCH ready", json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
     history = server.train()
     status = proc_status()
     final = server.adapter.get_weights()
@@ -73,7 +69,7 @@ def pyfed_server(argv: list[str]) -> None:
         "round_seconds": history.history["round_seconds"],
         "participants": history.history["participants"],
         "bytes_in": history.history["bytes_in"], "bytes_out": history.history["bytes_out"],
-        "timings": timings, "baseline": baseline, "status": status, "hwm_reset": hwm_reset,
+        "timings": timings, "baseline": idle.status, "status": status, "hwm_reset": idle.hwm_reset,
         "pool_peak_in_use": server.gateway.pool.peak_in_use, "weights_ok": weights_ok,
         "pyfed_file": pyfed.__file__,
         "tensorflow_imported": "tensorflow" in sys.modules})

@@ -8,13 +8,39 @@ a client child never does."""
 
 from __future__ import annotations
 
+import gc
 import resource
 import sys
 import time
 
 from pyfed.callbacks import Checkpointer, ServerCallback
 
-from .probes import cpu_and_faults, proc_status
+from .probes import cpu_and_faults, proc_status, reset_peak_rss
+
+
+class IdleBaseline(ServerCallback):
+    """The server's idle baseline, taken in ``on_train_begin``: listening, its run folder and
+    TensorBoard writers open (the built-ins' ``on_train_begin`` ran first), no client yet. It
+    collects garbage, reads VmRSS, resets VmHWM there, then calls ``ready(self)``: the place to
+    tell the parent to start the clients, so their start-up does not compete with the
+    server's."""
+
+    def __init__(self, ready) -> None:
+        self.ready = ready
+        self.status: dict = {}
+        self.hwm_reset = False
+        self.at = self.cpu = 0.0  # time.time() and time.process_time() then
+
+    @property
+    def rss(self) -> int:
+        return self.status.get("VmRSS", 0)
+
+    def on_train_begin(self, server) -> None:
+        gc.collect()
+        self.status = proc_status()
+        self.hwm_reset = reset_peak_rss()
+        self.at, self.cpu = time.time(), time.process_time()
+        self.ready(self)
 
 
 class TimedCheckpointer(Checkpointer):
@@ -54,18 +80,18 @@ def call_then(fn, before=None, after=None):
 
 
 class PhaseTracer(ServerCallback):
-    """Notes VmHWM and VmRSS above ``baseline_rss`` (set it after ``start()``, before
-    ``train()``) as each server step ends, so a report can say which step set the peak:
+    """Notes VmHWM and VmRSS above the idle baseline as each server step ends, so a report can
+    say which step set the peak:
     ``[round, step, peak, rss]`` rows in ``phases``. The steps, per round: ``begin``
     (strategy.begin), ``fold`` (every update folded: strategy.finish is called), ``finish``,
     ``set_weights``, ``round`` (History and TensorBoard written), ``checkpoint``; then
     ``final_model`` (saved: FINISH is about to go out) and ``FINISH``.
 
-    Pass its ``checkpointer`` in ``callbacks=`` too (or a TimedCheckpointer of your own)."""
+    Pass ``callbacks`` (it, its checkpointer and the baseline) to the server."""
 
-    def __init__(self, checkpointer: TimedCheckpointer | None = None, baseline_rss: int = 0):
+    def __init__(self, baseline: IdleBaseline, checkpointer: TimedCheckpointer | None = None):
+        self.baseline = baseline
         self.checkpointer = checkpointer or TimedCheckpointer()
-        self.baseline_rss = baseline_rss
         self.phases: list = []
         self.round = 0
         self.checkpointer.before.append(lambda server_round: self.note("round"))
@@ -73,12 +99,12 @@ class PhaseTracer(ServerCallback):
 
     @property
     def callbacks(self) -> list:
-        return [self.checkpointer, self]
+        return [self.checkpointer, self, self.baseline]
 
     def note(self, step: str) -> None:
-        status = proc_status()
-        self.phases.append([self.round, step, status["VmHWM"] - self.baseline_rss,
-                            status["VmRSS"] - self.baseline_rss])
+        status, baseline = proc_status(), self.baseline.rss
+        self.phases.append([self.round, step, status["VmHWM"] - baseline,
+                            status["VmRSS"] - baseline])
 
     def on_train_begin(self, server) -> None:
         # Wrappers on the strategy's, the model's and the gateway's public methods (instance

@@ -3,7 +3,8 @@
 ``server``  one FL_Server on a numpy model (no TensorFlow). It prints ``READY {"port": ...}``
             once it listens, then ``RESULT {json}`` after training: the history, the receive
             pool's peak use, and its peak RSS above the idle baseline (VmHWM minus the VmRSS read
-            from /proc/self/status after ``start()``, with VmHWM reset there).
+            from /proc/self/status as ``train()`` begins, listening with no client yet, with
+            VmHWM reset there).
 ``clients`` ``--count`` FL_Client THREADS in this one process, each with its own socket and
             handshake, on an echo NumpyModel (or ``--model softmax``: a tiny numpy fit). It
             prints ``CLIENTS {json}``: how many started, finished, their rounds and any errors.
@@ -15,7 +16,6 @@ Every wait is bounded: the server has ``wait_timeout``/``round_timeout``; every 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import math
@@ -40,12 +40,13 @@ def num_params(shapes) -> int:
     return sum(math.prod(s) for s in shapes)
 
 
-# The memory probes are the benchmark's own, so the test and bench.py measure the same way.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from bench import proc_status, reset_peak_rss, trace_server_phases  # noqa: E402
+# The memory probes are the benchmark's own, so the test and benchmarks/ measure the same way.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.probes import proc_status  # noqa: E402
 
 
 def server(args) -> None:
+    from benchmarks.server_probes import IdleBaseline, PhaseTracer
     from pyfed.models import NumpyModel
     from pyfed.server import FL_Server
 
@@ -57,18 +58,19 @@ def server(args) -> None:
     import zipfile  # noqa: F401  (np.savez, for the checkpoint, imports it in round 1)
 
     shapes = parse_shapes(args.shapes)
+    # Listening, no client yet (taken as train() begins): the idle baseline; then READY.
+    idle = IdleBaseline(lambda baseline: print("READY " + json.dumps(
+        {"port": srv.port, "pid": os.getpid(), "time": baseline.at}), flush=True))
+    tracer = PhaseTracer(idle)  # the server's memory after each of its steps, through callbacks
     rng = np.random.default_rng(0)
     # No reference kept here: the server's model is the only copy of the weights, as it would
     # be in a server script that built its model and handed it over.
     srv = FL_Server(NumpyModel([rng.random(shape, dtype=np.float32) for shape in shapes]),
                     args.clients, args.rounds, port=0, logdir=args.logdir,
                     verbose=0, wait_timeout=args.wait_timeout, round_timeout=args.round_timeout,
-                    buffer_pool_size=args.pool_size, max_connections=max(1024, args.clients + 64))
+                    buffer_pool_size=args.pool_size, max_connections=max(1024, args.clients + 64),
+                    callbacks=tracer.callbacks)
     srv.start()
-    gc.collect()
-    baseline = proc_status()
-    hwm_reset = reset_peak_rss()
-    started = time.time()
     connected = []
     wait_for = srv.gateway.wait_for
 
@@ -78,9 +80,8 @@ def server(args) -> None:
             connected.append(time.time())
 
     srv.gateway.wait_for = timed_wait_for
-    phases = trace_server_phases(srv, baseline["VmRSS"])
-    print("READY " + json.dumps({"port": srv.port, "pid": os.getpid(), "time": started}), flush=True)
     history = srv.train()
+    baseline, hwm_reset, started = idle.status, idle.hwm_reset, idle.at
     status = proc_status()
     pool = srv.gateway.pool
     model_bytes = num_params(shapes) * 4
@@ -90,7 +91,7 @@ def server(args) -> None:
         "baseline_rss": baseline["VmRSS"], "peak_rss": status["VmHWM"], "hwm_reset": hwm_reset,
         "peak_above_baseline": status["VmHWM"] - baseline["VmRSS"],
         "peak_above_baseline_x_model": (status["VmHWM"] - baseline["VmRSS"]) / model_bytes,
-        "phases": phases, "listening_at": started, "all_connected_at": connected[0] if connected else None,
+        "phases": tracer.phases, "listening_at": started, "all_connected_at": connected[0] if connected else None,
         "tensorflow_imported": "tensorflow" in sys.modules}), flush=True)
 
 

@@ -34,8 +34,8 @@ import pytest
 from hostile_roles import decode_frames, drain_until_closed, is_closed_now
 from procs import ProcessGroup
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from bench import proc_status  # noqa: E402  (the benchmark's /proc reader, Threads included)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.probes import proc_status  # noqa: E402  (the benchmark's /proc reader, Threads included)
 
 from pyfed.wire import protocol
 from pyfed.wire.messages import (Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,

@@ -99,7 +99,7 @@ def test_a_200_client_round_completes(tmp_path, record_property):
     assert not result["tensorflow_imported"]
     assert not any(report["tensorflow_imported"] for report in reports)
     # No timing assertion (these machines are noisy): the time is printed and recorded, and
-    # scripts/bench.py --scale measures it properly.
+    # python -m benchmarks --scale measures it properly.
     connect = result["all_connected_at"] - result["listening_at"]
     record_property("seconds", round(seconds, 2))
     record_property("connect_seconds", round(connect, 2))

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from pyfed.wire import protocol
-from pyfed.wire.compression import (CODECS, Downlink, ErrorFeedback, apply_roundtrip, decode, encode,
-                               fingerprint, validate_codec, wire_nbytes)
+from pyfed.wire.compression import (CODECS, Downlink, ErrorFeedback, decode, encode, fingerprint,
+                                   validate_codec)
+from wire_helpers import apply_roundtrip, wire_nbytes
 from pyfed.errors import ConfigurationError, ProtocolError
 from pyfed.wire.spec import TensorSpec, spec_of_arrays
 

@@ -11,6 +11,7 @@ from pyfed.wire import compression, protocol
 from pyfed.wire.layout import LayoutMismatch
 from pyfed.wire.messages import FitResult
 from pyfed.wire.spec import spec_of_arrays
+from wire_helpers import wire_nbytes
 
 MODEL = [np.ones((64, 10), "<f4"), np.ones(10, "<f4"), np.arange(3, dtype="<i8"),
          np.ones((2, 3), "<f8"), np.ones((), "<f4")]
@@ -33,7 +34,7 @@ def test_what_each_codec_sends_matches_its_layout(codec):
     layout = compression.wire_layout(codec, SPEC)
     descriptors, body_length = header_of(wire)
     layout.check("FIT_RESULT", descriptors, body_length)  # passes
-    assert layout.body_nbytes == body_length == compression.wire_nbytes(wire)
+    assert layout.body_nbytes == body_length == wire_nbytes(wire)
 
 
 def test_compressed_layouts_are_smaller_and_int8_adds_its_scales():

@@ -22,6 +22,7 @@ from pyfed.wire.messages import (Auth, Challenge, Error, Evaluate, EvaluateResul
                             FitResult, Hello, Message, MessageKind, Ping, Welcome)
 from pyfed.wire.protocol import (ALIGNMENT, HANDSHAKE_LIMITS, MAGIC, MAX_HEADER_BYTES, PREFIX,
                             PREFIX_SIZE, VERSION, Conversation, FrameLimits, Role, State)
+from wire_helpers import frame_nbytes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 K = MessageKind
@@ -288,7 +289,7 @@ def test_encode_returns_buffers_sharing_memory_with_the_arrays():
     assert any(memoryview(b).nbytes and np.shares_memory(np.frombuffer(b, dtype=np.uint8), small)
                for b in buffers[1:])
     joined = b"".join(bytes(b) for b in buffers)
-    assert protocol.frame_nbytes(buffers) == len(joined) == len(protocol.encode_bytes(message))
+    assert frame_nbytes(buffers) == len(joined) == len(protocol.encode_bytes(message))
     assert_messages_equal(protocol.decode(joined), message)
 
 

@@ -25,6 +25,7 @@ from pyfed.wire.messages import (Error, Evaluate, EvaluateResult, Finish, Fit, F
                                  Ping, Welcome)
 from pyfed.wire.protocol import Role, State
 from pyfed.wire.transport import BufferPool, Channel
+from wire_helpers import frame_nbytes
 
 IO_TIMEOUT = 10.0    # bound on every blocking socket operation and wait in this file
 JOIN_TIMEOUT = 15.0  # bound on every thread join
@@ -129,7 +130,7 @@ def finish(session: ClientSession, client: Channel) -> Finish:
 
 
 def frame_size(message) -> int:
-    return protocol.frame_nbytes(protocol.encode(message))
+    return frame_nbytes(protocol.encode(message))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pyfed.errors import ConnectionClosed, NetworkError, ProtocolError
 from pyfed.wire.messages import Finish, Fit, FitResult, Hello, Ping, Welcome
 from pyfed.wire.protocol import HANDSHAKE_LIMITS, MAGIC, PREFIX, VERSION, FrameLimits, Role, State
 from pyfed.wire.transport import BufferPool, Channel
+from wire_helpers import frame_nbytes
 
 IO_TIMEOUT = 10.0      # bound on any single blocking socket operation in these tests
 JOIN_TIMEOUT = 15.0    # bound on any thread join
@@ -145,7 +146,7 @@ def test_multi_array_fit_over_tcp(channels):
         np.array([True, False, True]),
     )
     fit = Fit(round=1, weights=weights, config={"epochs": 1})
-    frame_size = protocol.frame_nbytes(protocol.encode(fit))
+    frame_size = frame_nbytes(protocol.encode(fit))
     assert frame_size > 20_000_000
     sent_before, received_before = server.bytes_sent, client.bytes_received
 
@@ -164,7 +165,7 @@ def test_multi_array_fit_over_tcp(channels):
 
     # ...and the 20 MB comes back the other way.
     result = FitResult(round=1, weights=message.weights, num_examples=10)
-    result_size = protocol.frame_nbytes(protocol.encode(result))
+    result_size = frame_nbytes(protocol.encode(result))
     with in_thread(client.send, result, IO_TIMEOUT, close_on_error=(server, client)) as sender:
         echoed = server.receive(timeout=IO_TIMEOUT)
         assert sender.result() == result_size

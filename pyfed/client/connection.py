@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 
+from ..deadline import Deadline
 from ..errors import (AuthenticationError, DuplicateNameError, HandshakeError, ModelMismatchError,
                       NetworkError, ProtocolError, PyFedError, ServerStopped, ServerUnreachable,
                       TLSError)
@@ -26,7 +27,7 @@ class ClientHandshake:
 
     def _connect(self, timeout: float, announce: bool = True) -> Channel:
         """Connect, retrying until ``timeout``; says so every few seconds while it waits."""
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         delay = 0.1
         next_notice = time.monotonic()
         while True:
@@ -42,8 +43,8 @@ class ClientHandshake:
                 raise TLSError(f"{self.name}: {exc}") from None  # retrying will not help
             except NetworkError as exc:
                 now = time.monotonic()
-                remaining = deadline - now
-                if remaining <= 0:
+                remaining = deadline.remaining()
+                if deadline.expired():
                     raise ServerUnreachable(
                         f"{self.name}: could not reach the PyFed server at {self.server_ip}:"
                         f"{self.server_port} within {timeout:g} s ({exc}). Is the "

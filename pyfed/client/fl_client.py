@@ -18,6 +18,7 @@ from .checks import check_welcome
 from .connection import ClientHandshake
 from ..models import defaults as shared_defaults  # train() has a local named defaults
 from ..wire.compression import validate_codec
+from ..deadline import Deadline
 from ..errors import (ConfigurationError, PyFedError, ModelMismatchError, NetworkError, TLSError,
                      ProtocolError, RemoteError, ServerStopped)
 from ..tracking.logs import RUN_MARKER, RunLogger
@@ -164,25 +165,25 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
                     channel = self._close(channel)
                     stop_reason = printable(exc.reason)
                     if not self.wait_for_resume or (resume_deadline is not None
-                                                    and time.monotonic() >= resume_deadline):
+                                                    and resume_deadline.expired()):
                         raise ServerStopped(f"{self.name}: the server stopped: {stop_reason}",
                                             exc.reason) from None
                     if resume_deadline is None:
-                        resume_deadline = time.monotonic() + self.connect_timeout
+                        resume_deadline = Deadline(self.connect_timeout)
                         self._say(f"{self.name}: the server stopped ({stop_reason}); waiting up "
                                   f"to {self.connect_timeout:g} s for it to resume",
                                   logging.WARNING)
                     else:  # reached it while it was still going down: give it a moment
-                        time.sleep(min(1.0, max(0.0, resume_deadline - time.monotonic())))
+                        time.sleep(resume_deadline.timeout(1.0))
                 except NetworkError as exc:  # includes ConnectionClosed and ServerUnreachable
                     channel = self._close(channel)
                     if resume_deadline is not None:
-                        if time.monotonic() >= resume_deadline:
+                        if resume_deadline.expired():
                             raise ServerStopped(
                                 f"{self.name}: the server stopped ({stop_reason}) and did not "
                                 f"come back within {self.connect_timeout:g} s "
                                 f"({getattr(exc, 'cause', exc)})", stop_reason) from None
-                        time.sleep(min(1.0, max(0.0, resume_deadline - time.monotonic())))
+                        time.sleep(resume_deadline.timeout(1.0))
                         continue
                     cause = getattr(exc, "cause", exc)
                     failures_in_a_row += 1

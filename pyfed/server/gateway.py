@@ -14,10 +14,10 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 
 from ..wire import auth, messages, protocol
+from ..deadline import Deadline, wait_until
 from ..errors import InvalidValue, PyFedError
 from .accept_loop import AcceptLoop
 from .fd_limits import default_max_connections
@@ -96,10 +96,10 @@ class Gateway(AcceptLoop, ServerHandshake):
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.close()
-        deadline = time.monotonic() + 5.0  # one budget for all threads, not 5 s each
+        deadline = Deadline(5.0)  # one budget for all threads, not 5 s each
         for thread in list(self._threads):
             if thread is not threading.current_thread():
-                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                thread.join(timeout=deadline.remaining())
 
     def close_to_new_clients(self) -> list[ClientSession]:
         """Training is over: refuse newcomers ("training has finished") and return the sessions
@@ -120,7 +120,7 @@ class Gateway(AcceptLoop, ServerHandshake):
         session = None
         channel = None
         try:
-            deadline = time.monotonic() + self.handshake_timeout
+            deadline = Deadline(self.handshake_timeout)
             if self.ssl_context is not None:
                 sock = tls_handshake(sock, self.ssl_context, server_side=True,
                                      timeout=self.handshake_timeout)
@@ -208,23 +208,25 @@ class Gateway(AcceptLoop, ServerHandshake):
                  interval: float | None = None) -> None:
         """Until ``count`` clients are connected (at most ``timeout`` s). Says who is there and
         how many are missing when that changes, and again every ``interval`` s meanwhile."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        last_count = -1
-        next_line = 0.0
-        with self.changed:
-            while len(self.sessions) < count:
-                now = time.monotonic()
-                if len(self.sessions) != last_count or (interval is not None and now >= next_line):
-                    last_count = len(self.sessions)
-                    next_line = now + (interval or 0.0)
-                    announce(waiting_line(sorted(self.sessions), count))
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise PyFedError(
-                        f"only {len(self.sessions)} of {count} clients connected within "
-                        f"{timeout:g} s ({', '.join(sorted(self.sessions)) or 'none'})")
-                step = 1.0 if interval is None else max(0.01, min(1.0, next_line - now))
-                self.changed.wait(step if remaining is None else min(step, remaining))
+        shown = [-1]  # the count last announced
+
+        def enough() -> bool:  # called with the lock held
+            if len(self.sessions) >= count:
+                return True
+            if len(self.sessions) != shown[0]:  # say it when it changes
+                say_who_is_here()
+            return False
+
+        def say_who_is_here() -> None:
+            shown[0] = len(self.sessions)
+            announce(waiting_line(sorted(self.sessions), count))
+
+        with self.changed:  # a join or a drop notifies: the wait wakes at once
+            if not wait_until(enough, Deadline(timeout), sleep=self.changed.wait, poll=1.0,
+                              every=interval, tick=say_who_is_here):
+                raise PyFedError(
+                    f"only {len(self.sessions)} of {count} clients connected within "
+                    f"{timeout:g} s ({', '.join(sorted(self.sessions)) or 'none'})")
 
 
 def waiting_line(connected: list[str], count: int, shown: int = 10) -> str:

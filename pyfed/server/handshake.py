@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 
+from ..deadline import Deadline
 from ..errors import PyFedError
 from ..safe_text import printable
 from ..wire import auth, messages
@@ -35,7 +36,7 @@ class ServerHandshake:
     reads (token, spec, limits) and the registry it enters a session in (``_register``,
     ``_drop``)."""
 
-    def _handshake(self, channel: Channel, deadline: float) -> ClientSession | None:
+    def _handshake(self, channel: Channel, deadline: Deadline) -> ClientSession | None:
         hello = channel.receive(deadline=deadline)  # the state table allows HELLO (or ERROR)
         if not isinstance(hello, messages.Hello):
             logger.warning("%s ended the handshake before HELLO: %s", channel.peer,
@@ -93,7 +94,7 @@ class ServerHandshake:
                           f"model mismatch: the client's model has spec hash "
                           f"{printable(hello.spec_hash)}, the server trains {self.spec_hash}{detail}")
 
-    def _authenticate(self, channel: Channel, hello: messages.Hello, deadline: float) -> None:
+    def _authenticate(self, channel: Channel, hello: messages.Hello, deadline: Deadline) -> None:
         if not auth.valid_nonce(hello.nonce):
             logger.warning("authentication failed from %s: the client sent no token", channel.peer)
             raise Refused("authentication_failed",

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass
 
 from ..deadline import Deadline
@@ -20,7 +19,6 @@ from ..errors import InvalidValue, PyFedError
 from ..wire.layout import Layout, LayoutMismatch
 from ..wire.messages import MessageKind
 from ..wire.pacing import UploadPace
-from ..wire.readiness import input_arrives
 from .collect import Collector, UpdateRejected
 from ..safe_text import printable
 from ..wire.transport import BufferPool, Channel, NoBufferFree, has_pending_input
@@ -130,7 +128,7 @@ class ClientSession:
         garbage) ends the session now, instead of when the next round finds it."""
         # The state table judges it on its prefix; a whole PING or ERROR is due within the
         # timeout, so an idle peer cannot dribble one forever.
-        message = self.channel.receive(deadline=time.monotonic() + IDLE_READ_TIMEOUT)
+        message = self.channel.receive(deadline=Deadline(IDLE_READ_TIMEOUT))
         if isinstance(message, messages.Error):
             raise PyFedError(f"{self.name} ended the session: {printable(message.reason)}")
 
@@ -190,7 +188,7 @@ class ClientSession:
             late.append(nbytes)
             return None
 
-        if not input_arrives(self.channel.sock, job.deadline):
+        if not self.channel.wait_for_message(job.deadline):
             # The round ends now without this client; a late answer is still read (and
             # refused) below, so the client keeps its connection for the next round.
             collector.fail(self.name, f"no answer within the round's {job.deadline.seconds:g} s "

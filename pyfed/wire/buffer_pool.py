@@ -4,10 +4,10 @@ send at once."""
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 
+from ..deadline import Deadline, wait_until
 from ..errors import NetworkError, ProtocolError
 
 
@@ -42,23 +42,28 @@ class BufferPool:
         if self.max_nbytes is not None and nbytes > self.max_nbytes:
             raise ProtocolError(f"a receive buffer of {nbytes} bytes was asked for; the largest "
                                 f"message expected is {self.max_nbytes} bytes")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for i, buf in enumerate(self._free):
-                    if buf.nbytes >= nbytes:
-                        self._free.pop(i)
-                        return self._lend(buf, nbytes)
-                if self._created < self.size:
-                    self._created += 1
-                    return self._lend(self._new(nbytes), nbytes)
-                if self._free:  # every idle buffer is too small: replace one
-                    self._free.pop(0)
-                    return self._lend(self._new(nbytes), nbytes)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise NoBufferFree(f"no receive buffer free after {timeout:g} s")
-                self._cond.wait(remaining)
+        lent: list[np.ndarray] = []
+
+        def take() -> bool:  # called with the lock held
+            for i, buf in enumerate(self._free):
+                if buf.nbytes >= nbytes:
+                    self._free.pop(i)
+                    lent.append(self._lend(buf, nbytes))
+                    return True
+            if self._created < self.size:
+                self._created += 1
+                lent.append(self._lend(self._new(nbytes), nbytes))
+                return True
+            if self._free:  # every idle buffer is too small: replace one
+                self._free.pop(0)
+                lent.append(self._lend(self._new(nbytes), nbytes))
+                return True
+            return False
+
+        with self._cond:  # release() notifies: the wait ends as soon as a buffer is back
+            if not wait_until(take, Deadline(timeout), sleep=self._cond.wait, poll=1.0):
+                raise NoBufferFree(f"no receive buffer free after {timeout:g} s")
+        return lent[0]
 
     def _new(self, nbytes: int) -> np.ndarray:
         self.largest = max(self.largest, nbytes)

@@ -19,7 +19,6 @@ import numpy as np
 
 from ..errors import ConfigurationError, ProtocolError
 from .layout import ArraySlot, Layout
-from .protocol import ALIGNMENT
 from ..safe_text import printable
 from .spec import TensorSpec, spec_of_arrays
 
@@ -35,14 +34,6 @@ def validate_codec(name: str | None) -> str:
         raise ConfigurationError(f"compression must be one of {', '.join(CODECS)} (or None); "
                                  f"received {printable(repr(name), 80)}")
     return name.lower()
-
-
-def wire_nbytes(arrays: Sequence[np.ndarray]) -> int:
-    """Body bytes these arrays take in a frame, counting the protocol's 64-byte alignment."""
-    end = 0
-    for array in arrays:
-        end = (end + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT + np.asarray(array).nbytes
-    return end
 
 
 def _both_orders(kind_and_size: str) -> frozenset:
@@ -225,13 +216,6 @@ def decode(codec: str | None, arrays: Sequence, meta: dict | None, spec: Sequenc
                 raise ProtocolError(f"{label} has dtype {array.dtype.str}; int8 expects |i1")
             out.append(_dequantize(array, scale_of[index], reference[index], dtype))
     return out
-
-
-def apply_roundtrip(codec: str | None, arrays: Sequence[np.ndarray],
-                    reference: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
-    """What a peer decodes from ``encode(codec, arrays, reference)``, bit for bit."""
-    wire, meta = encode(codec, arrays, reference)
-    return decode(codec, wire, meta, spec_of_arrays(arrays), reference)
 
 
 def _with_feedback(codec: str, arrays, reference, residual):

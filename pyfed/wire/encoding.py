@@ -66,7 +66,3 @@ def encode(message: Message) -> list:
 def encode_bytes(message: Message) -> bytes:
     """The whole frame as one ``bytes`` (tests and small messages; copies the arrays)."""
     return b"".join(bytes(b) for b in encode(message))
-
-
-def frame_nbytes(buffers: list) -> int:
-    return sum(memoryview(b).nbytes for b in buffers)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from ..errors import InvalidValue, ProtocolError
 from .conversation import TRANSITIONS, Conversation, Role, State
 from .decoding import decode, decode_body, decode_header, decode_without_body
-from .encoding import encode, encode_bytes, frame_nbytes
+from .encoding import encode, encode_bytes
 from .frame import (ALIGNMENT, ALLOWED_DTYPES, DEFAULT_MAX_MESSAGE_BYTES, HANDSHAKE_LIMITS,
                     HANDSHAKE_MAX_HEADER_BYTES, MAGIC, MAX_ARRAYS, MAX_HEADER_BYTES, MAX_NDIM,
                     PREFIX, PREFIX_SIZE, FrameLimits, FramePrefix, parse_prefix)
@@ -38,5 +38,5 @@ __all__ = [
     "FitResult", "FrameLimits", "FramePrefix", "Hello", "InvalidValue", "Message", "MessageKind",
     "Ping", "ProtocolError", "Role", "State", "Welcome",
     "decode", "decode_body", "decode_header", "decode_without_body", "encode", "encode_bytes",
-    "frame_nbytes", "parse_prefix",
+    "parse_prefix",
 ]

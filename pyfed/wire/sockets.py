@@ -6,10 +6,12 @@ Socket exceptions become :mod:`pyfed.errors` here, as in :mod:`pyfed.wire.transp
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import socket
 import ssl
 
+from ..deadline import Deadline
 from ..errors import NetworkError
 
 
@@ -24,13 +26,20 @@ def tune_socket(sock: socket.socket) -> None:
 def has_pending_input(sock: socket.socket, if_closed: bool) -> bool:
     """Has the peer sent something (or hung up) that nobody has read yet? Never blocks.
     ``if_closed`` answers for a socket closed under us (each caller knows what that means)."""
+    return input_arrives(sock, Deadline(0), if_closed)
+
+
+def input_arrives(sock: socket.socket, deadline: Deadline, if_closed: bool = True) -> bool:
+    """Block until the peer has sent something (or hung up) that nobody has read, or the
+    deadline passes (False). ``if_closed`` answers for a socket closed under us."""
     try:
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
+            return True  # decrypted bytes waiting: poll would not see them
         # poll, not select: select cannot watch descriptors >= 1024 (a busy server has them)
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
+        remaining = deadline.remaining()
+        return bool(poller.poll(None if remaining is None else math.ceil(remaining * 1000)))
     except (OSError, ValueError):
         return if_closed
 

@@ -19,7 +19,6 @@ import select
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -280,12 +279,11 @@ class _Reports:
         self._eof = False
 
     def next(self, timeout: float) -> dict | None:
-        deadline = time.monotonic() + timeout
+        deadline = Deadline(timeout)
         while b"\n" not in self._buffer:
             if self._eof:
                 return {"event": "error", "error": "the server process exited"}
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self._fd], [], [], remaining)[0]:
+            if deadline.expired() or not select.select([self._fd], [], [], deadline.remaining())[0]:
                 return None
             chunk = os.read(self._fd, 65536)
             self._eof = not chunk

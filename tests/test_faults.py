@@ -275,9 +275,10 @@ def test_a_late_joiner_takes_part_in_later_rounds(tmp_path):
     port, logdir, rounds = free_port(), tmp_path / "logs", 4
     with ProcessGroup(tmp_path / "procs") as group:
         group.role("server", *server_args(port, logdir, clients=2, rounds=rounds))
-        # 1.5 s per round leaves client_3 (about 1-2 s to start) time to join before round 4.
-        group.role("client_1", *client_args(port, logdir, 1, slow=1.5))
-        group.role("client_2", *client_args(port, logdir, 2, slow=1.5))
+        # 3 s per round leaves client_3 (1-2 s to start, more on a loaded 2-core machine)
+        # time to join before round 4.
+        group.role("client_1", *client_args(port, logdir, 1, slow=3.0))
+        group.role("client_2", *client_args(port, logdir, 2, slow=3.0))
         wait_for_output(group, "server", round_done(1, rounds), 30)
         group.role("client_3", *client_args(port, logdir, 3))
         codes = group.wait_all(timeout=60)

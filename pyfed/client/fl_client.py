@@ -135,7 +135,7 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
         defaults = {"epochs": epochs, "batch_size": batch_size, "verbose": self.verbose}
         tb = None
         failures_in_a_row = 0
-        resume_deadline: float | None = None  # set while waiting for a stopped server to return
+        resume_deadline: Deadline | None = None  # set while waiting for a stopped server to return
         stop_reason = ""
         channel = self._connect(self.connect_timeout)  # the first time, wait for the server
         try:
@@ -143,7 +143,7 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
                 try:
                     if channel is None:
                         if resume_deadline is not None:
-                            channel = self._connect(max(0.0, resume_deadline - time.monotonic()))
+                            channel = self._connect(resume_deadline.remaining())
                         else:
                             channel = self._connect(timeout=1.0, announce=False)
                         self.reconnections += 1

@@ -6,18 +6,25 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; received {text}")
-    return value
+def _checked(name: str, convert, acceptable, expected: str):
+    """An argparse ``type=``: ``convert`` the text, then refuse a value that is not
+    ``acceptable`` with what was expected. (argparse names the function in its own errors.)"""
+    def parse(text: str):
+        value = convert(text)
+        if not acceptable(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}; received {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in [0, 65535]; received {text}")
-    return value
+positive_int = _checked("positive_int", int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _checked("non_negative_int", int, lambda v: v >= 0, "an integer >= 0")
+port_number = _checked("port_number", int, lambda v: 0 <= v <= 65535, "in [0, 65535]")
+positive_float = _checked("positive_float", float, lambda v: 0 < v < float("inf"),
+                          "a number > 0")
+open_fraction = _checked("open_fraction", float, lambda v: 0 < v < 1, "in (0, 1)")
 
 
 def keras_verbosity(text: str):
@@ -26,27 +33,6 @@ def keras_verbosity(text: str):
     if text in ("0", "1", "2"):
         return int(text)
     raise argparse.ArgumentTypeError(f"must be auto, 0, 1 or 2; received {text}")
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a number > 0; received {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0; received {text}")
-    return value
-
-
-def open_fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1); received {text}")
-    return value
 
 
 PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "by_label")  # pyfed.data.partitioners.SCHEMES

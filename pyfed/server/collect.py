@@ -112,6 +112,10 @@ class Collector:
         self.started = time.monotonic()
         self.deadline = NEVER  # the round's; the driver sets it (sessions share it via the job)
         self.closed = False
+        # Results counted whose callbacks (on_fit_result...) still run on their connection's
+        # thread: the round waits for them, so a callback never hears of a result after
+        # on_round_end, and they run outside the lock, so other updates fold meanwhile.
+        self._reporting = 0
         self._cond = threading.Condition()
 
     def sent(self, nbytes: int) -> None:
@@ -175,11 +179,18 @@ class Collector:
         ``every`` s meanwhile, outside the lock (it may take it to read ``pending``)."""
         def sleep(seconds: float) -> None:
             with self._cond:
-                if self._outstanding():
+                if self._outstanding() or self._reporting:
                     self._cond.wait(seconds)
 
-        return wait_until(lambda: not self._outstanding(), deadline, sleep=sleep, poll=1.0,
-                          every=every, tick=tick)
+        return wait_until(lambda: not self._outstanding() and not self._reporting, deadline,
+                          sleep=sleep, poll=1.0, every=every, tick=tick)
+
+    def wait_for_reports(self) -> None:
+        """Until the callbacks of every counted result have run (after a deadline closed the
+        round with some still running)."""
+        with self._cond:
+            while self._reporting:
+                self._cond.wait(1.0)
 
     def value_scan(self) -> ValueScan | None:
         """A scan to run on the reply's body as it arrives (see ValueScan); None: no arrays to
@@ -262,7 +273,17 @@ class FitCollector(Collector):
                 raise UpdateRejected("the server could not aggregate it "
                                      f"({type(exc).__name__}); this round is abandoned") from None
             self.answered.append(client)
+            self._reporting += 1
             self._cond.notify_all()
+        try:
+            self._report(client, result)
+        finally:
+            with self._cond:
+                self._reporting -= 1
+                self._cond.notify_all()
+
+    def _report(self, client: str, result: messages.FitResult) -> None:
+        """The callbacks for a counted result; a failing one costs a curve, never the update."""
         if self.on_fit_result is not None:
             self.on_fit_result(client, result.num_examples, dict(result.metrics))
         if self.on_history and result.history:

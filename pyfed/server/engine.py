@@ -216,3 +216,4 @@ class SyncRounds:
                                                  tick=say_who_is_missing)
         if not answered or deadline.expired():  # sessions may have failed themselves at it
             collector.close(f"no answer within the round's {deadline.seconds:g} s deadline")
+            collector.wait_for_reports()  # the callbacks of results counted before it

@@ -29,7 +29,8 @@ class Deadline:
         deadline = cls(None)
         if monotonic is not None:
             deadline.at = monotonic
-            deadline.seconds = max(0.0, monotonic - time.monotonic())
+            # For messages ("the round's 0.5 s deadline"): the span, to the millisecond.
+            deadline.seconds = round(max(0.0, monotonic - time.monotonic()), 3)
         return deadline
 
     @classmethod

@@ -416,3 +416,29 @@ def test_a_reply_with_no_buffer_free_by_the_deadline_is_dropped_and_the_session_
     assert collector.answered == [] and collector.bytes_in > 0
     with pytest.raises(RuntimeError, match="has no results"):  # nothing was folded
         strategy.finish()
+
+
+def test_the_session_honours_the_rounds_deadline_on_its_own_and_still_reads_a_late_reply(pair):
+    """The round's Deadline travels with the job to the session's socket wait: with nobody
+    closing the round, the client that has not begun to answer by then is failed at that
+    instant by its own session; its late reply is then read without a buffer and refused,
+    and the session (the client's connection) goes on."""
+    server, client = pair
+    pool = BufferPool(1)
+    session = ClientSession(NAME, server, pool)
+    job, collector, _ = fit_job(seconds=0.5)
+    session.post(job)
+    with serving(session, server, client) as served:
+        fit = client.receive(timeout=IO_TIMEOUT)
+        # Nobody calls collector.close(): the session alone notices the deadline.
+        assert collector.wait(timeout=IO_TIMEOUT, mark_missing=False)
+        assert collector.failures == {NAME: "no answer within the round's 0.5 s deadline"}
+        assert not collector.closed and not collector.answered
+        client.send(FitResult(round=fit.round, weights=weights_of(1.0), num_examples=5),
+                    timeout=IO_TIMEOUT)
+        refused = client.receive(timeout=IO_TIMEOUT)
+        assert isinstance(refused, Error) and not refused.fatal
+        assert "arrived after round 1 closed" in refused.reason
+        assert pool.peak_in_use == 0  # the late body never held a pool buffer
+        finish(session, client)
+    assert served.outcome() is None and session.finished.is_set()

@@ -187,6 +187,7 @@ class AsyncVersions:
             "participants": len(staleness), "round_seconds": now - self.version_started,
             "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "clients": sorted(set(published.clients)), "staleness": list(staleness),
+            "updates": [[client, s] for client, s in zip(published.clients, staleness)],
             "async_staleness_mean": sum(staleness) / len(staleness) if staleness else 0.0,
             "async_staleness_max": max(staleness, default=0),
             "async_updates_per_version": len(staleness),

@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from ..errors import UpdateRejected
+from ..errors import ConfigurationError, UpdateRejected
 from .async_rules import Scratch
 from .base import FitResult
 from .fedavg import FedAvg, _config
@@ -39,8 +39,13 @@ class AsyncStrategy(FedAvg):
 
     def __init__(self, *, staleness: str = "polynomial", staleness_exponent: float = 0.5,
                  hinge_a: float = 10, hinge_b: float = 4, max_staleness: int | None = None,
-                 **kwargs) -> None:
+                 evaluate_every: int = 1, **kwargs) -> None:
         check_staleness_options(staleness, staleness_exponent, hinge_a, hinge_b, max_staleness)
+        if isinstance(evaluate_every, bool) or not isinstance(evaluate_every, int) or evaluate_every < 1:
+            raise ConfigurationError(f"evaluate_every must be an integer >= 1; received "
+                                     f"{evaluate_every!r}")
+        #: Evaluate (evaluate_fn, test_data) every this many versions, and at the last one.
+        self.evaluate_every = evaluate_every
         super().__init__(**kwargs)
         self.staleness = staleness
         self.staleness_exponent = float(staleness_exponent)

@@ -59,6 +59,12 @@ class Job(FitCollector):
     def _fold(self, update) -> None:
         self.driver.fold(self, update)
 
+    def _report(self, client, result) -> None:
+        try:
+            super()._report(client, result)  # on_fit_result, the client's curves
+        finally:
+            self.driver.reported()
+
     @property
     def done(self) -> bool:
         return not self.pending
@@ -79,7 +85,13 @@ class AsyncVersions:
         self.jobs: dict[str, Job] = {}
         self.unrecorded: PublishedVersion | None = None
         self.in_version: list[tuple[str, int]] = []  # (client, staleness) folded this version
-        self.updates = Counter()  # updates folded per client, over the run
+        # Updates folded per client over the run: a resumed run goes on from its checkpoint's.
+        so_far = server.history.last("client_updates")
+        self.updates = Counter(so_far if isinstance(so_far, dict) else {})
+        # Folded updates whose callbacks (on_fit_result) have not run yet: a version is recorded
+        # only once they have, so no callback hears of an update after its version's
+        # on_round_end (as the synchronous driver waits for its round's reports).
+        self.reporting = 0
         self.version_started = time.monotonic()
         self.bytes_in = self.bytes_out = 0
 
@@ -99,6 +111,8 @@ class AsyncVersions:
                     self._say_who_is_training()
                 with self.lock:
                     if self.unrecorded is not None:
+                        while self.reporting:  # folds wait meanwhile: these are all this version's
+                            self.changed.wait(1.0)
                         self._record(self.unrecorded)
                         self.unrecorded = None
                         self.changed.notify_all()
@@ -227,6 +241,13 @@ class AsyncVersions:
             self.updates[job.client] += 1
             if self.strategy.ready():
                 self._advance()
+            self.reporting += 1  # its job reports it next (Job._report -> reported)
+
+    def reported(self) -> None:
+        """A folded update's callbacks have run."""
+        with self.lock:
+            self.reporting -= 1
+            self.changed.notify_all()
 
     def _advance(self) -> None:
         """Called with the lock held: the strategy's new global model becomes the next version."""

@@ -19,6 +19,7 @@ from statistics import mean
 
 import pytest
 
+import test_security
 from conftest import tagged
 from procs import ProcessGroup, free_port
 from test_faults import client_args, only_run_dir, server_args, wait_exit, wait_for_output
@@ -30,7 +31,8 @@ from pyfed.strategy.staleness import staleness_weight
 
 FAST, SLOW = 0.05, 0.4  # seconds each fit sleeps: a slow client is 8x slower
 OPTIONS = {"FedBuff": {"buffer_size": 2}, "FedAsync": {}}
-TOKEN = "correct horse battery staple"
+TOKEN = test_security.TOKEN
+certificate = test_security.certificate  # its module-scoped TLS fixture, found here by pytest
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,27 +429,60 @@ def test_a_client_missing_its_job_deadline_is_not_waited_for(tmp_path):
     assert_no_traceback(server)
 
 
-@pytest.mark.parametrize("codec,strategy", [("int8", "FedBuff"), ("int8", "FedAsync"),
-                                            ("fp16", "FedBuff")])
-def test_token_and_compression_in_async_mode(tmp_path, codec, strategy):
-    port, logdir = free_port(), tmp_path / "logs"
-    rounds = ROUNDS[strategy]
+def test_a_silent_client_misses_its_deadline_and_the_others_finish(tmp_path):
+    port, logdir, rounds = free_port(), tmp_path / "logs", 16
+    with ProcessGroup(tmp_path / "procs") as group:
+        start_server(group, port, logdir, "FedBuff", rounds=rounds, round_timeout=1)
+        wait_for_output(group, "server", r"^READY ", 30)
+        # It never answers, and hangs up after --timeout: until then the server, done, waits
+        # for it to take FINISH (the clients that answered have theirs at once).
+        start_evil(group, port, ["silent"], timeout=6)
+        group.role("client_1", *client_args(port, logdir, 1, slow=FAST))
+        group.role("client_2", *client_args(port, logdir, 2, slow=FAST))
+        finish_all(group, timeout=90)
+        result = tagged(group.output("server"), "RESULT")
+        assert_clients_hold_the_final_model(group, result, ["client_1", "client_2"])
+        evil = group.output("evil")
+
+    history = assert_every_version(result, rounds)
+    assert set(staleness_by_client(history)) == {"client_1", "client_2"}, history["updates"]
+    # Its job's deadline passed unanswered; it was given no other job while it owed that one.
+    assert len(tagged_lines(evil, "GOT_FIT")) == 1, evil
+
+
+@pytest.mark.parametrize("codec,strategy,tls", [("int8", "FedBuff", False),
+                                                ("int8", "FedAsync", True),
+                                                ("fp16", "FedBuff", False)])
+def test_token_tls_and_compression_in_async_mode(tmp_path, request, codec, strategy, tls):
+    port, logdir, rounds = free_port(), tmp_path / "logs", ROUNDS[strategy]
+    server_tls = client_tls = ()
+    if tls:
+        cert, key = request.getfixturevalue("certificate")
+        server_tls, client_tls = ("--ssl-certfile", cert, "--ssl-keyfile", key), ("--ssl-cafile", cert)
     token = ("--token", TOKEN)
     with ProcessGroup(tmp_path / "procs") as group:
         start_server(group, port, logdir, strategy, rounds=rounds,
-                     extra=(*token, "--compression", codec))
-        group.role("client_1", *client_args(port, logdir, 1, slow=FAST), *token)
-        group.role("client_2", *client_args(port, logdir, 2, slow=FAST), *token)
-        group.role("client_3", *client_args(port, logdir, 3, slow=0.3), *token)
+                     extra=(*token, "--compression", codec, *server_tls))
+        wait_for_output(group, "server", r"^READY ", 30)
+        group.role("intruder", *client_args(port, logdir, 3, max_retries=0), "--name", "mallory",
+                   "--token", "not the token at all", *client_tls)
+        assert wait_exit(group, "intruder", 60) != 0
+        group.role("client_1", *client_args(port, logdir, 1, slow=FAST), *token, *client_tls)
+        group.role("client_2", *client_args(port, logdir, 2, slow=FAST), *token, *client_tls)
+        group.role("client_3", *client_args(port, logdir, 3, slow=0.3), *token, *client_tls)
         codes = group.wait_all(timeout=120)
-        assert all(code == 0 for code in codes.values()), group.dump()
+        assert codes["server"] == 0 and all(codes[f"client_{i}"] == 0 for i in (1, 2, 3)), \
+            group.dump()
         result = tagged(group.output("server"), "RESULT")
         assert_clients_hold_the_final_model(group, result, ["client_1", "client_2", "client_3"])
-        server = group.output("server")
+        server, intruder = group.output("server"), group.output("intruder")
 
+    assert "AuthenticationError" in intruder, intruder[-2000:]
+    assert "authentication failed from 127.0.0.1:" in server, server[-3000:]
     history = assert_every_version(result, rounds)
+    assert "mallory" not in history["client_updates"][-1]
     # The slow client's stale, compressed updates decode against the version it trained from.
     assert history["client_updates"][-1].get("client_3", 0) >= 1, history["client_updates"]
     assert result["test"]["accuracy"] > 0.6, result["test"]
-    assert "authentication failed" not in server and " rejected: " not in server, server[-3000:]
+    assert " rejected: " not in server, server[-3000:]  # no update failed to decode
     assert_no_traceback(server)

@@ -82,6 +82,7 @@ class AsyncVersions:
         self.version = server.first_round - 1  # the current global model's version
         self.current: list = []  # its weights (what the clients decode, with compression)
         self.wire = None  # with compression: the current version's message (wire, meta)
+        self.wire_version = 0  # and the downlink's number for it (what a client then holds)
         self.jobs: dict[str, Job] = {}
         self.unrecorded: PublishedVersion | None = None
         self.in_version: list[tuple[str, int]] = []  # (client, staleness) folded this version
@@ -150,7 +151,8 @@ class AsyncVersions:
                                         server.wait_timeout, server.say, server.progress_interval)
             return
         with self.lock:
-            version, base, wire = self.version, self.current, self.wire
+            # Read together: a fold may publish the next version as soon as the lock is free.
+            version, base, wire = self.version, self.current, (self.wire, self.wire_version)
             if version >= server.rounds:
                 return
             plan = self.strategy.configure_fit(version + 1, base, sorted(idle))
@@ -166,12 +168,13 @@ class AsyncVersions:
         if server.downlink is not None:
             decode = functools.partial(compression.decode, server.codec, spec=server.spec,
                                        reference=base, meta=None)
-            current = wire
-            if wire[1]["codec"] == "int8" and session.held_version != server.downlink.version - 1:
-                current = server.downlink.full()  # it lacks the base of this version's delta
+            current, model_version = wire  # this version's, not the downlink's latest
+            if current[1]["codec"] == "int8" and session.held_version != model_version - 1:
+                # It lacks the base of this version's delta: the whole model (downlink.full()
+                # of this version, which ``base`` is).
+                current = (base, {"codec": "none"})
             weights = tuple(current[0])
             config = {**config, "compression": current[1]}
-            model_version = server.downlink.version
         job = Job(self, name, version, base, decode=decode,
                   on_history=functools.partial(server.callbacks.on_client_history, server,
                                                version + 1),
@@ -269,4 +272,5 @@ class AsyncVersions:
             self.current = list(weights)
             return
         self.wire = downlink.publish(weights)
+        self.wire_version = downlink.version
         self.current = list(downlink.model)

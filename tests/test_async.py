@@ -484,5 +484,7 @@ def test_token_tls_and_compression_in_async_mode(tmp_path, request, codec, strat
     # The slow client's stale, compressed updates decode against the version it trained from.
     assert history["client_updates"][-1].get("client_3", 0) >= 1, history["client_updates"]
     assert result["test"]["accuracy"] > 0.6, result["test"]
-    assert " rejected: " not in server, server[-3000:]  # no update failed to decode
+    # No update failed to decode: the only refusals are of results in flight as the run ended.
+    reasons = set(re.findall(r" rejected: (.*)$", server, re.MULTILINE))
+    assert reasons <= {f"training reached its last version ({rounds})"}, reasons
     assert_no_traceback(server)

@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -206,8 +207,18 @@ class SlowSoftmax:
         return Slow(64, 10)
 
 
+def wait_for_file(path, timeout: float) -> None:
+    """Until ``path`` exists (a test's go-ahead), for at most ``timeout`` seconds: a client
+    that has started (imports and data loaded) joins the moment the test says so."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def softmax_client(args) -> None:
     xs, ys, _, _ = digits_split(args.clients)
+    if args.wait_for_file:
+        wait_for_file(args.wait_for_file, args.connect_timeout)
     i = args.index
     options = security_options(args)
     if args.ssl_cafile:
@@ -272,6 +283,7 @@ def main() -> None:
     parser.add_argument("--slow", type=float, default=None, help="extra seconds per fit")
     parser.add_argument("--slow-rounds", default=None, help="comma-separated rounds to be slow in")
     parser.add_argument("--max-retries", type=int, default=5)
+    parser.add_argument("--wait-for-file", default=None, help="client: join once this exists")
     parser.add_argument("--retry-interval", type=float, default=1.0)
     parser.add_argument("--token", default=None)
     parser.add_argument("--token-file", default=None)

@@ -143,6 +143,9 @@ class AsyncVersions:
                 self.bytes_in += job.bytes_in
                 self.bytes_out += job.bytes_out
                 del self.jobs[name]
+                for client, reason in job.failures.items():  # as the sync driver says it
+                    logger.warning("version %d: %s's job (from version %d) did not contribute: "
+                                   "%s", self.version + 1, client, job.version, reason)
         idle = {name: session for name, session in server.gateway.snapshot(idle_only=True).items()
                 if name not in self.jobs}
         if not idle:

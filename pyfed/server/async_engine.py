@@ -85,6 +85,10 @@ class AsyncVersions:
         self.wire_version = 0  # and the downlink's number for it (what a client then holds)
         self.jobs: dict[str, Job] = {}
         self.unrecorded: PublishedVersion | None = None
+        # Set when run() ends, even by a stop (Ctrl-C) or an error while a version is recorded:
+        # folds waiting for that version then give up instead of waiting forever (holding
+        # their job's lock, which closing the jobs needs).
+        self.ended: str | None = None
         self.in_version: list[tuple[str, int]] = []  # (client, staleness) folded this version
         # Updates folded per client over the run: a resumed run goes on from its checkpoint's.
         so_far = server.history.last("client_updates")
@@ -124,8 +128,14 @@ class AsyncVersions:
                     if self.unrecorded is None:
                         self.changed.wait(0.05)
         finally:
+            reason = (f"training reached its last version ({server.rounds})"
+                      if self.version >= server.rounds else
+                      f"training stopped at version {self.version}")
+            with self.lock:
+                self.ended = reason
+                self.changed.notify_all()
             for job in list(self.jobs.values()):  # late results are refused, not folded
-                job.close(f"training reached its last version ({server.rounds})")
+                job.close(reason)
 
     def _say_who_is_training(self) -> None:
         training = sorted(self.jobs)
@@ -225,8 +235,10 @@ class AsyncVersions:
         UpdateRejected, before anything is folded, for an update the strategy refuses (e.g.
         staler than ``max_staleness``): its client then simply gets the current model."""
         with self.lock:
-            while self.unrecorded is not None:  # the last version is being recorded
+            while self.unrecorded is not None and self.ended is None:  # it is being recorded
                 self.changed.wait()
+            if self.ended is not None:
+                raise UpdateRejected(self.ended)
             if self.version >= self.server.rounds:
                 raise UpdateRejected(f"training reached its last version ({self.server.rounds})")
             staleness = self.version - job.version

@@ -150,6 +150,10 @@ def recording_callbacks(path):
         def on_train_end(self, server, history):
             self._note("on_train_end", history.rounds, server.completed)
 
+        def on_status(self, server, line, warning=False):
+            # A status callback may ask the gateway (it used to be called under its lock).
+            self.connected = sorted(server.gateway.snapshot())
+
     class Broken(ServerCallback):
         def on_train_begin(self, server):
             raise RuntimeError("a user's callback bug")

@@ -59,6 +59,12 @@ class Job(FitCollector):
     def _fold(self, update) -> None:
         self.driver.fold(self, update)
 
+    def _report(self, client, result) -> None:
+        try:
+            super()._report(client, result)  # on_fit_result, the client's curves
+        finally:
+            self.driver.reported()
+
     @property
     def done(self) -> bool:
         return not self.pending
@@ -76,10 +82,21 @@ class AsyncVersions:
         self.version = server.first_round - 1  # the current global model's version
         self.current: list = []  # its weights (what the clients decode, with compression)
         self.wire = None  # with compression: the current version's message (wire, meta)
+        self.wire_version = 0  # and the downlink's number for it (what a client then holds)
         self.jobs: dict[str, Job] = {}
         self.unrecorded: PublishedVersion | None = None
+        # Set when run() ends, even by a stop (Ctrl-C) or an error while a version is recorded:
+        # folds waiting for that version then give up instead of waiting forever (holding
+        # their job's lock, which closing the jobs needs).
+        self.ended: str | None = None
         self.in_version: list[tuple[str, int]] = []  # (client, staleness) folded this version
-        self.updates = Counter()  # updates folded per client, over the run
+        # Updates folded per client over the run: a resumed run goes on from its checkpoint's.
+        so_far = server.history.last("client_updates")
+        self.updates = Counter(so_far if isinstance(so_far, dict) else {})
+        # Folded updates whose callbacks (on_fit_result) have not run yet: a version is recorded
+        # only once they have, so no callback hears of an update after its version's
+        # on_round_end (as the synchronous driver waits for its round's reports).
+        self.reporting = 0
         self.version_started = time.monotonic()
         self.bytes_in = self.bytes_out = 0
 
@@ -99,6 +116,8 @@ class AsyncVersions:
                     self._say_who_is_training()
                 with self.lock:
                     if self.unrecorded is not None:
+                        while self.reporting:  # folds wait meanwhile: these are all this version's
+                            self.changed.wait(1.0)
                         self._record(self.unrecorded)
                         self.unrecorded = None
                         self.changed.notify_all()
@@ -109,8 +128,14 @@ class AsyncVersions:
                     if self.unrecorded is None:
                         self.changed.wait(0.05)
         finally:
+            reason = (f"training reached its last version ({server.rounds})"
+                      if self.version >= server.rounds else
+                      f"training stopped at version {self.version}")
+            with self.lock:
+                self.ended = reason
+                self.changed.notify_all()
             for job in list(self.jobs.values()):  # late results are refused, not folded
-                job.close(f"training reached its last version ({server.rounds})")
+                job.close(reason)
 
     def _say_who_is_training(self) -> None:
         training = sorted(self.jobs)
@@ -128,6 +153,9 @@ class AsyncVersions:
                 self.bytes_in += job.bytes_in
                 self.bytes_out += job.bytes_out
                 del self.jobs[name]
+                for client, reason in job.failures.items():  # as the sync driver says it
+                    logger.warning("version %d: %s's job (from version %d) did not contribute: "
+                                   "%s", self.version + 1, client, job.version, reason)
         idle = {name: session for name, session in server.gateway.snapshot(idle_only=True).items()
                 if name not in self.jobs}
         if not idle:
@@ -136,7 +164,8 @@ class AsyncVersions:
                                         server.wait_timeout, server.say, server.progress_interval)
             return
         with self.lock:
-            version, base, wire = self.version, self.current, self.wire
+            # Read together: a fold may publish the next version as soon as the lock is free.
+            version, base, wire = self.version, self.current, (self.wire, self.wire_version)
             if version >= server.rounds:
                 return
             plan = self.strategy.configure_fit(version + 1, base, sorted(idle))
@@ -152,12 +181,13 @@ class AsyncVersions:
         if server.downlink is not None:
             decode = functools.partial(compression.decode, server.codec, spec=server.spec,
                                        reference=base, meta=None)
-            current = wire
-            if wire[1]["codec"] == "int8" and session.held_version != server.downlink.version - 1:
-                current = server.downlink.full()  # it lacks the base of this version's delta
+            current, model_version = wire  # this version's, not the downlink's latest
+            if current[1]["codec"] == "int8" and session.held_version != model_version - 1:
+                # It lacks the base of this version's delta: the whole model (downlink.full()
+                # of this version, which ``base`` is).
+                current = (base, {"codec": "none"})
             weights = tuple(current[0])
             config = {**config, "compression": current[1]}
-            model_version = server.downlink.version
         job = Job(self, name, version, base, decode=decode,
                   on_history=functools.partial(server.callbacks.on_client_history, server,
                                                version + 1),
@@ -205,8 +235,10 @@ class AsyncVersions:
         UpdateRejected, before anything is folded, for an update the strategy refuses (e.g.
         staler than ``max_staleness``): its client then simply gets the current model."""
         with self.lock:
-            while self.unrecorded is not None:  # the last version is being recorded
+            while self.unrecorded is not None and self.ended is None:  # it is being recorded
                 self.changed.wait()
+            if self.ended is not None:
+                raise UpdateRejected(self.ended)
             if self.version >= self.server.rounds:
                 raise UpdateRejected(f"training reached its last version ({self.server.rounds})")
             staleness = self.version - job.version
@@ -227,6 +259,13 @@ class AsyncVersions:
             self.updates[job.client] += 1
             if self.strategy.ready():
                 self._advance()
+            self.reporting += 1  # its job reports it next (Job._report -> reported)
+
+    def reported(self) -> None:
+        """A folded update's callbacks have run."""
+        with self.lock:
+            self.reporting -= 1
+            self.changed.notify_all()
 
     def _advance(self) -> None:
         """Called with the lock held: the strategy's new global model becomes the next version."""
@@ -248,4 +287,5 @@ class AsyncVersions:
             self.current = list(weights)
             return
         self.wire = downlink.publish(weights)
+        self.wire_version = downlink.version
         self.current = list(downlink.model)

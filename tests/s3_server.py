@@ -33,6 +33,7 @@ import pytest
 from procs import ProcessGroup, child_env, free_port
 
 BUCKET = "pyfed-test"
+USER = "pyfed-node"  # the IAM user whose access key the fixture hands out
 REGION = "us-east-1"
 # The key moto accepts before enforcement starts; refused afterwards (it is in no IAM record).
 BOOTSTRAP_KEY = "testing"
@@ -95,11 +96,11 @@ def _create_user_and_bucket(endpoint_url: str) -> dict[str, str]:
     common = dict(endpoint_url=endpoint_url, region_name=REGION,
                   aws_access_key_id=BOOTSTRAP_KEY, aws_secret_access_key=BOOTSTRAP_KEY)
     iam = boto3.client("iam", **common)
-    iam.create_user(UserName="pyfed-node")
-    iam.put_user_policy(UserName="pyfed-node", PolicyName="everything", PolicyDocument=json.dumps(
+    iam.create_user(UserName=USER)
+    iam.put_user_policy(UserName=USER, PolicyName="everything", PolicyDocument=json.dumps(
         {"Version": "2012-10-17",
          "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-    key = iam.create_access_key(UserName="pyfed-node")["AccessKey"]
+    key = iam.create_access_key(UserName=USER)["AccessKey"]
     boto3.client("s3", **common).create_bucket(Bucket=BUCKET)
     return {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
 
@@ -115,10 +116,10 @@ def _enforce_credentials(endpoint_url: str) -> None:
 def running_s3_server(log_dir: Path, enforce_auth: bool = True):
     """Start moto_server on 127.0.0.1, yield how to reach it, always end it by its PID.
 
-    Yields ``{"endpoint_url", "bucket", "storage_options", "env", "log"}``: ``storage_options``
-    (key, secret, client_kwargs with endpoint_url and region) go straight to fsspec/s3fs;
-    ``env`` is the environment for node processes (``procs.child_env()`` plus the AWS
-    isolation)."""
+    Yields ``{"endpoint_url", "bucket", "storage_options", "user", "env", "log"}``:
+    ``storage_options`` (key, secret, client_kwargs with endpoint_url and region) go straight
+    to fsspec/s3fs; ``user`` is the IAM user owning that key; ``env`` is the environment for
+    node processes (``procs.child_env()`` plus the AWS isolation)."""
     log_dir = Path(log_dir)
     port = free_port()
     endpoint_url = f"http://127.0.0.1:{port}"
@@ -143,6 +144,7 @@ def running_s3_server(log_dir: Path, enforce_auth: bool = True):
                 **credentials,
                 "client_kwargs": {"endpoint_url": endpoint_url, "region_name": REGION},
             },
+            "user": USER,
             "env": env,
             "log": log_dir / "moto_server.log",
         }

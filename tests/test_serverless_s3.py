@@ -14,7 +14,9 @@ import pytest
 
 from procs import free_port
 from pyfed.errors import StorageError
+from pyfed.serverless import FederatedNode
 from pyfed.serverless.s3 import check_s3_folder, s3_storage_options
+from pyfed.serverless.storage import open_folder
 
 s3fs = pytest.importorskip("s3fs")
 pytest_plugins = ["s3_server"]
@@ -86,32 +88,60 @@ def test_unreachable_endpoint_fails_in_one_line_naming_the_url():
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": endpoint}}
     with pytest.raises(StorageError) as caught:
-        check_s3_folder(filesystem(options), "bucket/prefix", "s3://bucket/prefix", options)
+        FederatedNode("s3://bucket/prefix", "a", storage_options=options)
     assert str(caught.value) == (f"cannot reach S3 at {endpoint} for s3://bucket/prefix: "
                                  f"connection refused")
 
 
 @pytest.mark.parametrize("wrong", ["key", "secret"])
-def test_wrong_credentials_fail_in_one_line_naming_the_url(s3_server, wrong):
+def test_wrong_credentials_fail_in_one_line_naming_the_url(s3_server, s3_root, wrong):
     options = dict(s3_server["storage_options"], **{wrong: "not-the-right-one"})
-    url = f"s3://{s3_server['bucket']}/somewhere"
     with pytest.raises(StorageError) as caught:
-        check_s3_folder(filesystem(options), url[5:], url, options)
+        FederatedNode(f"s3://{s3_root}", "a", storage_options=options)
     code = {"key": "InvalidAccessKeyId", "secret": "SignatureDoesNotMatch"}[wrong]
     assert str(caught.value) == (f"S3 at {s3_server['endpoint_url']} refused the credentials "
-                                 f"for {url} ({code})")
+                                 f"for s3://{s3_root} ({code})")
 
 
-def test_missing_bucket_says_so(s3_server):
+def test_missing_bucket_says_so_and_is_not_created(s3_server):
     options = s3_server["storage_options"]
     with pytest.raises(StorageError) as caught:
-        check_s3_folder(filesystem(options), "no-such-bucket/prefix", "s3://no-such-bucket/prefix",
-                        options)
+        FederatedNode("s3://no-such-bucket/prefix", "a", storage_options=options)
     assert str(caught.value) == (f"S3 bucket 'no-such-bucket' does not exist at "
                                  f"{s3_server['endpoint_url']} (for s3://no-such-bucket/prefix)")
+    assert not filesystem(options).exists("no-such-bucket")
 
 
 def test_a_new_prefix_in_an_existing_bucket_is_a_new_empty_folder(s3_server, s3_root):
     options = s3_server["storage_options"]
     check_s3_folder(filesystem(options), s3_root, f"s3://{s3_root}", options)  # no error
     assert filesystem(options).find(s3_root) == []
+
+
+def test_a_key_revoked_during_the_run_fails_in_one_line_naming_the_file(s3_server, s3_root):
+    """The node's access key is deleted in IAM while its folder is open: the next request is
+    refused by the server, and the error names the file and the endpoint."""
+    import boto3
+
+    options = s3_server["storage_options"]
+    iam = boto3.client("iam", endpoint_url=s3_server["endpoint_url"], region_name="us-east-1",
+                       aws_access_key_id=options["key"], aws_secret_access_key=options["secret"])
+    key = iam.create_access_key(UserName=s3_server["user"])["AccessKey"]
+    folder = open_folder(f"s3://{s3_root}", dict(options, key=key["AccessKeyId"],
+                                                 secret=key["SecretAccessKey"]))
+    folder.put("updates/a/00000000.pyfd", b"data")
+    with pytest.raises(StorageError) as caught:
+        folder.get("updates/a/00000001.pyfd")
+    assert type(caught.value).__name__ == "FileGone"  # a peer removed it: not a failure
+
+    iam.delete_access_key(UserName=s3_server["user"], AccessKeyId=key["AccessKeyId"])
+    with pytest.raises(StorageError) as caught:
+        folder.put("updates/a/00000001.pyfd", b"data")
+    assert str(caught.value) == (f"S3 at {s3_server['endpoint_url']} refused the credentials "
+                                 f"for s3://{s3_root}/updates/a/00000001.pyfd (InvalidAccessKeyId)")
+    with pytest.raises(StorageError) as caught:
+        folder.get("updates/a/00000000.pyfd")
+    # A read starts with a HEAD, whose answer has no body to say why: just "403".
+    assert str(caught.value) == (f"S3 at {s3_server['endpoint_url']} refused access to "
+                                 f"s3://{s3_root}/updates/a/00000000.pyfd "
+                                 f"(403 Forbidden: wrong credentials or no permission)")

@@ -18,6 +18,7 @@ need the ``pyfed[s3]`` extra. botocore is imported only to classify an error it 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 from ..errors import StorageError
@@ -53,10 +54,13 @@ def s3_storage_options(storage_options: dict | None) -> dict:
 
 
 def endpoint_of(storage_options: dict | None) -> str:
-    """The endpoint the options point at, for messages: the ``endpoint_url`` (s3fs takes it
-    at the top level or in ``client_kwargs``), else AWS itself."""
+    """The endpoint requests go to, for messages: the options' ``endpoint_url`` (s3fs takes
+    it at the top level or in ``client_kwargs``), else the one botocore takes from the
+    environment (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``), else AWS itself."""
     options = storage_options or {}
     endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    if not endpoint and os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() != "true":
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     return printable(endpoint, limit=120) if endpoint else "AWS"
 
 
@@ -66,7 +70,7 @@ def check_s3_folder(fs, root: str, url: str, storage_options: dict | None) -> No
     try:
         fs.ls(root, detail=False, refresh=True)
     except FileNotFoundError as exc:
-        if "/" in root.strip("/") and _client_error_code(exc) != "NoSuchBucket":
+        if "/" in root.strip("/") and not is_missing_bucket(exc):
             return  # the bucket is there; the prefix has no files yet
         raise s3_storage_error(exc, url, storage_options) from None
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the URL
@@ -113,6 +117,9 @@ def _client_error_message(error, url: str, endpoint: str) -> str:
         return f"S3 at {endpoint} refused the credentials for {url} ({printable(code)})"
     if code in DENIED_CODES:
         return f"S3 at {endpoint} denied access to {url} ({printable(code)})"
+    if code == "403":  # an answer without a body (HEAD): S3 does not say which
+        return (f"S3 at {endpoint} refused access to {url} "
+                f"(403 Forbidden: wrong credentials or no permission)")
     if code == "NoSuchBucket":
         bucket = (details.get("Error") or {}).get("BucketName") or _bucket_of(url)
         return f"S3 bucket '{printable(bucket, limit=70)}' does not exist at {endpoint} (for {url})"
@@ -157,12 +164,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _client_error_code(exc: BaseException) -> str:
+def is_missing_bucket(exc: BaseException) -> bool:
+    """Whether S3 said the bucket does not exist (s3fs raises FileNotFoundError for that and
+    for a missing key alike; botocore's error, kept as the cause, tells them apart)."""
     for error in _chain(exc):
         details = getattr(error, "response", None)
         if isinstance(details, dict):
-            return str((details.get("Error") or {}).get("Code") or "")
-    return ""
+            return (details.get("Error") or {}).get("Code") == "NoSuchBucket"
+    return False
 
 
 def _bucket_of(url: str) -> str:

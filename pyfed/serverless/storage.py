@@ -22,6 +22,7 @@ import secrets
 
 from ..errors import ConfigurationError, StorageError
 from ..safe_text import printable
+from .s3 import check_s3_folder, is_missing_bucket, s3_error_message, s3_storage_options
 
 __all__ = ["FileGone", "Folder", "open_folder"]
 
@@ -37,12 +38,14 @@ class FileGone(StorageError):
 class Folder:
     """Files under one root, named by '/'-separated paths relative to it."""
 
-    def __init__(self, fs, root: str, url: str, endpoint: str | None = None):
+    def __init__(self, fs, root: str, url: str, endpoint: str | None = None,
+                 s3_options: dict | None = None):
         self.fs = fs
         self.root = root.rstrip("/")
         self.url = url
         self.endpoint = endpoint
         self.local = "file" in _protocols(fs)
+        self.s3_options = s3_options  # set for s3:// folders: their errors are said by .s3
 
     def __repr__(self) -> str:
         return f"Folder({self.url!r})"
@@ -107,6 +110,8 @@ class Folder:
         try:
             yield
         except FileNotFoundError as exc:
+            if self.s3_options is not None and is_missing_bucket(exc):
+                raise StorageError(self._message(action, path, exc)) from None
             raise FileGone(self._message(action, path, exc)) from None
         except StorageError:
             raise
@@ -116,6 +121,8 @@ class Folder:
             raise
 
     def _message(self, action: str, path: str, exc: BaseException) -> str:
+        if self.s3_options is not None:
+            return s3_error_message(exc, self.where(path), self.s3_options)
         at = f" (endpoint {self.endpoint})" if self.endpoint else ""
         reason = str(exc).strip() or type(exc).__name__
         return (f"cannot {action} {self.where(path)}{at}: {type(exc).__name__}: "
@@ -123,7 +130,7 @@ class Folder:
 
 
 def open_folder(folder: str | os.PathLike, storage_options: dict | None = None) -> Folder:
-    """The shared folder ``folder`` (created when missing; for ``s3://``, the bucket too),
+    """The shared folder ``folder`` (created when missing; an ``s3://`` bucket must exist),
     checked to be reachable. Raises :class:`StorageError` in one line naming the URL (and the
     endpoint, when ``storage_options`` names one) when it is not, and
     :class:`ConfigurationError` for an ``s3://`` URL without s3fs installed."""
@@ -134,8 +141,11 @@ def open_folder(folder: str | os.PathLike, storage_options: dict | None = None) 
     if "://" not in url:
         url = os.path.abspath(os.path.expanduser(url))
     scheme = url.split("://", 1)[0] if "://" in url else "file"
-    if scheme in ("s3", "s3a") and importlib.util.find_spec("s3fs") is None:
+    s3 = scheme in ("s3", "s3a")
+    if s3 and importlib.util.find_spec("s3fs") is None:
         raise ConfigurationError(f"{url} needs s3fs: pip install 'pyfed[s3]'")
+    if s3:  # bounded timeouts and retries: an unreachable endpoint fails in seconds
+        options = s3_storage_options(options)
     endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url")
     import fsspec.core  # here, so that importing pyfed.serverless stays light
 
@@ -148,7 +158,10 @@ def open_folder(folder: str | os.PathLike, storage_options: dict | None = None) 
             raise StorageError(f"cannot open folder {printable(url, 200)}: "
                                f"{type(exc).__name__}: {printable(exc, 300)}") from None
         raise
-    result = Folder(fs, root, url, endpoint)
+    result = Folder(fs, root, url, endpoint, options if s3 else None)
+    if s3:  # S3 has no folders to make, and a missing bucket is an error, not created
+        check_s3_folder(fs, result.root, url, options)
+        return result
     with result._errors("open", ""):
         fs.makedirs(result.root, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):  # an empty S3 prefix does not "exist"

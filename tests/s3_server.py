@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -161,4 +162,5 @@ def s3_server(tmp_path_factory):
 def s3_root(s3_server, request) -> str:
     """A fresh ``bucket/prefix`` per test (tests sharing one server never see each other's
     files); the folder URL is ``"s3://" + s3_root``."""
-    return f"{s3_server['bucket']}/{request.node.name}-{os.getpid()}-{time.monotonic_ns()}"
+    label = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:80]  # no glob characters
+    return f"{s3_server['bucket']}/{label}-{os.getpid()}-{time.monotonic_ns()}"

@@ -1,25 +1,40 @@
 """Serverless federation through real S3: a moto_server process on 127.0.0.1, reached by s3fs
 over HTTP exactly as AWS would be, with IAM credentials enforced by the server (s3_server.py).
 
-First the raw path PyFed relies on (a PUT is one atomic object, a listing sees new objects),
-then the faults: an unreachable endpoint, refused credentials and a missing bucket each fail
-in one line naming the URL and the endpoint.
+First the raw path PyFed relies on (a PUT is one atomic object, a listing sees new objects);
+then two node processes (tests/node_roles.py: numpy, no TensorFlow) federating through
+``s3://bucket/prefix`` in async and in sync mode; then the faults: an unreachable endpoint,
+refused credentials and a missing bucket each fail in one line naming the URL and the endpoint,
+in this process (storage_options) and in node processes (the standard AWS variables).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from procs import free_port
+from procs import ProcessGroup, free_port
 from pyfed.errors import StorageError
 from pyfed.serverless import FederatedNode
 from pyfed.serverless.s3 import check_s3_folder, s3_storage_options
+from pyfed.serverless.frames import decode_update, parse_update_path
 from pyfed.serverless.storage import open_folder
+from pyfed.models import SoftmaxRegression
+from pyfed.wire.spec import spec_hash, spec_of_arrays
 
 s3fs = pytest.importorskip("s3fs")
 pytest_plugins = ["s3_server"]
+
+
+NODE_ROLES = Path(__file__).with_name("node_roles.py")
+REPO = Path(__file__).resolve().parents[1]  # the node processes import this tree's pyfed
+EPOCHS = 8
 
 
 def filesystem(storage_options: dict):
@@ -145,3 +160,84 @@ def test_a_key_revoked_during_the_run_fails_in_one_line_naming_the_file(s3_serve
     assert str(caught.value) == (f"S3 at {s3_server['endpoint_url']} refused access to "
                                  f"s3://{s3_root}/updates/a/00000000.pyfd "
                                  f"(403 Forbidden: wrong credentials or no permission)")
+
+
+def node_env(s3_server, **changes) -> dict:
+    """A node process's environment: credentials and endpoint the standard AWS way (as on a
+    machine configured for AWS), nothing of this machine's AWS set-up."""
+    options = s3_server["storage_options"]
+    env = dict(s3_server["env"], AWS_ACCESS_KEY_ID=options["key"],
+               AWS_SECRET_ACCESS_KEY=options["secret"],
+               AWS_ENDPOINT_URL=s3_server["endpoint_url"],
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.update(changes)
+    return env
+
+
+def start_node(group: ProcessGroup, name: str, folder: str, env: dict, *args) -> None:
+    group.start(name, [sys.executable, NODE_ROLES, "--folder", folder, "--name", name,
+                       *map(str, args)], env=env)
+
+
+def result_of(output: str) -> dict:
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert lines, output[-3000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_two_node_processes_federate_through_s3(s3_server, s3_root, tmp_path, mode):
+    """Digits 0-4 on one node, 5-9 on the other: alone each stays near 0.5 on all ten classes
+    (tests/test_serverless.py), federated through S3 each goes well above."""
+    # Async nodes never wait for each other: a pause after each epoch (a numpy epoch takes
+    # milliseconds, a real one seconds) keeps the two runs overlapping despite their start-up.
+    pause = 0.5 if mode == "async" else 0.0
+    with ProcessGroup(tmp_path) as group:
+        for name, labels in (("a", "0-4"), ("b", "5-9")):
+            start_node(group, name, f"s3://{s3_root}", node_env(s3_server), "--labels", labels,
+                       "--mode", mode, "--num-nodes", 2, "--epochs", EPOCHS, "--timeout", 60,
+                       "--sleep", pause)
+        codes = group.wait_all(timeout=180)
+        assert codes == {"a": 0, "b": 0}, group.dump()
+        results = {name: result_of(group.output(name)) for name in ("a", "b")}
+    assert all(result["accuracy"] > 0.80 for result in results.values()), results
+
+    # What the folder holds: each node's last updates, each one PyFed frame (no pickle).
+    fs = filesystem(s3_server["storage_options"])
+    stored = sorted(fs.find(f"{s3_root}/updates"))
+    parsed = [parse_update_path(path[len(s3_root) + 1:]) for path in stored]
+    assert stored and all(parsed), stored
+    assert {node for node, _, _ in parsed} == {"a", "b"}
+    spec = spec_of_arrays(SoftmaxRegression(64, 10).get_weights())
+    update = decode_update(fs.cat_file(stored[-1]), spec, spec_hash(spec))
+    assert (update.node, update.epoch) == parsed[-1][:2]
+    assert update.epoch == EPOCHS - 1 and update.num_examples > 0
+    assert [w.shape for w in update.weights] == [(64, 10), (10,)]
+    assert all(np.isfinite(w).all() for w in update.weights)
+
+
+def test_node_processes_fail_in_one_line_naming_the_url(s3_server, tmp_path):
+    """Each fault ends the node (status 2) within a bounded time, saying what is wrong in one
+    line that names the folder's URL and the endpoint; no traceback. (A wrong key id, as
+    opposed to a wrong secret, is tested in this process above.)"""
+    endpoint, bucket = s3_server["endpoint_url"], s3_server["bucket"]
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cases = {
+        "unreachable": (f"s3://{bucket}/f", node_env(s3_server, AWS_ENDPOINT_URL=nowhere),
+                        f"cannot reach S3 at {nowhere} for s3://{bucket}/f: connection refused"),
+        "wrong-secret": (f"s3://{bucket}/f", node_env(s3_server, AWS_SECRET_ACCESS_KEY="wrong"),
+                         f"S3 at {endpoint} refused the credentials for s3://{bucket}/f "
+                         f"(SignatureDoesNotMatch)"),
+        "no-bucket": ("s3://no-such-bucket/f", node_env(s3_server),
+                      f"S3 bucket 'no-such-bucket' does not exist at {endpoint} "
+                      f"(for s3://no-such-bucket/f)"),
+    }
+    with ProcessGroup(tmp_path) as group:
+        for name, (folder, env, _) in cases.items():
+            start_node(group, name, folder, env, "--mode", "async", "--epochs", 1)
+        codes = group.wait_all(timeout=90)  # generous: each fails in a few seconds
+        outputs = {name: group.output(name) for name in cases}
+    for name, (_, _, expected) in cases.items():
+        assert codes[name] == 2, outputs[name]
+        assert f"node {name}: error: {expected}" in outputs[name].splitlines(), outputs[name]
+        assert "Traceback" not in outputs[name], outputs[name]

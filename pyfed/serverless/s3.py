@@ -1,10 +1,11 @@
 """What is specific to S3 folders: bounded waiting, and botocore's errors said in one line.
 
-``storage.py`` opens every folder through fsspec; for ``s3://`` it uses these three functions:
+``storage.py`` opens every folder through fsspec; for ``s3://`` it uses these:
 
-- :func:`s3_storage_options` adds bounded timeouts and retries to the caller's options, so an
-  unreachable endpoint fails in seconds. botocore's defaults (60 s to connect, legacy retries)
-  times s3fs's own 5 retries would keep a node waiting for minutes before saying anything.
+- :func:`s3_storage_options` adds bounded timeouts and retries to the caller's options, and
+  :func:`bound_retries` bounds s3fs's own, so an unreachable endpoint fails in seconds.
+  botocore's defaults (60 s to connect and to read, 5 legacy attempts) times s3fs's 5 retries
+  would keep a node waiting for minutes before saying anything.
 - :func:`check_s3_folder` asks S3 once, when the folder is opened, whether the endpoint answers,
   the credentials are accepted and the bucket exists, so a node fails before training.
 - :func:`s3_storage_error` turns whatever botocore, aiohttp or s3fs raised into a
@@ -25,12 +26,18 @@ from ..errors import StorageError
 from ..safe_text import printable
 
 # Timeouts in seconds. Connecting to a live endpoint takes milliseconds; 5 s leaves room for a
-# slow network. A node waits at most read_timeout for one answer (uploads are not counted).
+# slow network. A node waits at most read_timeout for one answer (sending an upload is not
+# counted, only the wait for S3's reply).
 CONNECT_TIMEOUT = 5
-READ_TIMEOUT = 20
+READ_TIMEOUT = 10
 # AWS's standard retry mode (backoff with jitter on throttling, 5xx and connection errors),
 # 3 attempts in all: what AWS SDKs do by default, bounded.
 RETRIES = {"total_max_attempts": 3, "mode": "standard"}
+# s3fs retries read timeouts and dropped connections itself, 5 times, around botocore's
+# attempts: 2 keep a transient error retried without multiplying the wait for a hung server.
+# Worst cases: refused in about a second, no answer to connect in 3 x 5 s, a server that
+# accepts and never answers in 2 x 3 x 10 s.
+S3FS_RETRIES = 2
 
 # S3 error codes that mean "these credentials are wrong", as opposed to "not allowed".
 CREDENTIAL_CODES = frozenset({
@@ -51,6 +58,12 @@ def s3_storage_options(storage_options: dict | None) -> dict:
     config.update(options.get("config_kwargs") or {})
     options["config_kwargs"] = config
     return options
+
+
+def bound_retries(fs) -> None:
+    """At most S3FS_RETRIES retries by s3fs itself (its ``retries`` attribute, 5 by default,
+    has no constructor argument)."""
+    fs.retries = min(getattr(fs, "retries", S3FS_RETRIES), S3FS_RETRIES)
 
 
 def endpoint_of(storage_options: dict | None) -> str:

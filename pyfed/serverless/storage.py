@@ -22,7 +22,8 @@ import secrets
 
 from ..errors import ConfigurationError, StorageError
 from ..safe_text import printable
-from .s3 import check_s3_folder, is_missing_bucket, s3_error_message, s3_storage_options
+from .s3 import (bound_retries, check_s3_folder, is_missing_bucket, s3_error_message,
+                 s3_storage_options)
 
 __all__ = ["FileGone", "Folder", "open_folder"]
 
@@ -164,6 +165,7 @@ def open_folder(folder: str | os.PathLike, storage_options: dict | None = None) 
         raise
     result = Folder(fs, root, url, endpoint, options if s3 else None)
     if s3:  # S3 has no folders to make, and a missing bucket is an error, not created
+        bound_retries(fs)
         check_s3_folder(fs, result.root, url, options)
         return result
     with result._errors("open", ""):

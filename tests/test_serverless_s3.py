@@ -21,11 +21,11 @@ import pytest
 
 from procs import ProcessGroup, free_port
 from pyfed.errors import StorageError
-from pyfed.serverless import FederatedNode
-from pyfed.serverless.s3 import check_s3_folder, s3_storage_options
-from pyfed.serverless.frames import decode_update, parse_update_path
-from pyfed.serverless.storage import open_folder
 from pyfed.models import SoftmaxRegression
+from pyfed.serverless import FederatedNode
+from pyfed.serverless.frames import decode_update, parse_update_path
+from pyfed.serverless.s3 import check_s3_folder, s3_storage_options
+from pyfed.serverless.storage import open_folder
 from pyfed.wire.spec import spec_hash, spec_of_arrays
 
 s3fs = pytest.importorskip("s3fs")

@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks --clients 3 10 --rounds 5 --json bench.json
     .venv/bin/python -m benchmarks --memory-clients 3 10 50   # server memory vs clients
     .venv/bin/python -m benchmarks --scale 1000               # 1,000 concurrent clients
+    .venv/bin/python -m benchmarks --async-race               # sync vs FedAsync vs FedBuff
     .venv/bin/python -m benchmarks --quick                    # smoke run of every section
 
 (from the repository's root; ``scripts/bench.py`` takes the same arguments.)
@@ -32,7 +33,7 @@ the ratio of the medians. Also reported: CPU time and minor page faults per roun
 baseline (VmHWM minus the VmRSS it read from /proc/self/status before any client connected, with
 VmHWM reset there), and a numpy-only client's start-up time.
 
-Two more sections run when asked (then the overhead section above runs only if ``--clients`` is
+Three more sections run when asked (then the overhead section above runs only if ``--clients`` is
 given too):
 
 * ``--memory-clients N ...``: the server's peak RSS above its idle baseline on the README model
@@ -49,6 +50,12 @@ given too):
   memory and its cost per connection, the CPU that N idle connections burn (``--scale-idle``
   seconds), the accept loop's Thread.start time, and the kernel's listen-queue overflows.
   ``--py-spy PATH`` records the server with py-spy (50 Hz, raw stacks) and prints its top frames.
+
+* ``--async-race``: sync FedAvg against FedAsync and FedBuff on digits with 5 client
+  processes, one of them 4x slower (``async_race``, children in ``async_roles``): the wall time
+  until the test accuracy first reaches a target (0.88 with SoftmaxRegression, 0.93 with the
+  Keras MLP: ``--async-model keras``), the accuracy at a fixed wall-clock budget, and the
+  server's peak memory.
 
 ``--pool-size`` sets the server's ``buffer_pool_size`` in every section; ``--quick`` is a smoke
 run of all three sections in about a minute (not for comparisons). Child environment variables

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import benchmarks
+from benchmarks import async_race
 from benchmarks.fleet import run_thread_clients
 from benchmarks.memory import MEMORY_TARGET, analyse_memory, print_memory_report
 from benchmarks.model import LAYERS, SCALE_SHAPES, model_params, model_shapes
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="smoke run (~1-2 min): --clients 2 --rounds 5 --startup-reps 2 "
                              "--memory-clients 3 --memory-rounds 2 --scale 100; numbers are "
                              "not for comparison")
+    async_race.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.clients = args.clients or [2]
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         args.scale_processes = min(args.scale_processes, 2)
         args.scale_idle = min(args.scale_idle, 0.5)
     if args.clients is None:
-        args.clients = [] if (args.memory_clients or args.scale) else [3]
+        args.clients = [] if (args.memory_clients or args.scale or args.async_race) else [3]
     if args.rounds < 5:
         parser.error(f"--rounds must be at least 5; received {args.rounds}")
     if any(n < 1 or n > 64 for n in args.clients):
@@ -89,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1; received "
                          f"{getattr(args, name)}")
+    if args.async_race and not (1 <= args.async_repeats <= 20 and 2 <= args.async_clients <= 20
+                                and args.async_sleep >= 0 and args.async_epochs >= 1):
+        parser.error("--async-repeats must be 1-20, --async-clients 2-20, --async-sleep >= 0 "
+                     "and --async-epochs >= 1")
     if args.py_spy and not os.access(args.py_spy, os.X_OK):
         parser.error(f"--py-spy must be an executable; received {args.py_spy}")
 
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                "rounds": args.rounds, "warmup_rounds": 1, "cpus": os.cpu_count(),
                "python": sys.version.split()[0], "numpy": np.__version__,
                "load_average_start": os.getloadavg()[0], "pool_size": args.pool_size,
-               "runs": [], "memory": [], "scale": []}
+               "runs": [], "memory": [], "scale": [], "async_race": None}
     with tempfile.TemporaryDirectory(prefix="pyfed-bench-") as tmp:
         workdir = Path(tmp)
         for num_clients in args.clients:
@@ -126,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                                      pool_size=args.pool_size, idle_seconds=args.scale_idle,
                                      py_spy=args.py_spy)
             results["scale"].append(analyse_scale(run))
+        if args.async_race:
+            race = async_race.run_race(async_race.settings_from(args), workdir)
+            results["async_race"] = async_race.analyse_race(race)
     results["load_average_end"] = os.getloadavg()[0]
     if args.clients:
         print_report(results)
@@ -133,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         print_memory_report(results["memory"], model_bytes, args.per_process, MEMORY_TARGET)
     if results["scale"]:
         print_scale_report(results["scale"])
+    if results["async_race"]:
+        async_race.print_race_report(results["async_race"])
     if args.quick:
         print("(--quick: a smoke run with few rounds and clients; its numbers are not for "
               "comparisons)")
@@ -144,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     failed = any(r["problems"] for r in results["runs"] + results["memory"] + results["scale"])
     missed = (any(not r["meets_target"] for r in results["runs"])
+              or bool(results["async_race"] and results["async_race"]["meets_target"] is False)
               or bool(results["memory"] and results["memory"][-1]["x_model"] >= MEMORY_TARGET))
     return 2 if failed else (1 if args.check and missed else 0)
 

@@ -13,6 +13,8 @@ ROLES = {
     "floor_client": ("benchmarks.floor", "floor_client"),
     "scale_server": ("benchmarks.fleet_roles", "scale_server"),
     "thread_clients": ("benchmarks.fleet_roles", "thread_clients"),
+    "async_server": ("benchmarks.async_roles", "async_server"),
+    "async_client": ("benchmarks.async_roles", "async_client"),
 }
 
 

@@ -10,7 +10,8 @@ Roles:
   one ``REJECTED {json}`` line per ERROR the server sends back, ``CLOSED {json}`` when the
   server hangs up, ``FINISHED {json}`` on FINISH. Modes in ``FIELD_MODES`` send a valid update
   with one crafted header field; ``eval-*`` modes train honestly and answer EVALUATE with a
-  crafted result.
+  crafted result; ``wrong-round`` / ``old-round`` answer for the FIT's round + 7 / - 1;
+  ``twice`` sends a valid result twice for one FIT.
 - ``evil-server``: a hostile server for one client, by hand too. It welcomes the client to a
   SoftmaxRegression(64, 10) run (so the client needs no TensorFlow), then attacks by
   ``--mode``: ``traversal`` / ``abs-path`` (``--run-name`` is a path), ``bad-weights``
@@ -327,6 +328,11 @@ def crafted_result(mode: str, fit, huge_examples: int) -> bytes:
         num_examples = huge_examples
     elif mode == "wrong-round":
         result_round = fit.round + 7
+    elif mode == "old-round":  # the round before the FIT's: for round 1, round 0 never existed
+        result_round = fit.round - 1
+    elif mode == "twice":  # a valid result, sent twice for the one FIT
+        return 2 * protocol.encode_bytes(FitResult(round=result_round, weights=tuple(weights),
+                                                   num_examples=num_examples))
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return protocol.encode_bytes(FitResult(round=result_round, weights=tuple(weights),

@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -149,6 +150,10 @@ def recording_callbacks(path):
         def on_train_end(self, server, history):
             self._note("on_train_end", history.rounds, server.completed)
 
+        def on_status(self, server, line, warning=False):
+            # A status callback may ask the gateway (it used to be called under its lock).
+            self.connected = sorted(server.gateway.snapshot())
+
     class Broken(ServerCallback):
         def on_train_begin(self, server):
             raise RuntimeError("a user's callback bug")
@@ -206,8 +211,18 @@ class SlowSoftmax:
         return Slow(64, 10)
 
 
+def wait_for_file(path, timeout: float) -> None:
+    """Until ``path`` exists (a test's go-ahead), for at most ``timeout`` seconds: a client
+    that has started (imports and data loaded) joins the moment the test says so."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def softmax_client(args) -> None:
     xs, ys, _, _ = digits_split(args.clients)
+    if args.wait_for_file:
+        wait_for_file(args.wait_for_file, args.connect_timeout)
     i = args.index
     options = security_options(args)
     if args.ssl_cafile:
@@ -272,6 +287,7 @@ def main() -> None:
     parser.add_argument("--slow", type=float, default=None, help="extra seconds per fit")
     parser.add_argument("--slow-rounds", default=None, help="comma-separated rounds to be slow in")
     parser.add_argument("--max-retries", type=int, default=5)
+    parser.add_argument("--wait-for-file", default=None, help="client: join once this exists")
     parser.add_argument("--retry-interval", type=float, default=1.0)
     parser.add_argument("--token", default=None)
     parser.add_argument("--token-file", default=None)

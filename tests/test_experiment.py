@@ -189,3 +189,23 @@ def test_tensorflow_start_up_is_quiet_unless_the_user_set_the_level(tmp_path):
     levels = loss_levels(out)
     assert len(levels) == 3 and set().union(*levels.values()) == {"0"}, levels
     assert TF_NOISE.search(err), err  # TensorFlow's own lines, as the user asked
+
+
+def test_an_experiment_runs_an_asynchronous_strategy_as_it_is(tmp_path):
+    """FL_Experiment needs no change for FedBuff: the strategy goes to the server process, the
+    clients train as always, and rounds count versions."""
+    from pyfed.models import SoftmaxRegression
+    from pyfed.strategy import FedBuff
+
+    clients_x, clients_y, test_x, test_y = digits_parts(3)
+    experiment = FL_Experiment(3, clients_x, clients_y, test_x, test_y, port=0,
+                               logdir=tmp_path / "logs", verbose=0, timeout=240,
+                               strategy=FedBuff(buffer_size=2))
+    model, history = experiment.run(SoftmaxRegression(64, 10), rounds=6, epochs=2,
+                                    batch_size=32, lr=0.5)
+    assert history.rounds == [1, 2, 3, 4, 5, 6]
+    assert history.history["participants"] == [2] * 6  # buffer_size updates per version
+    assert all(len(pairs) == 2 for pairs in history.history["updates"])
+    assert sum(history.history["client_updates"][-1].values()) == 12
+    assert experiment.test_results["accuracy"] > 0.8
+    assert multiprocessing.active_children() == []

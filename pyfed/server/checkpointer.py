@@ -26,7 +26,8 @@ class Checkpointer(ServerCallback):
         self.saved_round = server.first_round - 1  # a resumed run's checkpoint is on disk
 
     def on_round_end(self, server, server_round: int, logs: dict) -> None:
-        server.stage = f"during round {server_round}, while saving its checkpoint"
+        unit = _unit(server)
+        stage, server.stage = server.stage, f"during {unit} {server_round}, while saving its checkpoint"
         strategy = server.strategy
         checkpoint = Checkpoint(
             server_round=server_round, weights=server.adapter.get_weights(),
@@ -37,19 +38,27 @@ class Checkpointer(ServerCallback):
             try:
                 save_checkpoint(self.directory, checkpoint)
             except OSError as exc:
-                server.warn(f"checkpoint for round {server_round} was not written to "
+                server.warn(f"checkpoint for {unit} {server_round} was not written to "
                             f"{self.directory / CHECKPOINT_FILE}: {exc.strerror or exc}; the run "
-                            "goes on and the next round tries again")
-                return
-            self.saved_round = server_round
+                            f"goes on and the next {unit} tries again")
+            else:
+                self.saved_round = server_round
+        # Not reached when a stop signal held during the write is raised: its message then
+        # names the write.
+        server.stage = stage
 
     def resume_hint(self, server) -> str:
         """The end of the stop message: what is saved, and how to continue."""
-        done = self.saved_round
+        done, unit = self.saved_round, _unit(server)
         if not done:
             if server.history.rounds:
                 return "no checkpoint could be written, so there is none to resume from"
-            return "no round had completed, so there is no checkpoint"
-        rounds = "round 1 is" if done == 1 else f"rounds 1-{done} are"
+            return f"no {unit} had completed, so there is no checkpoint"
+        rounds = f"{unit} 1 is" if done == 1 else f"{unit}s 1-{done} are"
         return (f"{rounds} saved in {self.directory}; restart with resume=True (--resume) to "
                 "continue")
+
+
+def _unit(server) -> str:
+    """What a run counts: rounds, or (asynchronous strategies) versions of the global model."""
+    return "version" if getattr(server.strategy, "asynchronous", False) else "round"

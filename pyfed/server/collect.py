@@ -208,8 +208,9 @@ class FitCollector(Collector):
 
     def __init__(self, server_round: int, expected: set[str], strategy: Strategy,
                  spec: list[TensorSpec], max_examples: int, on_history=None, decode=None,
-                 on_fit_result=None):
+                 on_fit_result=None, base=None):
         super().__init__(server_round, expected)
+        self.base = base  # the global weights the clients were sent (FitResult.base)
         self.strategy = strategy
         self.spec = spec
         self.max_examples = max_examples
@@ -242,7 +243,8 @@ class FitCollector(Collector):
                 except ProtocolError as exc:
                     raise UpdateRejected(f"cannot decompress: {exc}") from None
             validate_update(weights, self.spec, result.num_examples, self.max_examples, scan)
-            update = FitResult(client, tuple(weights), result.num_examples, dict(result.metrics))
+            update = FitResult(client, tuple(weights), result.num_examples, dict(result.metrics),
+                               base=self.base)
             screen = getattr(self.strategy, "screen", None)
             if screen is not None:
                 update = screen(update)
@@ -259,11 +261,8 @@ class FitCollector(Collector):
                 self.failures[client] = f"update rejected: {problem}"
                 self._cond.notify_all()
                 raise problem
-            # The last answer expected: the strategy may finish as it folds (FedAvg's mean).
-            last = self._outstanding() == 1  # _check_expected: this client is outstanding
-            fold = getattr(self.strategy, "add_last", self.strategy.add) if last else self.strategy.add
             try:
-                fold(update)
+                self._fold(update)
             except UpdateRejected as exc:  # refused before anything was folded (the contract)
                 self.failures[client] = f"update rejected: {exc}"
                 self._cond.notify_all()
@@ -281,6 +280,13 @@ class FitCollector(Collector):
             with self._cond:
                 self._reporting -= 1
                 self._cond.notify_all()
+
+    def _fold(self, update: FitResult) -> None:
+        """Called with the lock held, for an expected client's checked update."""
+        # The last answer expected: the strategy may finish as it folds (FedAvg's mean).
+        last = self._outstanding() == 1  # _check_expected: this client is outstanding
+        fold = getattr(self.strategy, "add_last", self.strategy.add) if last else self.strategy.add
+        fold(update)
 
     def _report(self, client: str, result: messages.FitResult) -> None:
         """The callbacks for a counted result; a failing one costs a curve, never the update."""

@@ -12,8 +12,8 @@
    progress line are callbacks.
 
 A round that ends with too few usable updates runs again with the same number and global
-model, up to ``round_retries`` times. A driver for asynchronous strategies plugs in beside
-this one: the server asks ``strategy.make_driver(server)`` when the strategy has it.
+model, up to ``round_retries`` times. Asynchronous strategies (``strategy.asynchronous``) get
+the other driver, :class:`~pyfed.server.async_engine.AsyncVersions`.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from .announce import announce, welcome
 from .builtins import with_builtins
 from .checkpoint import remove_orphaned_temporaries
 from .checkpointer import Checkpointer
+from .async_engine import AsyncVersions
 from .engine import SyncRounds
 from .evaluation import test_global_model
 from .gateway import Gateway
@@ -189,8 +190,8 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
                                       self.wait_timeout, self.say, self.progress_interval)
                 connected = sorted(self.gateway.snapshot())
                 self.say(f"{len(connected)} clients connected: {', '.join(connected)}")
-                make_driver = getattr(self.strategy, "make_driver", None)
-                (make_driver(self) if make_driver is not None else SyncRounds(self)).run()
+                asynchronous = getattr(self.strategy, "asynchronous", False)
+                (AsyncVersions(self) if asynchronous else SyncRounds(self)).run()
                 self.stage = "after the last round, while saving the final model"
                 ending.complete(self)
                 self.completed = True

@@ -209,6 +209,7 @@ class Gateway(AcceptLoop, ServerHandshake):
         """Until ``count`` clients are connected (at most ``timeout`` s). Says who is there and
         how many are missing when that changes, and again every ``interval`` s meanwhile."""
         shown = [-1]  # the count last announced
+        lines: list[str] = []  # said outside the lock: a status callback may ask the gateway
 
         def enough() -> bool:  # called with the lock held
             if len(self.sessions) >= count:
@@ -217,12 +218,24 @@ class Gateway(AcceptLoop, ServerHandshake):
                 say_who_is_here()
             return False
 
-        def say_who_is_here() -> None:
+        def say_who_is_here() -> None:  # called with the lock held
             shown[0] = len(self.sessions)
-            announce(waiting_line(sorted(self.sessions), count))
+            lines.append(waiting_line(sorted(self.sessions), count))
+
+        def sleep(seconds: float) -> None:  # called with the lock held
+            if not lines:
+                self.changed.wait(seconds)
+                return
+            said, lines[:] = list(lines), []
+            self.changed.release()
+            try:
+                for line in said:
+                    announce(line)
+            finally:
+                self.changed.acquire()  # then look again at once: a join may have come meanwhile
 
         with self.changed:  # a join or a drop notifies: the wait wakes at once
-            if not wait_until(enough, Deadline(timeout), sleep=self.changed.wait, poll=1.0,
+            if not wait_until(enough, Deadline(timeout), sleep=sleep, poll=1.0,
                               every=interval, tick=say_who_is_here):
                 raise PyFedError(
                     f"only {len(self.sessions)} of {count} clients connected within "

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .async_rules import fedasync_mix, fedbuff_accumulate, fedbuff_step
 from .chunks import CHUNK_ELEMENTS, windows
 from .robust_aggregate import (krum_scores, krum_select, median, pairwise_sq_distances,
                                trimmed_mean)
@@ -27,9 +28,10 @@ from .server_optimizers import (fedadagrad_update, fedadam_update, fedavgm_updat
 from .weighted_sum import RecycledBlocks, Update, WeightedSum, cast_to
 
 # Re-exported: strategies and tests import the math from here (the streaming sum, the robust
-# functions and the server optimizers live in modules of their own).
+# functions, the server optimizers and the async update rules live in modules of their own).
 __all__ = ["CHUNK_ELEMENTS", "RecycledBlocks", "Update", "WeightedSum", "cast_to", "clip_delta",
-           "common_metrics", "fedadagrad_update", "fedadam_update", "fedavgm_update",
+           "common_metrics", "fedadagrad_update", "fedadam_update", "fedasync_mix",
+           "fedavgm_update", "fedbuff_accumulate", "fedbuff_step",
            "fedyogi_update", "krum_scores", "krum_select", "median", "pairwise_sq_distances",
            "trimmed_mean", "update_norm", "weighted_average", "weighted_loss", "weighted_metrics"]
 

@@ -41,6 +41,11 @@ class FitResult:
     #: The L2 norm of ``weights`` minus the round's global weights (floating-point tensors),
     #: once :meth:`Strategy.screen` has measured it; None: not measured.
     delta_norm: float | None = None
+    #: Asynchronous rounds only (the driver sets both): the current global version minus the
+    #: version the client trained from, and that version's global weights (the arrays sent in
+    #: its FIT; None: the round's own global weights).
+    staleness: int = 0
+    base: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ class Strategy(ABC):
     #: FedAvg and every strategy built on it take both as keyword arguments.
     max_update_norm: float | None = None
     update_norm_action: str = "clip"
+    #: True: the server runs its asynchronous driver (global versions, every free client
+    #: busy; see :mod:`pyfed.strategy.asynchronous`); False: synchronous rounds.
+    asynchronous: bool = False
 
     @abstractmethod
     def configure_fit(self, server_round: int, parameters: list[np.ndarray],

@@ -176,11 +176,9 @@ class FedAvg(Strategy):
         and return it with its ``delta_norm``. Without: the result as it is, at no cost."""
         if self.max_update_norm is None:
             return result
-        if self._round is None:
-            raise RuntimeError(f"{type(self).__name__}.screen called before begin()")
         norm = result.delta_norm
         if norm is None:
-            norm = update_norm(result.weights, self._current)
+            norm = update_norm(result.weights, self._delta_reference(result))
             result = dataclasses.replace(result, delta_norm=norm)
         if not math.isfinite(norm):
             raise UpdateRejected(f"update norm is {norm}; it must be finite")
@@ -189,6 +187,12 @@ class FedAvg(Strategy):
                 f"update norm {norm:.6g} exceeds max_update_norm {self.max_update_norm:g} (the "
                 "L2 norm of the update's change to the global model)")
         return result
+
+    def _delta_reference(self, result: FitResult) -> list[np.ndarray]:
+        """The weights an update's delta is measured from: the round's global weights."""
+        if self._round is None:
+            raise RuntimeError(f"{type(self).__name__}.screen called before begin()")
+        return self._current
 
     def _clip_scale(self, result: FitResult) -> float:
         """The factor max_update_norm's clip applies to this (screened) result's delta."""

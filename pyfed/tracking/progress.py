@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from .hooks import ServerCallback, logging_configured
-from .logs import format_metrics, logs_line, round_line
+from .logs import format_metrics, logs_line, round_line, version_line
 from .round_logs import counters, sections
 
 
@@ -30,6 +30,10 @@ class ProgressPrinter(ServerCallback):
         counted = counters(logs)
         extra = " · ".join(format_metrics(section, values)
                            for section, values in found.items() if section != "fit")
+        if "staleness" in logs:  # an asynchronous version
+            self._print(version_line(server_round, server.rounds, logs["staleness"],
+                                     counted.get("seconds", 0.0), extra=extra))
+            return
         self._print(round_line(server_round, server.rounds, counted.get("participants", 0),
                                found.get("fit", {}), counted.get("seconds", 0.0),
                                counted.get("bytes_in", 0), counted.get("bytes_out", 0),

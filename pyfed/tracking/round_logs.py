@@ -1,7 +1,9 @@
 """A round's logs (the flat dict History records) seen as TensorBoard's sections.
 
 ``fit_loss`` is ``fit/loss``; the counters are ``round/…`` (``round_seconds`` is
-``round/seconds``); ``clients`` (a list of names) is no scalar.
+``round/seconds``); ``clients`` (a list of names) is no scalar. An asynchronous version adds
+``async_…`` (``async/staleness_mean``…) and ``client_updates`` (``async/client_updates/<name>``,
+each client's updates so far); its ``staleness`` list is no scalar.
 """
 
 from __future__ import annotations
@@ -30,4 +32,8 @@ def scalars(logs: dict) -> dict[str, float]:
     values = {f"{section}/{name}": value
               for section, named in sections(logs).items() for name, value in named.items()}
     values.update({f"round/{name}": value for name, value in counters(logs).items()})
+    values.update({f"async/{key[len('async_'):]}": value for key, value in logs.items()
+                   if key.startswith("async_")})
+    values.update({f"async/client_updates/{name}": count
+                   for name, count in logs.get("client_updates", {}).items()})
     return values

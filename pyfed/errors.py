@@ -89,3 +89,9 @@ class DatasetUnavailableError(PyFedError):
 
 class StorageError(PyFedError):
     """A file or folder the run needs could not be written (a full disk, no permission...)."""
+
+
+class StoredUpdateError(PyFedError):
+    """A file in a serverless federation's shared folder is not a usable update for this model
+    (not a PyFed frame, truncated, a checksum mismatch, another model's spec, bad values): the
+    node skips it with a warning. Such a file is only ever parsed as data, never loaded as code."""

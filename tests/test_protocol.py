@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pyfed.wire import protocol
 from pyfed.errors import ProtocolError
 from pyfed.wire.messages import (Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,
-                            FitResult, Hello, Message, MessageKind, Ping, Welcome)
+                            FitResult, Hello, Message, MessageKind, NodeUpdate, Ping, Welcome)
 from pyfed.wire.protocol import (ALIGNMENT, HANDSHAKE_LIMITS, MAGIC, MAX_HEADER_BYTES, PREFIX,
                             PREFIX_SIZE, VERSION, Conversation, FrameLimits, Role, State)
 from wire_helpers import frame_nbytes
@@ -128,6 +128,8 @@ SAMPLES: list[Message] = [
     Finish(weights=SMALL_WEIGHTS, reason="completed"),
     Error(reason="update rejected: nan", code="rejected", fatal=False),
     Ping(),
+    NodeUpdate(node="alice", epoch=7, num_examples=600, metrics={"loss": 0.25},
+               spec_hash="ab" * 32, checksum="cd" * 32, weights=SMALL_WEIGHTS),
 ]
 
 
@@ -777,6 +779,30 @@ def test_anything_after_finish_is_illegal(role, kind, sender, message):
     with pytest.raises(ProtocolError) as info:
         step(conversation, sender, message)
     assert_names_everything(info.value, message.KIND, role, State.CLOSED)
+
+
+NODE_UPDATE = NodeUpdate(node="a", epoch=0, num_examples=1, weights=W)
+STATE_PATHS = {"start": [], "hello-sent": [PLAIN_PATH[0]], "ready": PLAIN_PATH,
+               "fitting": PLAIN_PATH + ROUNDS[:1], "evaluating": PLAIN_PATH + ROUNDS[:3],
+               "closed": PLAIN_PATH + ROUNDS}
+
+
+@pytest.mark.parametrize("role", [C, S], ids=["client", "server"])
+@pytest.mark.parametrize("sender", [C, S], ids=["from-client", "from-server"])
+@pytest.mark.parametrize("where", list(STATE_PATHS))
+def test_a_stored_node_update_is_never_legal_on_a_connection(role, sender, where):
+    """NODE_UPDATE frames live in shared folders (pyfed.serverless): decodable, but outside
+    the state table, so a connection refuses one in every state, on its prefix too."""
+    conversation = walk(role, STATE_PATHS[where])
+    state = conversation.state
+    if sender is not role:
+        with pytest.raises(ProtocolError) as info:
+            conversation.check(K.NODE_UPDATE)
+        assert_names_everything(info.value, K.NODE_UPDATE, role, state)
+    with pytest.raises(ProtocolError) as info:
+        step(conversation, sender, NODE_UPDATE)
+    assert_names_everything(info.value, K.NODE_UPDATE, role, state)
+    assert conversation.state is state
 
 
 @pytest.mark.parametrize("role", [C, S], ids=["client", "server"])

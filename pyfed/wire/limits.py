@@ -213,6 +213,12 @@ RULES: dict[str, dict[str, Rule]] = {
     "EVALUATE": {"round": ROUND},
     "EVALUATE_RESULT": {"round": ROUND, "num_examples": EXAMPLES, "loss": real,
                         "metrics": metrics},
+    # A stored serverless update (pyfed.serverless.frames): a file from a shared folder is
+    # as untrusted as a frame from a socket. A node name is capped like a client's.
+    "NODE_UPDATE": {"node": short_text(MAX_METRIC_NAME), "epoch": integer(0, MAX_EPOCH),
+                    "num_examples": EXAMPLES, "metrics": metrics,
+                    "spec_hash": short_text(MAX_HASH_CHARS),
+                    "checksum": short_text(MAX_HASH_CHARS)},
 }
 
 

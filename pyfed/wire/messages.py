@@ -26,6 +26,10 @@ class MessageKind(enum.IntEnum):
     FINISH = 9
     ERROR = 10
     PING = 11
+    # Stored, never sent: one serverless node's update in a shared folder
+    # (pyfed.serverless.frames). It has no entry in the socket state table, so a NODE_UPDATE
+    # arriving on a connection is a ProtocolError in every state.
+    NODE_UPDATE = 0x20
 
 
 Weights = tuple  # tuple[np.ndarray, ...]; a tuple so frozen messages stay hashable-ish and immutable
@@ -164,8 +168,25 @@ class Ping(Message):
     KIND: ClassVar[MessageKind] = MessageKind.PING
 
 
+@dataclass(frozen=True)
+class NodeUpdate(Message):
+    """A serverless node's update, stored as one file in a shared folder (never sent on a
+    connection). ``checksum`` is the sha256 hex of the frame's body, so a torn or altered file
+    is refused; ``spec_hash`` names the model the weights belong to."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.NODE_UPDATE
+    ARRAY_FIELD: ClassVar[str | None] = "weights"
+    node: str
+    epoch: int
+    num_examples: int
+    metrics: dict = field(default_factory=dict)
+    spec_hash: str = ""
+    checksum: str = ""
+    weights: Weights = ()
+
+
 MESSAGE_TYPES: dict[MessageKind, type[Message]] = {
     cls.KIND: cls
     for cls in (Hello, Challenge, Auth, Welcome, Fit, FitResult, Evaluate, EvaluateResult,
-                Finish, Error, Ping)
+                Finish, Error, Ping, NodeUpdate)
 }

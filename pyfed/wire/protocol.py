@@ -28,7 +28,8 @@ from .frame import (ALIGNMENT, ALLOWED_DTYPES, DEFAULT_MAX_MESSAGE_BYTES, HANDSH
                     HANDSHAKE_MAX_HEADER_BYTES, MAGIC, MAX_ARRAYS, MAX_HEADER_BYTES, MAX_NDIM,
                     PREFIX, PREFIX_SIZE, FrameLimits, FramePrefix, parse_prefix)
 from .messages import (MESSAGE_TYPES, VERSION, Auth, Challenge, Error, Evaluate, EvaluateResult,
-                       Finish, Fit, FitResult, Hello, Message, MessageKind, Ping, Welcome)
+                       Finish, Fit, FitResult, Hello, Message, MessageKind, NodeUpdate, Ping,
+                       Welcome)
 
 __all__ = [
     "ALIGNMENT", "ALLOWED_DTYPES", "DEFAULT_MAX_MESSAGE_BYTES", "HANDSHAKE_LIMITS",
@@ -36,7 +37,7 @@ __all__ = [
     "MESSAGE_TYPES", "PREFIX", "PREFIX_SIZE", "TRANSITIONS", "VERSION",
     "Auth", "Challenge", "Conversation", "Error", "Evaluate", "EvaluateResult", "Finish", "Fit",
     "FitResult", "FrameLimits", "FramePrefix", "Hello", "InvalidValue", "Message", "MessageKind",
-    "Ping", "ProtocolError", "Role", "State", "Welcome",
+    "NodeUpdate", "Ping", "ProtocolError", "Role", "State", "Welcome",
     "decode", "decode_body", "decode_header", "decode_without_body", "encode", "encode_bytes",
     "parse_prefix",
 ]

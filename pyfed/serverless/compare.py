@@ -27,19 +27,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigurationError, PyFedError
+from ..models import defaults
 
-DEFAULT_MODEL = "pyfed.data:digits_model"
+DEFAULT_MODEL = defaults.MODEL
 # One thread per TensorFlow pool in each node: several nodes share the machine's cores, and
 # TensorFlow's default (a pool per core in every process) oversubscribes them.
 CHILD_THREADS = {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
                  "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def compare_with_standalone(nodes: int = 2, epochs: int = 8, split: str = "label",
+def compare_with_standalone(nodes: int = 2, epochs: int | Sequence[int] = 8, split: str = "label",
                             folder: str | os.PathLike | None = None, mode: str = "sync",
                             storage_options: dict | None = None,
                             model_fn: Callable | str | None = None, *, dataset: str = "digits",
-                            batch_size: int = 32, lr: float = 0.001, seed: int = 0,
+                            batch_size: int = defaults.BATCH_SIZE, lr: float = defaults.LR,
+                            seed: int = 0,
                             test_fraction: float = 0.25, node_options: dict | None = None,
                             slow: dict | Sequence[float] | None = None, standalone: bool = True,
                             node_timeout: float = 120.0, timeout: float = 900.0,
@@ -52,6 +54,7 @@ def compare_with_standalone(nodes: int = 2, epochs: int = 8, split: str = "label
     loss, per-epoch history and seconds). Accuracy is the final model's, on the held-out
     ``test_fraction`` of ``dataset`` (every class).
 
+    ``epochs``: for every node, or a list of one per node.
     ``split``: ``"label"`` gives each node a block of whole classes (2 nodes: digits 0-4 and
     5-9), or any scheme of :func:`pyfed.data.partition` (``"iid"``, ``"dirichlet"``...).
     ``folder``: the shared folder (a path or an fsspec URL such as ``s3://bucket/prefix``, with
@@ -59,14 +62,14 @@ def compare_with_standalone(nodes: int = 2, epochs: int = 8, split: str = "label
     FederatedNode's ``timeout``) and ``node_options`` (e.g. ``{"staleness": "constant"}``) go to
     every FederatedNode. ``model_fn``: a module-level function building the Keras model, or its
     name ``"module:function"`` (default: :func:`pyfed.data.digits_model`); every node starts
-    from the same initial weights (one ``seed``), compiled with Adam at ``lr``. ``slow``: seconds
+    from the same initial weights (one ``seed``), compiled with Adam at ``lr`` (PyFed's 0.005). ``slow``: seconds
     added to each epoch of node ``i`` (a dict by index, or a list), federated runs only.
     ``standalone=False`` runs only the federated nodes. ``logdir``: the federated nodes'
     TensorBoard curves (PyFed's layout, run ``run_name`` or ``compare``). ``timeout`` bounds the
     whole comparison; ``workdir`` keeps the data, the logs and the results there.
     """
     _check_whole("nodes", nodes, 1)
-    _check_whole("epochs", epochs, 1)
+    epochs_of = _per_node("epochs", epochs, nodes)
     _check_whole("batch_size", batch_size, 1)
     if mode not in ("sync", "async"):
         raise ConfigurationError(f"mode must be 'sync' or 'async'; received {mode!r}")
@@ -83,14 +86,17 @@ def compare_with_standalone(nodes: int = 2, epochs: int = 8, split: str = "label
         federation = {"kind": "folder", "folder": shared, "mode": mode, "num_nodes": nodes,
                       "timeout": node_timeout, "storage_options": storage_options,
                       "options": dict(node_options or {})}
-        common = {"test": test, "model": model, "epochs": epochs, "batch_size": batch_size,
-                  "lr": lr, "seed": seed}
-        jobs = [{**common, "name": name, "train": trains[i], "federation": federation,
+        common = {"test": test, "model": model, "batch_size": batch_size, "lr": lr, "seed": seed}
+        jobs = [{**common, "name": name, "train": trains[i], "epochs": epochs_of[i],
+                 "federation": federation,
                  "sleep": delays[i], "logdir": str(logdir) if logdir else False,
-                 "run_name": run_name or "compare"} for i, name in enumerate(names)]
+                 "run_name": run_name or "compare",
+                 # however long each took to start, the federated nodes' epochs overlap
+                 "start_together": {"dir": str(base / "ready"), "count": nodes,
+                                    "timeout": node_timeout}} for i, name in enumerate(names)]
         if standalone:
             jobs += [{**common, "name": f"standalone_{i + 1}", "train": trains[i],
-                      "federation": None} for i in range(nodes)]
+                      "epochs": epochs_of[i], "federation": None} for i in range(nodes)]
         results = run_nodes(jobs, base, timeout)
         succeeded = True
     finally:
@@ -259,6 +265,17 @@ def model_name(model_fn: Callable | str | None) -> str:
 def _check_whole(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigurationError(f"{name} must be an integer >= {minimum}; received {value!r}")
+
+
+def _per_node(name: str, value, nodes: int) -> list[int]:
+    """One whole number for every node, or a list of one per node."""
+    values = [value] * nodes if isinstance(value, int) else list(value)
+    if len(values) != nodes:
+        raise ConfigurationError(f"{name} must be one integer or one per node ({nodes}); "
+                                 f"received {value!r}")
+    for each in values:
+        _check_whole(name, each, 1)
+    return values
 
 
 def _delays(slow, nodes: int) -> list[float]:

@@ -9,7 +9,8 @@ half of it).
 
 Job keys: ``name``, ``train`` and ``test`` (.npz paths holding x and y), ``result``, ``model``,
 ``epochs``, ``batch_size``, ``lr``, ``seed`` (the same for every node: one initial model),
-``sleep`` (seconds added to each epoch: a slower node), ``logdir``/``run_name`` (TensorBoard:
+``sleep`` (seconds added to each epoch: a slower node), ``start_together`` (``{"dir", "count",
+"timeout"}``: train only once ``count`` nodes are ready), ``logdir``/``run_name`` (TensorBoard:
 false for none, null for the FederatedCallback's default), and ``federation``: null (standalone), ``{"kind": "folder", "folder", "mode",
 "num_nodes", "timeout", "storage_options", "options"}`` (a FederatedNode) or ``{"kind":
 "server", "server_ip", "server_port", "options"}`` (a ServerFederation).
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, PyFedError
 
 
 def load_arrays(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +73,21 @@ def slower_by(seconds: float):
     return SlowEpochs()
 
 
+def start_together(barrier: dict, name: str) -> None:
+    """Wait until every node of the run is ready to train (TensorFlow loaded, the model built),
+    so that the nodes' epochs overlap as they would on machines that start together, however
+    long each took to start here. Bounded by the barrier's ``timeout``."""
+    folder = Path(barrier["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.ready").touch()
+    deadline = time.monotonic() + float(barrier.get("timeout", 120))
+    while len(list(folder.glob("*.ready"))) < int(barrier["count"]):
+        if time.monotonic() >= deadline:
+            raise PyFedError(f"{name}: not every node was ready within "
+                               f"{barrier.get('timeout', 120)} s")
+        time.sleep(0.05)
+
+
 def run(job: dict) -> dict:
     import keras
 
@@ -82,12 +98,14 @@ def run(job: dict) -> dict:
     x, y = load_arrays(job["train"])
     test_x, test_y = load_arrays(job["test"])
     model = model_builder(job.get("model", "pyfed.data:digits_model"))()
-    model.compile(optimizer=keras.optimizers.Adam(float(job.get("lr", 0.001))),
+    model.compile(optimizer=keras.optimizers.Adam(float(job.get("lr", 0.005))),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     callbacks = []
     if job.get("sleep"):
         callbacks.append(slower_by(float(job["sleep"])))
     federation = open_federation(job.get("federation"), job["name"])
+    if job.get("start_together"):
+        start_together(job["start_together"], job["name"])
     if federation is not None:
         # false: no curves; null: the callback's default (beside a server's on this machine)
         callbacks.append(FederatedCallback(federation, logdir=job.get("logdir", False),

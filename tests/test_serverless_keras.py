@@ -133,6 +133,8 @@ def test_server_federation_returns_each_next_version_then_the_final_model(tmp_pa
             again, metrics = node.update([w + 7 for w in final], 10, epoch=3)
             assert metrics == {"finished": 1.0}
             assert all(np.array_equal(a, b) for a, b in zip(again, final))
+        with pytest.raises(ConfigurationError, match="numpy_node: this ServerFederation is closed"):
+            node.update(final, 10)
         result = server_result(group)
     assert result["history"]["rounds"] == [1, 2, 3]
 

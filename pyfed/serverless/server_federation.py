@@ -118,16 +118,15 @@ class ServerFederation:
     training begins, so the first epoch trains the server's model, as an FL_Client's does).
     After FINISH, ``update`` returns the final model, unchanged, with ``{"finished": 1.0}``.
 
-    Options: ``model`` (this node's Keras model: the server then checks its spec at the
-    handshake), ``timeout`` (seconds each wait for the server's next model may take; default
+    Options: ``model`` (this node's model, Keras or any PyFed model: the server then checks its
+    spec at the handshake, else the server's architecture is rebuilt from WELCOME), ``timeout`` (seconds each wait for the server's next model may take; default
     300), and FL_Client's own (``connect_timeout``, ``token``, ``token_file``, ``ssl_cafile``,
     ``use_ssl``, ``max_retries``, ``retry_interval``, ``wait_for_resume``, ``max_message_bytes``,
     ``logdir``, ``verbose``: 0 by default, Keras' progress bar is the node's output).
     """
 
-    def __init__(self, server_ip: str = "127.0.0.1", server_port: int = 54321,
-                 name: str | None = None, *, model: Any = None, timeout: float = 300.0,
-                 verbose: Any = 0, **options):
+    def __init__(self, server_ip: str, server_port: int, name: str, *, model: Any = None,
+                 timeout: float = 300.0, verbose: Any = 0, **options):
         if not isinstance(timeout, (int, float)) or not timeout > 0 or not math.isfinite(timeout):
             raise ConfigurationError(f"timeout must be a number of seconds > 0; received "
                                      f"{timeout!r}")
@@ -142,6 +141,7 @@ class ServerFederation:
         self.finished = False
         self.final_reason: str | None = None
         self.updates = 0
+        self.closed = False
         self._failure: BaseException | None = None
         self._thread: threading.Thread | None = None
 
@@ -159,35 +159,31 @@ class ServerFederation:
 
     def current_weights(self) -> list:
         """The model the node trains next: the first use connects and waits for the first job."""
-        self._start()
-        if self.weights is None and not self.finished:
-            self._next_model()
+        self._hold_a_job()
         return [np.array(w, copy=True) for w in self.weights]
 
     def update(self, weights, num_examples: int, metrics: dict | None = None,
                epoch: int | None = None) -> tuple[list, dict]:
+        self._hold_a_job()  # the first, on first use: these weights answer it
         if not self.finished:
-            self.current_weights()  # a job to answer: the first, on first use
-        if self.finished:
-            return [np.array(w, copy=True) for w in self.weights], {"finished": 1.0}
-        weights = [np.asarray(w) for w in weights]
-        self._check(weights)
-        if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) \
-                or num_examples < 0:
-            raise ConfigurationError(f"num_examples must be an integer >= 0; received "
-                                     f"{num_examples!r}")
-        self.relay.from_caller.put((weights, int(num_examples), _numbers(metrics),
-                                    int(epoch or 0)))
-        self.updates += 1
-        self.weights = None
-        self._next_model()
-        if self.finished:
-            return [np.array(w, copy=True) for w in self.weights], {"finished": 1.0}
-        return [np.array(w, copy=True) for w in self.weights], {"version": float(self.version)}
+            weights = [np.asarray(w) for w in weights]
+            self._check(weights)
+            if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) \
+                    or num_examples < 0:
+                raise ConfigurationError(f"num_examples must be an integer >= 0; received "
+                                         f"{num_examples!r}")
+            self.relay.from_caller.put((weights, int(num_examples), _numbers(metrics),
+                                        int(epoch or 0)))
+            self.updates += 1
+            self.weights = None
+            self._next_model()
+        metrics = {"finished": 1.0} if self.finished else {"version": float(self.version)}
+        return [np.array(w, copy=True) for w in self.weights], metrics
 
     def close(self) -> None:
         """Leave: a job the server still waits for ends with a word to it (FL_Client tells the
-        server why it leaves), and the connection closes."""
+        server why it leaves), and the connection closes. The federation is not used again."""
+        self.closed = True
         thread, self._thread = self._thread, None
         if thread is None or not thread.is_alive():
             return
@@ -202,14 +198,20 @@ class ServerFederation:
 
     # ------------------------------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _hold_a_job(self) -> None:
+        """Connect on first use, then make sure the node holds the server's next model (or the
+        final one)."""
+        if self.closed:
+            raise ConfigurationError(f"{self.name}: this ServerFederation is closed")
         if self._failure is not None:
             raise self._failure
-        if self._thread is not None or self.finished:
+        if self.finished or self.weights is not None:
             return
-        self._thread = threading.Thread(target=self._serve, name=f"pyfed-node-{self.name}",
-                                        daemon=True)
-        self._thread.start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, daemon=True,
+                                            name=f"pyfed-node-{self.name}")
+            self._thread.start()
+        self._next_model()
 
     def _serve(self) -> None:
         """The FL_Client thread: every FIT reaches the caller through the relay, then FINISH."""

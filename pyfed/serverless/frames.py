@@ -83,12 +83,12 @@ def decode_update(data: bytes, spec: list[TensorSpec], spec_hash: str) -> NodeUp
     # Caps from the model: a header claiming a larger body is refused on its prefix.
     limits = protocol.FrameLimits(max_body_bytes=layout.body_nbytes)
     view = memoryview(data)
+    if not protocol.MAGIC.startswith(bytes(view[:len(protocol.MAGIC)])):
+        raise StoredUpdateError(f"not a PyFed frame (it starts with {bytes(view[:4])!r}, "
+                                f"not {protocol.MAGIC!r})")
     if len(view) < protocol.PREFIX_SIZE:
         raise StoredUpdateError(f"truncated: {len(view)} bytes, shorter than a frame's "
                                 f"{protocol.PREFIX_SIZE}-byte prefix")
-    if bytes(view[:4]) != protocol.MAGIC:
-        raise StoredUpdateError(f"not a PyFed frame (it starts with {bytes(view[:4])!r}, "
-                                f"not {protocol.MAGIC!r})")
     try:
         prefix = protocol.parse_prefix(view[:protocol.PREFIX_SIZE], limits)
     except ProtocolError as exc:

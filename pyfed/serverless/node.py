@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from ..errors import ConfigurationError, UpdateRejected
+from ..errors import ConfigurationError, StorageError, UpdateRejected
 from ..safe_text import path_component, printable, single_component
 from ..strategy import _checks
 from ..strategy.aggregate import WeightedSum, common_metrics, weighted_metrics
@@ -82,7 +82,11 @@ class FederatedNode:
         self.folder = open_folder(folder, storage_options)
         self._claim = NameClaim(self.folder, self.name, self.timeout)
         self._claim.claim()  # before anything is written or removed: a duplicate stops here
-        self._remove_earlier_updates()
+        try:
+            self._remove_earlier_updates()
+        except BaseException:
+            self._claim.release()  # or a retry would be refused as our own duplicate
+            raise
         self.epoch = 0  # the epoch of the next update, when update() is not told
         self._expected = self.num_nodes  # sync: nodes to wait for (fewer after a timeout)
         self._published: list[tuple[int, str]] = []
@@ -103,7 +107,11 @@ class FederatedNode:
         """Free this node's name (its last updates stay for the peers still reading them)."""
         if not self.closed:
             self.closed = True
-            self._claim.release()
+            try:
+                self._claim.release()
+            except StorageError as exc:  # the marker goes stale after timeout all the same
+                logger.warning("node %s: could not remove its marker: %s",
+                               printable(self.name, 60), exc)
 
     # -- the update ---------------------------------------------------------------------------
 

@@ -130,19 +130,28 @@ def open_folder(folder: str | os.PathLike, storage_options: dict | None = None) 
     options = dict(storage_options or {})
     url = os.fspath(folder) if isinstance(folder, os.PathLike) else folder
     if not isinstance(url, str) or not url:
-        raise ConfigurationError(f"folder must be a path or an fsspec URL; received {folder!r:.100}")
+        raise ConfigurationError("folder must be a path or an fsspec URL; received "
+                                 f"{folder!r:.100}")
     if "://" not in url:
         url = os.path.abspath(os.path.expanduser(url))
     scheme = url.split("://", 1)[0] if "://" in url else "file"
-    if scheme in ("s3", "s3a") and importlib.util.find_spec("s3fs") is None:
-        raise ConfigurationError(f"{url} needs s3fs: pip install 'pyfed[s3]'")
-    endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url")
+    if scheme in ("s3", "s3a"):
+        if importlib.util.find_spec("s3fs") is None:
+            raise ConfigurationError(f"{url} needs s3fs: pip install 'pyfed[s3]'")
+        # s3fs retries every call 5 times itself; botocore's default 5 attempts inside each
+        # made an unreachable endpoint take 25 s to report. 2 keep a transient error retried.
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("retries", {"mode": "standard", "max_attempts": 2})
+        options["config_kwargs"] = config
+    endpoint = ((options.get("client_kwargs") or {}).get("endpoint_url")
+                or options.get("endpoint_url"))
     import fsspec.core  # here, so that importing pyfed.serverless stays light
 
     try:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # an unknown protocol, a missing backend
-        raise ConfigurationError(f"cannot open folder {printable(url, 200)}: {printable(exc)}") from None
+        raise ConfigurationError(f"cannot open folder {printable(url, 200)}: "
+                                 f"{printable(exc)}") from None
     except Exception as exc:  # noqa: BLE001  (bad options for the backend)
         if isinstance(exc, OSError) or _from_storage_library(exc) or isinstance(exc, TypeError):
             raise StorageError(f"cannot open folder {printable(url, 200)}: "

@@ -241,3 +241,19 @@ def test_node_processes_fail_in_one_line_naming_the_url(s3_server, tmp_path):
         assert codes[name] == 2, outputs[name]
         assert f"node {name}: error: {expected}" in outputs[name].splitlines(), outputs[name]
         assert "Traceback" not in outputs[name], outputs[name]
+
+
+def test_two_keras_nodes_on_disjoint_halves_pass_080_through_s3_in_async_mode(s3_server, s3_root,
+                                                                              tmp_path):
+    """The issue's done-when through S3: two Keras processes on digits 0-4 and 5-9, 8 epochs,
+    federating through the moto server in async mode, each above 0.80 on all ten classes.
+    The hinge rule: at equal speed the nodes drift a few epochs apart, which it does not
+    penalise (polynomial would lean each node toward its own five digits)."""
+    from pyfed.serverless import compare_with_standalone
+
+    result = compare_with_standalone(nodes=2, epochs=8, split="label", mode="async",
+                                     folder=f"s3://{s3_root}",
+                                     storage_options=s3_server["storage_options"],
+                                     node_options={"staleness": "hinge"}, standalone=False,
+                                     workdir=tmp_path / "compare")
+    assert all(accuracy > 0.80 for accuracy in result["federated"]), result["federated"]

@@ -11,6 +11,7 @@ in this process (storage_options) and in node processes (the standard AWS variab
 from __future__ import annotations
 
 import json
+import re
 import os
 import sys
 import threading
@@ -257,3 +258,20 @@ def test_two_keras_nodes_on_disjoint_halves_pass_080_through_s3_in_async_mode(s3
                                      node_options={"staleness": "hinge"}, standalone=False,
                                      workdir=tmp_path / "compare")
     assert all(accuracy > 0.80 for accuracy in result["federated"]), result["federated"]
+
+
+def test_the_s3_example_federates_two_halves_of_digits_through_the_bucket(s3_server, s3_root,
+                                                                          tmp_path):
+    """examples/serverless/s3_node.py as a user runs it: credentials in the AWS variables,
+    the S3-compatible endpoint in PYFED_S3_ENDPOINT, async mode."""
+    example = REPO / "examples" / "serverless"
+    env = node_env(s3_server, PYFED_S3_ENDPOINT=s3_server["endpoint_url"])
+    with ProcessGroup(tmp_path) as group:
+        for index in (1, 2):
+            group.start(f"node_{index}", [sys.executable, str(example / "s3_node.py"), str(index),
+                                          f"s3://{s3_root}"], env=env, cwd=tmp_path)
+        codes = group.wait_all(timeout=300)
+        assert set(codes.values()) == {0}, group.dump()
+        found = [float(re.search(r"test accuracy on all ten digits ([\d.]+)",
+                                 group.output(f"node_{i}")).group(1)) for i in (1, 2)]
+    assert all(accuracy > 0.80 for accuracy in found), found

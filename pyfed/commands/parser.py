@@ -7,6 +7,7 @@ import copy
 
 from .. import __version__
 from ..models import defaults
+from .node import add_node_command
 from .arguments import (PARTITION_SCHEMES, keras_verbosity, non_negative_int,
                         partition_options, port_number, positive_float, positive_int,
                         token_option)
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "seconds for it to resume instead of exiting")
     token_option(p)
     p.add_argument("--ssl-cafile", help="connect over TLS, trusting this CA certificate (PEM)")
+
+    add_node_command(add, training_options)
 
     p = add("partition", "Split a dataset into PyFed's per-client .npy files "
                          "(data_client_<i>.npy, target_client_<i>.npy, data_server.npy, ...).",

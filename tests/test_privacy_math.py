@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -147,3 +150,12 @@ def test_accounting_refuses_nonsense_too():
     with pytest.raises(ConfigurationError, match="target_delta"):
         PrivacyLedger(q=0.5, noise_multiplier=1.0, target_delta=0)
     validate_dp_config(0.0, 1.0, 1.0)   # the edges that make sense pass
+
+
+def test_importing_pyfed_privacy_loads_no_heavy_dependency():
+    code = "import sys, json, pyfed.privacy; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True)
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not [name for name in ("dp_accounting", "cryptography", "scipy", "tensorflow")
+                if name in loaded]

@@ -1,0 +1,1 @@
+"""Privacy for PyFed: the building blocks of secure aggregation (SecAgg/SecAgg+)."""

@@ -57,6 +57,10 @@ def quantize(values, clipping_range: float, modulus_bits: int, max_summands: int
     if np.isnan(x).any():
         raise SecAggError("cannot quantize NaN")
     q = np.rint(np.clip(x, -clipping_range, clipping_range) * s).astype(np.int64)
+    # Float rounding of c·s can overshoot by an ulp for large k; the exact integer cap keeps
+    # n·|q| < 2^(k-1), so a sum never wraps.
+    limit = ((1 << (modulus_bits - 1)) - 1) // max_summands
+    q = np.clip(q, -limit, limit)
     # int64 -> uint64 is two's complement, i.e. already q mod 2^64; the mask reduces mod 2^k.
     dtype = ring_dtype(modulus_bits)
     return (q.astype(np.uint64) & np.uint64((1 << modulus_bits) - 1)).astype(dtype)
@@ -67,8 +71,8 @@ def dequantize_sum(ring_sum, clipping_range: float, modulus_bits: int,
     """The float sum behind ``ring_sum``, the mod-2^k sum of at most ``max_summands`` vectors
     made by :func:`quantize` with the same parameters."""
     s = scale(clipping_range, modulus_bits, max_summands)
-    v = np.asarray(ring_sum).astype(np.uint64) & np.uint64(ring_mask(modulus_bits))
-    if np.any(v > ring_mask(modulus_bits)):
+    v = np.asarray(ring_sum).astype(np.uint64)
+    if np.any(v > np.uint64(ring_mask(modulus_bits))):
         raise SecAggError("ring value out of range")
     signed = v.astype(np.int64)  # for k = 64 this already is the two's-complement reading
     if modulus_bits < 64:

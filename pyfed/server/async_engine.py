@@ -181,11 +181,9 @@ class AsyncVersions:
         if server.downlink is not None:
             decode = functools.partial(compression.decode, server.codec, spec=server.spec,
                                        reference=base, meta=None)
-            current, model_version = wire  # this version's, not the downlink's latest
-            if current[1]["codec"] == "int8" and session.held_version != model_version - 1:
-                # It lacks the base of this version's delta: the whole model (downlink.full()
-                # of this version, which ``base`` is).
-                current = (base, {"codec": "none"})
+            message, model_version = wire  # this version's, not the downlink's latest
+            # ``base`` is this version's model (a newer version may already be the downlink's).
+            current = compression.message_for(session.held_version, message, model_version, base)
             weights = tuple(current[0])
             config = {**config, "compression": current[1]}
         job = Job(self, name, version, base, decode=decode,

@@ -140,10 +140,8 @@ class SyncRounds:
         for name, config in plan.items():
             version = None
             if server.downlink is not None:
-                held = sessions[name].held_version
-                current = (wire, meta)
-                if meta["codec"] == "int8" and held != server.downlink.version - 1:
-                    current = server.downlink.full()  # it lacks the base of this round's delta
+                current = compression.message_for(sessions[name].held_version, (wire, meta),
+                                                  server.downlink.version, server.downlink.model)
                 weights = tuple(current[0])
                 config = {**config, "compression": current[1]}
                 version = server.downlink.version

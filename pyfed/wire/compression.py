@@ -314,4 +314,19 @@ class Downlink:
     def full(self) -> tuple[list[np.ndarray], dict]:
         """:attr:`model` uncompressed, for a client without the previous one (first round, new,
         reconnected, or not sampled last round): exact, so it rejoins in step."""
-        return list(self.model), {"codec": "none"}
+        return whole_model(self.model)
+
+
+def whole_model(model) -> tuple[list[np.ndarray], dict]:
+    """A version's model, uncompressed: what a client that lacks a delta's base is sent."""
+    return list(model), {"codec": "none"}
+
+
+def message_for(held_version: int, message: tuple, version: int,
+                model) -> tuple[list[np.ndarray], dict]:
+    """What a client holding model ``held_version`` is sent of ``version`` (its downlink
+    ``message`` and its ``model``): an int8 delta only when the client holds the delta's base
+    (``version - 1``), else the whole model (:func:`whole_model`). Both round drivers ask this."""
+    if message[1]["codec"] == "int8" and held_version != version - 1:
+        return whole_model(model)
+    return message

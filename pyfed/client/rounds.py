@@ -9,13 +9,15 @@ import logging
 
 import numpy as np
 
-from ..errors import ConnectionClosed, NetworkError, ProtocolError, RemoteError, ServerStopped
+from ..errors import (ConnectionClosed, NetworkError, ProtocolError, PyFedError, RemoteError,
+                      ServerStopped)
 from ..models import FitOutcome
 from ..safe_text import printable
 from ..tracking.logs import RunLogger
 from ..wire import compression, messages
 from ..wire.transport import Channel, has_pending_input
 from .checks import check_round, check_weights, training_config
+from .secure_rounds import SecureParticipation, secure_request
 
 logger = logging.getLogger("pyfed")
 
@@ -40,6 +42,8 @@ class ClientRounds:
                 config = {**defaults, **training_config(message.config, what),
                           "round": message.round}
                 config.pop("compression", None)
+                config.pop("secagg", None)  # the secure round's, not the adapter's
+                secure = secure_request(message.config, what)
                 weights = self._incoming_weights(message)
                 check_weights(weights, self._spec, what)
                 if self.codec != "none":  # the base of this round's deltas, both ways
@@ -51,6 +55,10 @@ class ClientRounds:
                 extra = {"callbacks": self.fit_callbacks} if self.fit_callbacks else {}
                 outcome: FitOutcome = self.adapter.fit(self.data, self.target, config, **extra)
                 update = self.adapter.get_weights()
+                if secure is not None:  # SecureAggregation: only a masked vector leaves
+                    self._reply(channel, self._secure_step(
+                        self.secure_round.masked, message, secure, update, weights, outcome))
+                    continue
                 if self.codec != "none":
                     update, _ = self._feedback.encode(self.codec, update, self._reference)
                 self._reply(channel, messages.FitResult(
@@ -76,6 +84,12 @@ class ClientRounds:
                 self._reply(channel, messages.EvaluateResult(
                     round=message.round, num_examples=int(count), loss=float(loss),
                     metrics=metrics))
+            elif isinstance(message, messages.SecAggSetup):
+                self._reply(channel, self._secure_step(self.secure_round.keys, message))
+            elif isinstance(message, messages.SecAggPeers):
+                self._reply(channel, self._secure_step(self.secure_round.shares, message))
+            elif isinstance(message, messages.SecAggUnmask):
+                self._reply(channel, self._secure_step(self.secure_round.reveal, message))
             elif isinstance(message, messages.Finish):
                 check_weights(list(message.weights), self._spec, f"{self.name}: the server's FINISH")
                 self.adapter.set_weights(message.weights)
@@ -84,6 +98,21 @@ class ClientRounds:
                 return
             elif isinstance(message, messages.Error):
                 self._server_error(message)
+
+    @property
+    def secure_round(self) -> SecureParticipation:
+        """The secure round in progress (SecureAggregation's steps), made on first use."""
+        if getattr(self, "_secure_round", None) is None:
+            self._secure_round = SecureParticipation(self.name, self._rounds)
+        return self._secure_round
+
+    def _secure_step(self, step, *args) -> messages.Message:
+        """A secure round's reply, or the non-fatal ERROR that refuses the step (the server
+        excludes this client from that round; the connection stays)."""
+        try:
+            return step(*args)
+        except (PyFedError, ValueError) as exc:  # a step does no I/O: never a network error
+            return self.secure_round.refusal(exc)
 
     def _server_error(self, message: messages.Error) -> None:
         reason = printable(message.reason)  # from the network: no forged lines

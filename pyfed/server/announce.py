@@ -16,7 +16,10 @@ def welcome(server, name: str) -> messages.Welcome:
     return messages.Welcome(
         client_id=name, rounds=server.rounds, run_name=server.run_dir.name, run_id=server.run_id,
         model=server.adapter.describe(), spec_hash=server.spec_hash,
-        config={"run_dir": str(server.run_dir.resolve()), "compression": server.codec})
+        config={"run_dir": str(server.run_dir.resolve()), "compression": server.codec,
+                # The client learns here that rounds will come as SecAgg's stages.
+                **({"secure_aggregation": True} if getattr(server.strategy, "secure", False)
+                   else {})})
 
 
 def announce(server) -> None:

@@ -29,6 +29,7 @@ from ..safe_text import printable
 from ..wire import compression, messages
 from .collect import Collector, FitCollector
 from .evaluation import FederatedEvaluation, evaluate_centrally
+from .secure_round import SecureRound
 from .session import RequestJob
 
 logger = logging.getLogger("pyfed")
@@ -84,15 +85,10 @@ class SyncRounds:
         timeout = max((c["round_timeout"] for c in plan.values() if "round_timeout" in c),
                       default=server.round_timeout)
         server.callbacks.on_round_begin(server, server_round, plan)
-        fit = self._send_fit(server_round, parameters, wire, meta, plan, sessions, timeout)
-        self.wait_for_answers(fit, fit.deadline, "training")
-        for client, reason in sorted(fit.failures.items()):
-            logger.warning("round %d: %s did not contribute: %s", server_round, client, reason)
-        try:
-            fit.require(server.min_clients("min_fit_clients"))
-        except RoundError:
-            fit.close("the round failed")  # no late answer may fold into the retry's aggregate
-            raise
+        if getattr(server.strategy, "secure", False):  # SecureAggregation: only the sum
+            fit = SecureRound(self, server_round, parameters, plan, sessions, timeout).run()
+        else:
+            fit = self._collect_fit(server_round, parameters, wire, meta, plan, sessions, timeout)
         new_parameters, fit_metrics = server.strategy.finish()
         server.adapter.set_weights(new_parameters)
         evaluated = self._evaluate(server_round, new_parameters, sessions, timeout)
@@ -107,6 +103,20 @@ class SyncRounds:
         # The callbacks (the checkpoint's write) run without the previous global weights held.
         parameters = new_parameters = None  # noqa: F841
         server.callbacks.on_round_end(server, server_round, logs)
+
+    def _collect_fit(self, server_round, parameters, wire, meta, plan, sessions, timeout):
+        """FIT to the plan, each update folded as it arrives, until all answered or the
+        deadline; a RoundError when too few usable updates came."""
+        fit = self._send_fit(server_round, parameters, wire, meta, plan, sessions, timeout)
+        self.wait_for_answers(fit, fit.deadline, "training")
+        for client, reason in sorted(fit.failures.items()):
+            logger.warning("round %d: %s did not contribute: %s", server_round, client, reason)
+        try:
+            fit.require(self.server.min_clients("min_fit_clients"))
+        except RoundError:
+            fit.close("the round failed")  # no late answer may fold into the retry's aggregate
+            raise
+        return fit
 
     def _global_model(self, server_round: int):
         """The round's global weights, and with compression what goes on the wire."""

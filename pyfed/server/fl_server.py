@@ -31,6 +31,7 @@ from .checkpoint import remove_orphaned_temporaries
 from .checkpointer import Checkpointer
 from .async_engine import AsyncVersions
 from .engine import SyncRounds
+from .secure_round import largest_upload
 from .evaluation import test_global_model
 from .gateway import Gateway
 from .options import check_server_options, prepare_centralized_evaluation
@@ -117,6 +118,11 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.resume, self.max_examples = resume, max_examples
         self.codec = validate_codec(compression)
+        if getattr(self.strategy, "secure", False) and self.codec != "none":
+            raise ConfigurationError(
+                f"compression={compression!r} cannot be used with SecureAggregation: a masked "
+                "update is uniform on its ring, so nothing compresses it, and the server must "
+                "sum it exactly; leave compression unset")
         # The official global model is what clients decode (server-side error feedback).
         self.downlink = Downlink(self.codec) if self.codec != "none" else None
         self.hparams = dict(hparams or {})
@@ -131,7 +137,7 @@ class FL_Server:  # noqa: N801  (PyFed 0.0.x's public name)
         self.gateway = Gateway(
             host=self.host, port=port, welcome=lambda name: welcome(self, name), spec=self.spec,
             spec_hash=self.spec_hash,
-            pool=BufferPool(buffer_pool_size, max_nbytes=uplink.body_nbytes),
+            pool=BufferPool(buffer_pool_size, max_nbytes=largest_upload(self.strategy, uplink.body_nbytes, self.spec)),
             layout=uplink, upload_pace=UploadPace(min_upload_rate, upload_stall_timeout),
             token=auth.resolve_token(token, token_file),
             ssl_context=server_ssl_context(ssl_certfile, ssl_keyfile) if ssl_certfile else None,

@@ -120,6 +120,8 @@ class FedAvg(Strategy):
         self._fit_metrics: list[tuple[int, dict]] = []
         self._blocks = RecycledBlocks()  # accumulator memory, reused across rounds
         self._fit_size: int | None = None  # clients asked this round, from configure_fit
+        # A secure round's mean (add_secure_sum), which finish() takes instead of _combine().
+        self._secure_mean: list[np.ndarray] | None = None
 
     def __repr__(self) -> str:
         bound = ("" if self.max_update_norm is None else
@@ -222,16 +224,16 @@ class FedAvg(Strategy):
             raise RuntimeError(f"{type(self).__name__}.finish called before begin()")
         server_round, current = self._round, self._current
         try:
-            if not self._fit_metrics:
+            if not self._fit_metrics and self._secure_mean is None:
                 raise RuntimeError(f"{type(self).__name__}.finish: round {server_round} "
                                    "has no results")
-            aggregate = self._combine()
+            aggregate = self._combine() if self._secure_mean is None else self._secure_mean
             new = self._server_update(server_round, current, aggregate)
             parameters = cast_to(new, [np.asarray(p).dtype for p in current])
             metrics = self._aggregate_metrics(self.fit_metrics_aggregation_fn, self._fit_metrics)
         finally:
             self._round, self._current, self._fit_metrics = None, [], []
-            self._fit_size = None
+            self._fit_size, self._secure_mean = None, None
             self._start()
         return parameters, metrics
 
@@ -265,6 +267,26 @@ class FedAvg(Strategy):
     def _server_update(self, server_round: int, current: list[np.ndarray],
                        aggregate: list[np.ndarray]) -> list[np.ndarray]:
         return aggregate
+
+    # -- secure aggregation (pyfed.privacy.SecureAggregation) ------------------------------
+
+    def secure_sum_request(self, server_round: int) -> dict:
+        """What each client of a secure round sums: its weights, weighted by its examples."""
+        return {"vector": "weights"}
+
+    def add_secure_sum(self, total_weight: float, weighted_sum: list[np.ndarray], count: int,
+                       extras: dict, metrics: list[dict] = ()) -> None:
+        """A secure round's only result, instead of add(): ``sum_i r_i w_i`` and ``sum_i r_i``
+        over ``count`` clients (r_i: client i's examples over max_weight). The server
+        optimizers (_server_update) then see the mean as they would see FedAvg's."""
+        if self._round is None:
+            raise RuntimeError(f"{type(self).__name__}.add_secure_sum called before begin()")
+        if not total_weight > 0:
+            raise RoundError(f"round {self._round}: the secure sum's total weight is "
+                             f"{total_weight:g}; it must be positive")
+        self._secure_mean = [np.asarray(s, dtype=np.float64) / total_weight for s in weighted_sum]
+        # The examples behind each client's metrics stay hidden: each counts once.
+        self._fit_metrics = [(1, dict(m)) for m in metrics]
 
     # -- evaluation -------------------------------------------------------------------------
 

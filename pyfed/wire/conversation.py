@@ -26,6 +26,9 @@ class State(enum.Enum):
     READY = "ready"
     FITTING = "fitting"
     EVALUATING = "evaluating"
+    SECAGG_KEYING = "secagg keying"
+    SECAGG_SHARING = "secagg sharing"
+    SECAGG_REVEALING = "secagg revealing"
     CLOSED = "closed"
 
 
@@ -42,7 +45,20 @@ TRANSITIONS: dict[tuple[State, Role, MessageKind], State] = {
     (State.READY, Role.SERVER, K.EVALUATE): State.EVALUATING,
     (State.EVALUATING, Role.CLIENT, K.EVALUATE_RESULT): State.READY,
     (State.READY, Role.SERVER, K.FINISH): State.CLOSED,
+    # A secure round (pyfed.privacy.secure_round): three more request/reply pairs around FIT,
+    # whose reply is then a masked vector instead of weights.
+    (State.READY, Role.SERVER, K.SECAGG_SETUP): State.SECAGG_KEYING,
+    (State.SECAGG_KEYING, Role.CLIENT, K.SECAGG_KEYS): State.READY,
+    (State.READY, Role.SERVER, K.SECAGG_PEERS): State.SECAGG_SHARING,
+    (State.SECAGG_SHARING, Role.CLIENT, K.SECAGG_SHARES): State.READY,
+    (State.FITTING, Role.CLIENT, K.SECAGG_MASKED): State.READY,
+    (State.READY, Role.SERVER, K.SECAGG_UNMASK): State.SECAGG_REVEALING,
+    (State.SECAGG_REVEALING, Role.CLIENT, K.SECAGG_REVEAL): State.READY,
 }
+# States in which the server waits for the client's reply: a non-fatal ERROR from the client
+# ("I can't do that") answers the request and returns the conversation to READY.
+_AWAITING_REPLY = frozenset({State.FITTING, State.EVALUATING, State.SECAGG_KEYING,
+                             State.SECAGG_SHARING, State.SECAGG_REVEALING})
 _LIVE_STATES = frozenset(State) - {State.CLOSED}
 
 
@@ -98,7 +114,7 @@ class Conversation:
             return
         if self.state in _LIVE_STATES and kind is K.ERROR:
             # A non-fatal ERROR (e.g. "your update was rejected") leaves the conversation usable.
-            if not message.fatal and self.state in (State.READY, State.FITTING, State.EVALUATING):
+            if not message.fatal and (self.state is State.READY or self.state in _AWAITING_REPLY):
                 if sender is Role.CLIENT:
                     self.state = State.READY
                 return

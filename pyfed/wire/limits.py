@@ -201,6 +201,51 @@ def spec(value) -> str | None:
 ROUND = integer(0, MAX_ROUND)
 EXAMPLES = integer(0, MAX_NUM_EXAMPLES)
 
+# Secure aggregation: every client talks to every other (O(n^2) keys and shares), so a secure
+# round has at most this many participants; a ring of at most 64 bits (numpy's widest integer);
+# keys and commitments are 32 bytes; a share ciphertext (nonce, two 66-byte shares, indices,
+# tag) under 256 bytes.
+MAX_SECAGG_PARTICIPANTS = 1024
+MAX_SECAGG_CIPHERTEXT_BYTES = 256
+SECAGG_INDEX = integer(1, MAX_SECAGG_PARTICIPANTS)
+
+
+def hex_text(low_bytes: int, high_bytes: int) -> Rule:
+    """Lowercase hex of ``low_bytes``..``high_bytes`` bytes."""
+    def rule(value) -> str | None:
+        if not isinstance(value, str) or not low_bytes * 2 <= len(value) <= high_bytes * 2 \
+                or len(value) % 2 or value.strip("0123456789abcdef"):
+            shown = f"{len(value)} characters" if isinstance(value, str) else show(value)
+            return (f"must be lowercase hex of {low_bytes}"
+                    f"{'' if low_bytes == high_bytes else f'..{high_bytes}'} bytes; received "
+                    f"{shown}")
+        return None
+    return rule
+
+
+KEY_HEX = hex_text(32, 32)
+CIPHERTEXT_HEX = hex_text(1, MAX_SECAGG_CIPHERTEXT_BYTES)
+
+
+def items(each: Rule, limit: int = MAX_SECAGG_PARTICIPANTS) -> Rule:
+    """A list of at most ``limit`` values, each passing ``each``."""
+    def rule(value) -> str | None:
+        if len(value) > limit:
+            return f"has {len(value)} items; at most {limit} are accepted"
+        for index, item in enumerate(value):
+            problem = each(item)
+            if problem:
+                return f"[{index}] {problem}"
+        return None
+    return rule
+
+
+def peer_keys(entry) -> str | None:
+    """``[index, encryption_key_hex, mask_key_hex]``."""
+    if not isinstance(entry, list) or len(entry) != 3:
+        return "must be [index, encryption_key, mask_key]"
+    return SECAGG_INDEX(entry[0]) or KEY_HEX(entry[1]) or KEY_HEX(entry[2])
+
 # kind name -> field -> rule. Fields without a rule are checked for their type only (strings
 # from the network are escaped where they are shown, see pyfed.safe_text).
 RULES: dict[str, dict[str, Rule]] = {
@@ -213,6 +258,23 @@ RULES: dict[str, dict[str, Rule]] = {
     "EVALUATE": {"round": ROUND},
     "EVALUATE_RESULT": {"round": ROUND, "num_examples": EXAMPLES, "loss": real,
                         "metrics": metrics},
+    "SECAGG_SETUP": {"round": ROUND, "index": SECAGG_INDEX,
+                     "participants": integer(2, MAX_SECAGG_PARTICIPANTS),
+                     "threshold": integer(2, MAX_SECAGG_PARTICIPANTS),
+                     "modulus_bits": integer(8, 64), "clipping_range": real,
+                     "max_weight": real},
+    "SECAGG_KEYS": {"round": ROUND, "encryption_key": KEY_HEX, "mask_key": KEY_HEX,
+                    "seed_commitment": KEY_HEX},
+    "SECAGG_PEERS": {"round": ROUND, "peers": items(peer_keys)},
+    "SECAGG_SHARES": {"round": ROUND, "recipients": items(SECAGG_INDEX),
+                      "ciphertexts": items(CIPHERTEXT_HEX)},
+    "SECAGG_MASKED": {"round": ROUND, "metrics": metrics, "history": history,
+                      "first_epoch": integer(0, MAX_EPOCH)},
+    "SECAGG_UNMASK": {"round": ROUND, "survivors": items(SECAGG_INDEX),
+                      "dropped": items(SECAGG_INDEX), "senders": items(SECAGG_INDEX),
+                      "ciphertexts": items(CIPHERTEXT_HEX)},
+    "SECAGG_REVEAL": {"round": ROUND, "owners": items(SECAGG_INDEX),
+                      "shares": items(hex_text(66, 66))},
     # A stored serverless update (pyfed.serverless.frames): a file from a shared folder is
     # as untrusted as a frame from a socket. A node name is capped like a client's.
     "NODE_UPDATE": {"node": short_text(MAX_METRIC_NAME), "epoch": integer(0, MAX_EPOCH),

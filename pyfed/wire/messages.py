@@ -26,6 +26,14 @@ class MessageKind(enum.IntEnum):
     FINISH = 9
     ERROR = 10
     PING = 11
+    # Secure aggregation (pyfed.privacy.SecureAggregation): the stages of one secure round.
+    SECAGG_SETUP = 12
+    SECAGG_KEYS = 13
+    SECAGG_PEERS = 14
+    SECAGG_SHARES = 15
+    SECAGG_MASKED = 16
+    SECAGG_UNMASK = 17
+    SECAGG_REVEAL = 18
     # Stored, never sent: one serverless node's update in a shared folder
     # (pyfed.serverless.frames). It has no entry in the socket state table, so a NODE_UPDATE
     # arriving on a connection is a ProtocolError in every state.
@@ -185,8 +193,101 @@ class NodeUpdate(Message):
     weights: Weights = ()
 
 
+# Secure aggregation (Bonawitz et al. 2017): the server relays keys and encrypted shares and
+# sums masked vectors; it never holds one client's update. Keys, commitments, ciphertexts and
+# shares travel as hex strings in the header (each is under 200 bytes); the masked vector, as
+# large as the model, travels in the body. See pyfed.privacy.secure_round for the order.
+
+
+@dataclass(frozen=True)
+class SecAggSetup(Message):
+    """Server -> client: you take part in this secure round as ``index`` of ``participants``;
+    any ``threshold`` of them can unmask. Answer with fresh public keys."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.SECAGG_SETUP
+    round: int
+    index: int
+    participants: int
+    threshold: int
+    modulus_bits: int
+    clipping_range: float
+    max_weight: float
+
+
+@dataclass(frozen=True)
+class SecAggKeys(Message):
+    """Client -> server: X25519 public keys (share encryption, pairwise masks) and sha256 of the
+    self-mask seed, which binds the seed the survivors will later rebuild."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.SECAGG_KEYS
+    round: int
+    encryption_key: str
+    mask_key: str
+    seed_commitment: str
+
+
+@dataclass(frozen=True)
+class SecAggPeers(Message):
+    """Server -> client: every participant's public keys, ``[[index, encryption, mask], ...]``."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.SECAGG_PEERS
+    round: int
+    peers: list
+
+
+@dataclass(frozen=True)
+class SecAggShares(Message):
+    """Client -> server: its Shamir shares, each encrypted to one peer (``recipients[i]`` gets
+    ``ciphertexts[i]``); the server only relays them."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.SECAGG_SHARES
+    round: int
+    recipients: list
+    ciphertexts: list
+
+
+@dataclass(frozen=True)
+class SecAggMasked(Message):
+    """Client -> server: the answer to a secure round's FIT, its update quantized into the ring
+    and masked (one array, uniform on the ring to anyone without the masks)."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.SECAGG_MASKED
+    ARRAY_FIELD: ClassVar[str | None] = "vector"
+    round: int
+    vector: Weights = ()
+    metrics: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    first_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class SecAggUnmask(Message):
+    """Server -> survivor: who sent a masked vector (``survivors``), who shared but did not
+    (``dropped``), and the ciphertexts addressed to this client (``senders[i]`` sent
+    ``ciphertexts[i]``)."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.SECAGG_UNMASK
+    round: int
+    survivors: list
+    dropped: list
+    senders: list
+    ciphertexts: list
+
+
+@dataclass(frozen=True)
+class SecAggReveal(Message):
+    """Client -> server: one share per owner: a survivor's self-mask seed share, a dropped
+    client's mask-key share; never both for one owner."""
+
+    KIND: ClassVar[MessageKind] = MessageKind.SECAGG_REVEAL
+    round: int
+    owners: list
+    shares: list
+
+
 MESSAGE_TYPES: dict[MessageKind, type[Message]] = {
     cls.KIND: cls
     for cls in (Hello, Challenge, Auth, Welcome, Fit, FitResult, Evaluate, EvaluateResult,
-                Finish, Error, Ping, NodeUpdate)
+                Finish, Error, Ping, NodeUpdate, SecAggSetup, SecAggKeys, SecAggPeers,
+                SecAggShares, SecAggMasked, SecAggUnmask, SecAggReveal)
 }

@@ -154,9 +154,9 @@ class SecureRound:
                                 metrics=[self.metrics[n] for n in sorted(self.metrics)])
         self.outcome.answered = sorted(self.name_of[i] for i in maskers)
         if dropped:
-            logger.warning("round %d: recovered from %d dropped client%s: %s", server_round,
-                           len(dropped), "" if len(dropped) == 1 else "s",
-                           ", ".join(self.name_of[i] for i in dropped))
+            self.server.warn(f"round {server_round}: recovered from {len(dropped)} dropped "
+                             f"client{'' if len(dropped) == 1 else 's'}: "
+                             f"{', '.join(self.name_of[i] for i in dropped)}")
         return self.outcome
 
     # -- one stage -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyfed.wire import protocol
+from pyfed.wire import messages, protocol
 from pyfed.errors import ProtocolError
 from pyfed.wire.messages import (Auth, Challenge, Error, Evaluate, EvaluateResult, Finish, Fit,
                             FitResult, Hello, Message, MessageKind, NodeUpdate, Ping, Welcome)
@@ -130,6 +130,17 @@ SAMPLES: list[Message] = [
     Ping(),
     NodeUpdate(node="alice", epoch=7, num_examples=600, metrics={"loss": 0.25},
                spec_hash="ab" * 32, checksum="cd" * 32, weights=SMALL_WEIGHTS),
+    messages.SecAggSetup(round=2, index=1, participants=3, threshold=2, modulus_bits=32,
+                         clipping_range=8.0, max_weight=1000.0),
+    messages.SecAggKeys(round=2, encryption_key="0a" * 32, mask_key="0b" * 32,
+                        seed_commitment="0c" * 32),
+    messages.SecAggPeers(round=2, peers=[[1, "0a" * 32, "0b" * 32], [2, "1a" * 32, "1b" * 32]]),
+    messages.SecAggShares(round=2, recipients=[2, 3], ciphertexts=["ee" * 168, "ff" * 168]),
+    messages.SecAggMasked(round=2, vector=(np.arange(7, dtype="<u4"),), metrics={"loss": 0.5},
+                          history={"loss": [0.5]}, first_epoch=1),
+    messages.SecAggUnmask(round=2, survivors=[1, 2], dropped=[3], senders=[2, 3],
+                          ciphertexts=["ee" * 168, "ff" * 168]),
+    messages.SecAggReveal(round=2, owners=[1, 2, 3], shares=["aa" * 66] * 3),
 ]
 
 
@@ -865,7 +876,7 @@ def test_non_fatal_error_during_handshake_closes(role):
 FUZZ = settings(max_examples=400, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
-SMALL_SAMPLES = [dataclasses.replace(m, weights=SMALL_WEIGHTS[:3]) if m.ARRAY_FIELD else m
+SMALL_SAMPLES = [dataclasses.replace(m, **{m.ARRAY_FIELD: SMALL_WEIGHTS[:3]}) if m.ARRAY_FIELD else m
                  for m in SAMPLES]
 VALID_FRAMES = [protocol.encode_bytes(m) for m in SMALL_SAMPLES]
 

@@ -1,0 +1,14 @@
+"""SecAgg/SecAgg+ protocol logic, both sides, pure: no sockets, no threads.
+
+:class:`ClientSecAgg` and :class:`ServerSecAgg` hold one round's state each; the wire layer
+carries their outputs between processes. They live in two modules (one job each, and each
+under the size cap) and are re-exported here, the one import path the wiring uses.
+"""
+
+from pyfed.privacy.secagg_client import ClientSecAgg
+from pyfed.privacy.secagg_crypto import DecryptionError, SecAggError
+from pyfed.privacy.secagg_server import ServerSecAgg
+from pyfed.privacy.secagg_shares import CIPHERTEXT_BYTES, SHARE_BYTES
+
+__all__ = ["ClientSecAgg", "ServerSecAgg", "SecAggError", "DecryptionError",
+           "CIPHERTEXT_BYTES", "SHARE_BYTES"]

@@ -80,7 +80,7 @@ class ServerSecAgg:
             raise SecAggError("shares arrived before the peer list was sent")
         if self._u2 is not None:
             raise SecAggError("shares arrived after the sharing step closed")
-        if sender not in self._u1:
+        if check_index(sender, self.participants, "a sender") not in self._u1:
             raise SecAggError(f"client {sender!r} did not key this round")
         if sender in self._shares:
             raise SecAggError(f"client {sender} already sent its shares")
@@ -109,7 +109,7 @@ class ServerSecAgg:
     def ciphertexts_for(self, recipient: int) -> dict[int, bytes]:
         """Sender -> the envelope it sealed for ``recipient``, over the other senders in U2."""
         u2 = self.sharers()
-        if recipient not in u2:
+        if check_index(recipient, self.participants, "a recipient") not in u2:
             raise SecAggError(f"client {recipient!r} is not among the sharers {u2}")
         return {sender: self._shares[sender][recipient] for sender in u2 if sender != recipient}
 
@@ -118,7 +118,7 @@ class ServerSecAgg:
         u2 = self.sharers()
         if self._u3 is not None:
             raise SecAggError("a masked vector arrived after masking closed")
-        if index not in u2:
+        if check_index(index, self.participants, "a client index") not in u2:
             raise SecAggError(f"client {index!r} did not share this round")
         if index in self._masked:
             raise SecAggError(f"client {index} already sent its masked vector")
@@ -150,7 +150,7 @@ class ServerSecAgg:
         An owner may be missing (the revealer could not open that owner's envelope); an owner
         outside U2 or a malformed share refuses the whole reveal."""
         u3 = self.maskers()
-        if index not in u3:
+        if check_index(index, self.participants, "a client index") not in u3:
             raise SecAggError(f"client {index!r} is not a survivor")
         if index in self._reveals:
             raise SecAggError(f"client {index} already revealed its shares")

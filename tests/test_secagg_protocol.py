@@ -97,6 +97,10 @@ def test_a_client_that_never_shared_is_simply_left_out():
     r = Round(5, 3)
     assert r.key_and_share(skip=(3,)) == [1, 2, 4, 5]
     r.mask()
+    with pytest.raises(SecAggError, match="did not share"):
+        r.server.add_masked(3, r.vectors[1])
+    with pytest.raises(SecAggError, match="before share"):
+        r.clients[3].masked(r.x[3], [1, 2, 3, 4])
     for i, shares in r.reveals().items():
         r.server.add_reveal(i, shares)
     r.check_sum(r.server.unmask())

@@ -31,7 +31,8 @@ class ServerSecAgg:
     def __init__(self, server_round: int, participants: int, threshold: int, modulus_bits: int,
                  clipping_range: float, vector_length: int):
         check_round(server_round, participants, threshold, modulus_bits, clipping_range)
-        if isinstance(vector_length, bool) or not isinstance(vector_length, int) or vector_length < 1:
+        if (isinstance(vector_length, bool) or not isinstance(vector_length, int)
+                or vector_length < 1):
             raise SecAggError(f"vector_length must be a positive int, got {vector_length!r}")
         self.server_round = server_round
         self.participants = participants
@@ -88,7 +89,8 @@ class ServerSecAgg:
             raise SecAggError("shares must map recipient index -> envelope")
         expected = set(self._u1) - {sender}
         if set(ciphertexts) != expected:
-            raise SecAggError(f"client {sender} addressed shares to {sorted(ciphertexts, key=str)}, "
+            raise SecAggError(f"client {sender} addressed shares to "
+                              f"{sorted(ciphertexts, key=str)}, "
                               f"not to the other keyed clients {sorted(expected)}")
         for recipient, envelope in ciphertexts.items():
             if not isinstance(envelope, bytes) or len(envelope) != CIPHERTEXT_BYTES:
@@ -158,7 +160,8 @@ class ServerSecAgg:
             raise SecAggError("a reveal must map owner index -> share")
         unknown = set(shares) - set(self._u2)
         if unknown:
-            raise SecAggError(f"client {index} revealed shares of clients {sorted(unknown, key=str)} "
+            raise SecAggError(f"client {index} revealed shares of clients "
+                              f"{sorted(unknown, key=str)} "
                               "outside the round")
         self._reveals[index] = {owner: check_share(value, f"client {index}'s share of {owner}")
                                 for owner, value in shares.items()}
@@ -184,7 +187,8 @@ class ServerSecAgg:
                 owner, lambda s, p=self._keys[owner][1]: public_bytes(private_from_bytes(s)) == p))
             for u in u3:
                 # u added +PRG(s_uv) toward a higher v, -PRG(s_uv) toward a lower one.
-                pair_mask = mask(shared_key(key, self._keys[u][1], PAIRWISE_MASK_INFO), length, bits)
+                seed = shared_key(key, self._keys[u][1], PAIRWISE_MASK_INFO)
+                pair_mask = mask(seed, length, bits)
                 if owner > u:
                     total -= pair_mask
                 else:

@@ -7,6 +7,8 @@ or a byte layout that differed between them would only show up as a failed round
 """
 
 import itertools
+import math
+import secrets
 import struct
 
 from pyfed.privacy import shamir
@@ -46,6 +48,9 @@ def check_round(server_round: int, participants: int, threshold: int, modulus_bi
     if not _is_int(threshold) or not 2 <= threshold <= participants:
         raise SecAggError(f"threshold must be an int in 2..{participants}, got {threshold!r}")
     ring_dtype(modulus_bits)
+    quantize_range(clipping_range)  # a number
+    if not 0 < clipping_range < float("inf"):
+        raise SecAggError(f"clipping_range must be a positive number, got {clipping_range!r}")
     try:  # also proves the ring can hold the sum of `participants` vectors without wrapping
         scale(quantize_range(clipping_range), modulus_bits, participants)
     except (TypeError, ValueError) as exc:
@@ -120,27 +125,38 @@ def check_share(value, what: str) -> bytes:
 
 
 def recover_verified(points: list[tuple[int, bytes]], threshold: int, verify):
-    """The secret behind ``points`` that ``verify`` accepts, and the x's of points off its
-    polynomial (their revealers lied); ``(None, [])`` when no tried t-subset verifies.
+    """The secret behind ``points`` that ``verify`` accepts, and the x's of points that lie
+    off the true polynomial (their revealers lied); ``(None, [])`` when no tried t-subset
+    verifies.
 
     With exactly t points a forged one can only be detected by ``verify`` (a commitment or a
     public key), never corrected; with more, a subset of honest points rebuilds the secret.
-    Subsets are tried in the order most likely to succeed: all first t, then leave-one-out
-    (a single liar), then the rest of the combinations, at most :data:`MAX_SUBSETS` in all."""
+    A verified secret is always right, but liars can forge shares whose errors cancel in one
+    subset, so the polynomial through a verified subset is not necessarily the true one.
+    Points are named only when that polynomial passes through more than (m + t - 2) / 2 of
+    the m points: no other polynomial with the same secret can then pass through as many
+    (two of them share at most t - 2 points besides 0), so colluding liars cannot get honest
+    revealers named. Subsets are tried in the order most likely to succeed, at most
+    :data:`MAX_SUBSETS` of them (see :func:`_candidate_subsets`)."""
     if len(points) < threshold:
         return None, []
+    recovered, explained = None, []  # explained: the points of each verified polynomial seen
     for subset in _candidate_subsets(points, threshold):
+        xs = {x for x, _ in subset}
+        if any(xs <= known for known in explained):  # a polynomial already counted
+            continue
         try:
             secret = shamir.reconstruct(list(subset), threshold)
         except shamir.ShareError:
             continue
-        if verify(secret):
-            chosen = {x for x, _ in subset}
-            base = list(subset[:threshold - 1])
-            liars = [x for x, y in points
-                     if x not in chosen and not _on_polynomial(base, (x, y), threshold, secret)]
-            return secret, liars
-    return None, []
+        if not verify(secret):
+            continue
+        recovered, base = secret, list(subset[:threshold - 1])
+        on = {x for x, y in points if x in xs or _on_polynomial(base, (x, y), threshold, secret)}
+        if 2 * len(on) > len(points) + threshold - 2:
+            return secret, sorted(x for x, _ in points if x not in on)
+        explained.append(on)
+    return recovered, []
 
 
 def _on_polynomial(base, point, threshold: int, secret: bytes) -> bool:
@@ -154,17 +170,21 @@ def _on_polynomial(base, point, threshold: int, secret: bytes) -> bool:
 
 
 def _candidate_subsets(points, threshold: int):
+    """The first t points, then the first t of each leave-one-out, then every t-subset when
+    there are at most MAX_SUBSETS of them, else random ones (unpredictable to the liars, and
+    likely to hit an honest subset when most revealers are honest, wherever the liars sit)."""
     seen = set()
     leave_one_out = (points[:i] + points[i + 1:] for i in range(len(points)))
-    orders = itertools.chain([points], leave_one_out, itertools.combinations(points, threshold))
-    for candidate in orders:
-        subset = tuple(candidate[:threshold])
-        if len(subset) < threshold:
+    if math.comb(len(points), threshold) <= MAX_SUBSETS:
+        rest = itertools.combinations(points, threshold)
+    else:
+        chooser = secrets.SystemRandom()
+        rest = (chooser.sample(points, threshold) for _ in range(8 * MAX_SUBSETS))
+    for candidate in itertools.chain([points], leave_one_out, rest):
+        subset = tuple(sorted(candidate[:threshold]))
+        if len(subset) < threshold or frozenset(subset) in seen:
             continue
-        xs = frozenset(x for x, _ in subset)
-        if xs in seen:
-            continue
-        seen.add(xs)
+        seen.add(frozenset(subset))
         yield subset
         if len(seen) >= MAX_SUBSETS:
             return

@@ -31,12 +31,8 @@ class ServerSecAgg:
     def __init__(self, server_round: int, participants: int, threshold: int, modulus_bits: int,
                  clipping_range: float, vector_length: int):
         check_round(server_round, participants, threshold, modulus_bits, clipping_range)
-<<<<<<< HEAD
-        if isinstance(vector_length, bool) or not isinstance(vector_length, int) or vector_length < 1:
-=======
         if (isinstance(vector_length, bool) or not isinstance(vector_length, int)
                 or vector_length < 1):
->>>>>>> sapure
             raise SecAggError(f"vector_length must be a positive int, got {vector_length!r}")
         self.server_round = server_round
         self.participants = participants
@@ -85,11 +81,7 @@ class ServerSecAgg:
             raise SecAggError("shares arrived before the peer list was sent")
         if self._u2 is not None:
             raise SecAggError("shares arrived after the sharing step closed")
-<<<<<<< HEAD
-        if sender not in self._u1:
-=======
         if check_index(sender, self.participants, "a sender") not in self._u1:
->>>>>>> sapure
             raise SecAggError(f"client {sender!r} did not key this round")
         if sender in self._shares:
             raise SecAggError(f"client {sender} already sent its shares")
@@ -97,12 +89,8 @@ class ServerSecAgg:
             raise SecAggError("shares must map recipient index -> envelope")
         expected = set(self._u1) - {sender}
         if set(ciphertexts) != expected:
-<<<<<<< HEAD
-            raise SecAggError(f"client {sender} addressed shares to {sorted(ciphertexts, key=str)}, "
-=======
             raise SecAggError(f"client {sender} addressed shares to "
                               f"{sorted(ciphertexts, key=str)}, "
->>>>>>> sapure
                               f"not to the other keyed clients {sorted(expected)}")
         for recipient, envelope in ciphertexts.items():
             if not isinstance(envelope, bytes) or len(envelope) != CIPHERTEXT_BYTES:
@@ -123,11 +111,7 @@ class ServerSecAgg:
     def ciphertexts_for(self, recipient: int) -> dict[int, bytes]:
         """Sender -> the envelope it sealed for ``recipient``, over the other senders in U2."""
         u2 = self.sharers()
-<<<<<<< HEAD
-        if recipient not in u2:
-=======
         if check_index(recipient, self.participants, "a recipient") not in u2:
->>>>>>> sapure
             raise SecAggError(f"client {recipient!r} is not among the sharers {u2}")
         return {sender: self._shares[sender][recipient] for sender in u2 if sender != recipient}
 
@@ -136,11 +120,7 @@ class ServerSecAgg:
         u2 = self.sharers()
         if self._u3 is not None:
             raise SecAggError("a masked vector arrived after masking closed")
-<<<<<<< HEAD
-        if index not in u2:
-=======
         if check_index(index, self.participants, "a client index") not in u2:
->>>>>>> sapure
             raise SecAggError(f"client {index!r} did not share this round")
         if index in self._masked:
             raise SecAggError(f"client {index} already sent its masked vector")
@@ -172,11 +152,7 @@ class ServerSecAgg:
         An owner may be missing (the revealer could not open that owner's envelope); an owner
         outside U2 or a malformed share refuses the whole reveal."""
         u3 = self.maskers()
-<<<<<<< HEAD
-        if index not in u3:
-=======
         if check_index(index, self.participants, "a client index") not in u3:
->>>>>>> sapure
             raise SecAggError(f"client {index!r} is not a survivor")
         if index in self._reveals:
             raise SecAggError(f"client {index} already revealed its shares")
@@ -184,12 +160,8 @@ class ServerSecAgg:
             raise SecAggError("a reveal must map owner index -> share")
         unknown = set(shares) - set(self._u2)
         if unknown:
-<<<<<<< HEAD
-            raise SecAggError(f"client {index} revealed shares of clients {sorted(unknown, key=str)} "
-=======
             raise SecAggError(f"client {index} revealed shares of clients "
                               f"{sorted(unknown, key=str)} "
->>>>>>> sapure
                               "outside the round")
         self._reveals[index] = {owner: check_share(value, f"client {index}'s share of {owner}")
                                 for owner, value in shares.items()}
@@ -215,12 +187,8 @@ class ServerSecAgg:
                 owner, lambda s, p=self._keys[owner][1]: public_bytes(private_from_bytes(s)) == p))
             for u in u3:
                 # u added +PRG(s_uv) toward a higher v, -PRG(s_uv) toward a lower one.
-<<<<<<< HEAD
-                pair_mask = mask(shared_key(key, self._keys[u][1], PAIRWISE_MASK_INFO), length, bits)
-=======
                 seed = shared_key(key, self._keys[u][1], PAIRWISE_MASK_INFO)
                 pair_mask = mask(seed, length, bits)
->>>>>>> sapure
                 if owner > u:
                     total -= pair_mask
                 else:

@@ -209,3 +209,22 @@ def test_an_experiment_runs_an_asynchronous_strategy_as_it_is(tmp_path):
     assert sum(history.history["client_updates"][-1].values()) == 12
     assert experiment.test_results["accuracy"] > 0.8
     assert multiprocessing.active_children() == []
+
+
+def test_an_experiment_runs_secure_aggregation_as_it_is(tmp_path):
+    """SecureAggregation needs no change to FL_Experiment or FL_Client: WELCOME tells the
+    clients, each round runs SecAgg's stages, and the model still learns digits."""
+    from pyfed.models import SoftmaxRegression
+    from pyfed.privacy import SecureAggregation
+    from pyfed.strategy import FedAvg
+
+    clients_x, clients_y, test_x, test_y = digits_parts(3)
+    experiment = FL_Experiment(3, clients_x, clients_y, test_x, test_y, port=0,
+                               logdir=tmp_path / "logs", verbose=0, timeout=240,
+                               strategy=SecureAggregation(FedAvg()))
+    model, history = experiment.run(SoftmaxRegression(64, 10), rounds=4, epochs=2,
+                                    batch_size=32, lr=0.5)
+    assert history.rounds == [1, 2, 3, 4]
+    assert history.history["participants"] == [3] * 4
+    assert experiment.test_results["accuracy"] > 0.8
+    assert multiprocessing.active_children() == []

@@ -6,6 +6,7 @@ The data never leaves this process: only weights, example counts and metric hist
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import time
@@ -153,6 +154,7 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
                     self._prepare_model(welcome, loss, optimizer, lr, metrics)
                     self._check_data()
                     self._start_compression(welcome)
+                    self._prepare_secure_rounds(welcome)
                     if tb is None:
                         tb = self._local_logger(welcome)
                     failures_in_a_row = 0
@@ -284,6 +286,18 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
         self._reference = None
         self._feedback.reset()
         self._spec = self.adapter.spec()
+
+    def _prepare_secure_rounds(self, welcome: messages.Welcome) -> None:
+        """A server running SecureAggregation says so in WELCOME: its rounds come as SecAgg's
+        stages. Load the crypto now, so a client without it says so before any round."""
+        self._secure_round = None  # a new connection starts with no secure round in progress
+        if welcome.config.get("secure_aggregation"):
+            try:
+                importlib.import_module("pyfed.privacy.secagg_protocol")
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"{self.name}: the server runs secure aggregation, which needs the "
+                    f"'cryptography' package ({exc}); pip install cryptography") from None
 
     def _local_logger(self, welcome: messages.Welcome) -> RunLogger | None:
         """This client's own curves on its own machine, unless the server writes them here."""

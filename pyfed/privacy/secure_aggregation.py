@@ -131,6 +131,15 @@ class SecureAggregation(Strategy):
     def evaluate(self, server_round, parameters):
         return self.strategy.evaluate(server_round, parameters)
 
+    @property
+    def allows_empty_rounds(self) -> bool:
+        """DP's Poisson sampling may pick nobody: that round adds only noise, no secure sum."""
+        return bool(getattr(self.strategy, "allows_empty_rounds", False))
+
+    def stop_before_round(self, server_round: int) -> str | None:
+        stop = getattr(self.strategy, "stop_before_round", None)
+        return None if stop is None else stop(server_round)
+
     def round_logs(self) -> dict:
         round_logs = getattr(self.strategy, "round_logs", None)
         return {} if round_logs is None else dict(round_logs())

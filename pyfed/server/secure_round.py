@@ -110,6 +110,9 @@ class SecureRound:
     def run(self) -> SecureOutcome:
         strategy, server_round = self.strategy, self.server_round
         participants = len(self.plan)
+        if participants == 0 and getattr(strategy, "allows_empty_rounds", False):
+            strategy.begin(server_round, self.parameters)  # e.g. DP: the round adds its noise
+            return self.outcome
         if participants < 2:
             raise RoundError(f"round {server_round}: a secure round needs at least 2 clients "
                              f"(one client's sum is its update); {participants} sampled")

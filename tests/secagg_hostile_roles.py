@@ -41,18 +41,14 @@ from pyfed.wire.messages import (Finish, Fit, FitResult, Hello, MessageKind, Sec
                                  SecAggMasked, SecAggPeers, SecAggReveal, SecAggSetup,
                                  SecAggShares, SecAggUnmask, Welcome)
 
-# mode -> the step it breaks. Steps: keys (SECAGG_KEYS), shares, masked (the FIT's answer),
-# reveal. Each mode's reply is honest everywhere else.
-STEPS = ("keys", "shares", "masked", "reveal")
-
-
 def _flip(data: bytes, position: int = 40) -> bytes:
     return data[:position] + bytes([data[position] ^ 1]) + data[position + 1:]
 
 
-def fault(mode: str, step: str, message, me: int):
-    """The reply ``message`` (honest, for ``step``) as ``mode`` breaks it; bytes for a raw
-    frame, or a message. ``me`` is this client's index in the round."""
+def fault(mode: str, step: str, message, me: int, bits: int):
+    """The reply ``message`` (honest, for ``step``: keys, shares, masked or reveal) as
+    ``mode`` ("<step>-<fault>") breaks it; every other step stays honest. ``me`` is this
+    client's index in the round, ``bits`` the ring's modulus_bits."""
     if not mode.startswith(step + "-"):
         return message
     what = mode[len(step) + 1:]
@@ -99,7 +95,8 @@ def fault(mode: str, step: str, message, me: int):
             "float": lambda: (ring.astype(np.float64),),
             "overflow": lambda: (ring | np.uint32(1 << 16),),  # >= 2^16 in a 16-bit ring
             "two-arrays": lambda: (ring, ring),
-            "random": lambda: (_random_ring(ring),),
+            "random": lambda: (np.random.default_rng().integers(
+                0, 1 << bits, ring.shape, dtype=np.uint64).astype(ring.dtype),),
         }.get(what)
         if vector is not None:
             return SecAggMasked(**{**fields, "vector": vector()})
@@ -118,14 +115,6 @@ def fault(mode: str, step: str, message, me: int):
                    }[what]
         return SecAggReveal(**{**fields, **changes})
     raise ValueError(mode)
-
-
-def _random_ring(ring: np.ndarray) -> np.ndarray:
-    """Uniform ring values of ``ring``'s shape and dtype (this client's 32- or 16-bit ring is
-    read off the largest value: a masked vector's top bits are set with near certainty)."""
-    bits = 16 if int(ring.max()) < (1 << 16) else 32
-    return np.random.default_rng().integers(0, 1 << bits, ring.shape, dtype=np.uint64
-                                            ).astype(ring.dtype)
 
 
 def evil_session(port: int, mode: str, train_as: int, timeout: float) -> None:
@@ -194,7 +183,7 @@ def evil_session(port: int, mode: str, train_as: int, timeout: float) -> None:
             else:
                 emit("UNEXPECTED", {"mode": mode, "kind": kind.name})
             if reply is not None:
-                reply = fault(mode, step, reply, protocol_state.index)
+                reply = fault(mode, step, reply, protocol_state.index, setup.modulus_bits)
                 sock.sendall(protocol.encode_bytes(reply))
                 emit("SENT", {"mode": mode, "step": step, "trained_as": train_as})
         emit("TIMEOUT", {"mode": mode})
@@ -219,8 +208,9 @@ def evil_client(args) -> None:
 # evil-server: one real client (index 1) and two peers played here
 # ---------------------------------------------------------------------------------------------
 
-# mode -> (threshold, what goes wrong). The client must refuse each wrong step with a
-# non-fatal ERROR (code "secagg_refused") and reveal nothing; "honest" is the control.
+# mode -> the threshold announced (the comment says what goes wrong). The client must refuse
+# each wrong step with a non-fatal ERROR (code "secagg_refused") and reveal nothing; "honest"
+# is the control.
 EVIL_SERVER_MODES = {
     "honest": 2,
     "peers-own-keys-replaced": 2,  # SECAGG_PEERS carries other keys under the client's index

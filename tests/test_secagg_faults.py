@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import secagg_roles
 from conftest import tagged
 from procs import ProcessGroup, free_port
 from test_faults import wait_exit, wait_for_output
@@ -37,7 +38,7 @@ SHAPES = "20x10,10"
 
 
 def run(tmp_path, *, honest=(1, 2, 3), modes=(), first_index=4, secagg=None, shapes=SHAPES,
-        timeout=120) -> ProcessGroup:
+        rounds=1, timeout=120) -> ProcessGroup:
     """A one-round federation of ``honest`` clients and one evil connection per mode, to its
     end; the group (closed) for reading outputs. ``server_rc`` is set on it."""
     port = free_port()
@@ -47,6 +48,7 @@ def run(tmp_path, *, honest=(1, 2, 3), modes=(), first_index=4, secagg=None, sha
     try:
         group.start("server", [sys.executable, ROLES, "server", "--port", port, "--logdir",
                                logdir, "--clients", len(honest) + len(modes), "--shapes", shapes,
+                               "--rounds", rounds,
                                "--round-timeout", 30, "--round-retries", 0,
                                "--secagg-options", json.dumps(options)])
         wait_for_output(group, "server", r"^READY \d+", 60)
@@ -72,8 +74,9 @@ def rejections(group) -> dict[str, list[dict]]:
     return found
 
 
-def assert_sum_is(group, indices, secagg=None, participants=None) -> None:
-    """The server's model is FedAvg of clients ``indices``, within the quantization error."""
+def assert_sum_is(group, indices, secagg=None, participants=None, rounds=1) -> None:
+    """The server's model is FedAvg of clients ``indices`` (each round moves it by the same
+    weighted mean of their shifts), within the quantization error."""
     assert group.server_rc == 0, group.dump()
     options = {"clipping_range": 8.0, "modulus_bits": 32, **(secagg or {})}
     weight = sum(min(100 * i / 1000, 1.0) for i in indices)
@@ -81,29 +84,32 @@ def assert_sum_is(group, indices, secagg=None, participants=None) -> None:
     # then errs by about e (1 + 1.5) / weight.
     e = error_bound(max(options["clipping_range"], 1.0), options["modulus_bits"],
                     participants or len(indices))
-    for got, want in zip(final_weights(group.output("server")), expected_fedavg(indices)):
-        np.testing.assert_allclose(got, want, atol=3 * e / weight + 1e-5)
+    start = secagg_roles.initial_weights(secagg_roles.parse_shapes(SHAPES))
+    for got, one_round, w0 in zip(final_weights(group.output("server")),
+                                  expected_fedavg(indices), start):
+        want = w0 + rounds * (one_round - w0)
+        np.testing.assert_allclose(got, want, atol=rounds * (3 * e / weight + 1e-5))
     history = tagged(group.output("server"), "RESULT")["history"]["history"]
-    assert history["participants"] == [len(indices)], history
+    assert history["participants"] == [len(indices)] * rounds, history
     assert_no_traceback(group)
 
 
-def check_excluded(group, expected: dict, fatal=()) -> None:
-    """Each mode got exactly one "update rejected" ERROR whose reason matches its pattern;
+def check_excluded(group, expected: dict, fatal=(), rounds: int = 1) -> None:
+    """Each mode got one "update rejected" ERROR a round whose reason matches its pattern;
     then the run's FINISH (excluded from the round, not disconnected), except the ``fatal``
     modes: refused on the frame's header, mid-frame, so the server also hangs up."""
     found, problems = rejections(group), []
     finished = {line["mode"] for line in tagged_lines(group.output("evil"), "FINISHED")}
     for mode, pattern in expected.items():
         mine = found.get(mode, [])
-        if len(mine) != 1:
+        if len(mine) != (1 if mode in fatal else rounds):
             problems.append(f"{mode}: {len(mine)} ERRORs: {mine}")
             continue
-        error = mine[0]
-        if error["code"] != "update_rejected" or error["fatal"] != (mode in fatal):
-            problems.append(f"{mode}: code {error['code']!r}, fatal {error['fatal']}")
-        if not re.search(pattern, error["reason"]):
-            problems.append(f"{mode}: reason {error['reason']!r} does not match {pattern!r}")
+        for error in mine:
+            if error["code"] != "update_rejected" or error["fatal"] != (mode in fatal):
+                problems.append(f"{mode}: code {error['code']!r}, fatal {error['fatal']}")
+            if not re.search(pattern, error["reason"]):
+                problems.append(f"{mode}: reason {error['reason']!r} does not match {pattern!r}")
         if mode not in finished and mode not in fatal:
             problems.append(f"{mode}: no FINISH after the rejection")
     assert not problems, "\n".join(problems) + "\n" + group.output("evil")[-4000:]
@@ -209,6 +215,20 @@ def test_malformed_reveals_are_refused_and_the_sum_keeps_their_updates(tmp_path)
     group = run(tmp_path, modes=list(REVEAL_FAULTS), first_index=4)
     check_excluded(group, REVEAL_FAULTS)
     assert_sum_is(group, [1, 2, 3, *range(4, 4 + len(REVEAL_FAULTS))])
+
+
+def test_excluded_clients_are_asked_again_next_round_and_refused_again(tmp_path):
+    """Exclusion is per round: the connection stays usable (the state table is back to
+    READY), so the next round asks, and refuses, again; the honest rounds go on."""
+    faults = {mode: pattern for table in (KEY_AND_SHARE_FAULTS, MASKED_FAULTS, REVEAL_FAULTS)
+              for mode, pattern in table.items()
+              if mode in ("keys-same-keys", "shares-missing-recipient", "masked-wrong-round",
+                          "reveal-outside-owner")}
+    group = run(tmp_path, modes=list(faults), rounds=2)
+    check_excluded(group, {m: p.replace("8; the current round is 1", r"\d+; the current round")
+                           for m, p in faults.items()}, rounds=2)
+    trained_as = 4 + list(faults).index("reveal-outside-owner")  # its update is in the sum
+    assert_sum_is(group, [1, 2, 3, trained_as], participants=3 + len(faults), rounds=2)
 
 
 def test_a_lying_revealer_is_outvoted_when_more_than_t_shares_exist(tmp_path):

@@ -56,8 +56,11 @@ class ClientRounds:
                 outcome: FitOutcome = self.adapter.fit(self.data, self.target, config, **extra)
                 update = self.adapter.get_weights()
                 if secure is not None:  # SecureAggregation: only a masked vector leaves
-                    self._reply(channel, self._secure_step(
-                        self.secure_round.masked, message, secure, update, weights, outcome))
+                    reply = self._secure_step(self.secure_round.masked, message, secure, update,
+                                              weights, outcome)
+                    self._reply(channel, reply)
+                    if isinstance(reply, messages.SecAggMasked):  # not a refusal: it trained
+                        self.rounds_trained += 1
                     continue
                 if self.codec != "none":
                     update, _ = self._feedback.encode(self.codec, update, self._reference)

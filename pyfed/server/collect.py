@@ -101,6 +101,9 @@ class Collector:
     """Who was asked, who answered, who failed; connection threads report, the round waits."""
 
     kind = "fit"
+    # MessageKind -> wire Layout: the arrays a reply of that kind must carry, checked on its
+    # header by the session (a FIT_RESULT's are the model's, checked by the session itself).
+    reply_layouts: dict = {}
 
     def __init__(self, server_round: int, expected: set[str]):
         self.server_round = server_round

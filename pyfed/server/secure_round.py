@@ -29,6 +29,7 @@ from ..errors import RoundError, UpdateRejected
 from ..privacy import secure_vector
 from ..safe_text import printable
 from ..wire import messages
+from ..wire.layout import ArraySlot, Layout
 from .collect import Collector
 from .session import RequestJob
 
@@ -53,6 +54,13 @@ def largest_upload(strategy, model_nbytes: int, spec) -> int:
         return model_nbytes
     values = sum(int(np.prod(t.shape, dtype=np.int64)) for t in spec) + 2
     return max(model_nbytes, values * (4 if strategy.modulus_bits <= 32 else 8))
+
+
+def masked_layout(length: int, modulus_bits: int) -> Layout:
+    """A SECAGG_MASKED body: one vector of ``length`` ring elements. Checked on the header, so
+    a wrong length, dtype or array count is refused (naming it) before any body is read."""
+    dtype = np.dtype(np.uint32 if modulus_bits <= 32 else np.uint64).str  # ring_dtype's
+    return Layout((ArraySlot("the masked vector", (length,), frozenset({dtype})),))
 
 
 class StageCollector(Collector):
@@ -136,7 +144,9 @@ class SecureRound:
         fit_extra = {"round": server_round, "peers": sharers, **request}
         masked = self._stage("secure fit", shared, lambda name: self._fit_message(name, fit_extra),
                              lambda name, reply: self._accept_masked(name, reply, layout),
-                             report=self._report_fit)
+                             report=self._report_fit,
+                             layouts={messages.MessageKind.SECAGG_MASKED: masked_layout(
+                                 layout.length, strategy.modulus_bits)})
         self._require(masked, threshold, "sent its masked update")
         maskers = self.protocol.maskers()
         dropped = sorted(set(sharers) - set(maskers))
@@ -164,11 +174,14 @@ class SecureRound:
 
     # -- one stage -------------------------------------------------------------------------
 
-    def _stage(self, kind: str, names: set, message_for, accept, report=None) -> set:
-        """Send ``message_for(name)`` to each of ``names``; the replies ``accept`` took."""
+    def _stage(self, kind: str, names: set, message_for, accept, report=None,
+               layouts=None) -> set:
+        """Send ``message_for(name)`` to each of ``names``; the replies ``accept`` took.
+        ``layouts``: the arrays a reply must carry, refused on its header otherwise."""
         collector = StageCollector(self.server_round, set(names), kind,
                                    accept=lambda name, reply: self._locked(accept, name, reply),
                                    report=report)
+        collector.reply_layouts = layouts or {}
         collector.deadline = deadline = Deadline(self.timeout)
         for name in sorted(names):
             self.sessions[name].post(RequestJob(collector, message_for(name), deadline))

@@ -197,8 +197,9 @@ class ClientSession:
         scan = collector.value_scan()
         try:
             try:
-                reply = self.channel.receive(allocate=allocate, on_body=scan,
-                                             expect=self._expect, pace=self.pace)
+                reply = self.channel.receive(
+                    allocate=allocate, on_body=scan, pace=self.pace,
+                    expect=lambda *header: self._expect(*header, collector=collector))
             except InvalidValue as exc:  # refused on its header (the body was skipped)
                 self.busy = False
                 collector.received(self.channel.bytes_received - before)
@@ -246,8 +247,15 @@ class ClientSession:
                        collector.kind, self.name, problem)
         self.channel.send(messages.Error(reason=f"update rejected: {problem}",
                                          code="update_rejected", fatal=False))
-    def _expect(self, prefix, fields, descriptors) -> None:
+    def _expect(self, prefix, fields, descriptors, collector=None) -> None:
         """Refuse a FIT_RESULT on its header unless its arrays are the model's, before a byte
-        of its body is read or a buffer taken for it (``Channel.receive``'s ``expect``)."""
-        if prefix.kind is MessageKind.FIT_RESULT and self.layout is not None:
+        of its body is read or a buffer taken for it (``Channel.receive``'s ``expect``); the
+        same for a reply whose arrays the collector knows (a secure round's masked vector)."""
+        layouts = getattr(collector, "reply_layouts", None) or {}
+        if prefix.kind in layouts:
+            layouts[prefix.kind].check(prefix.kind.name, descriptors, prefix.body_length)
+        elif layouts and descriptors:  # arrays, but not the ones this request asked for
+            raise LayoutMismatch(f"{prefix.kind.name} is not the answer expected: "
+                                 f"{' or '.join(k.name for k in layouts)}")
+        elif prefix.kind is MessageKind.FIT_RESULT and self.layout is not None:
             self.layout.check("FIT_RESULT", descriptors, prefix.body_length)

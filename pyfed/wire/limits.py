@@ -216,6 +216,8 @@ def hex_text(low_bytes: int, high_bytes: int) -> Rule:
         if not isinstance(value, str) or not low_bytes * 2 <= len(value) <= high_bytes * 2 \
                 or len(value) % 2 or value.strip("0123456789abcdef"):
             shown = f"{len(value)} characters" if isinstance(value, str) else show(value)
+            if isinstance(value, str) and value.strip("0123456789abcdef"):
+                shown += ", not all lowercase hex digits"
             return (f"must be lowercase hex of {low_bytes}"
                     f"{'' if low_bytes == high_bytes else f'..{high_bytes}'} bytes; received "
                     f"{shown}")

@@ -15,6 +15,8 @@ ROLES = {
     "thread_clients": ("benchmarks.fleet_roles", "thread_clients"),
     "async_server": ("benchmarks.async_roles", "async_server"),
     "async_client": ("benchmarks.async_roles", "async_client"),
+    "secagg_server": ("benchmarks.secagg_roles", "secagg_server"),
+    "secagg_client": ("benchmarks.secagg_roles", "secagg_client"),
 }
 
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from pyfed.privacy import shamir
 from pyfed.privacy.quantize import quantize
-from pyfed.privacy.secagg_crypto import (DecryptionError, SecAggError, add_mod, generate_keypair,
-                                         mask, private_bytes, shared_key, sub_mod)
+from pyfed.privacy.secagg_crypto import (DecryptionError, SecAggError, generate_keypair, mask,
+                                         private_bytes, ring_mask, shared_key)
 from pyfed.privacy.secagg_shares import (PAIRWISE_MASK_INFO, SHARE_ENCRYPTION_INFO, check_index,
                                          check_indices, check_key, check_round, open_shares,
                                          quantize_range, seal_shares)
@@ -119,10 +119,16 @@ class ClientSecAgg:
             raise SecAggError(f"the vector must be 1-D, got shape {values.shape}")
         bits, length = self.modulus_bits, len(values)
         out = quantize(values, quantize_range(self.clipping_range), bits, self.participants)
-        out = add_mod(out, mask(self._seed, length, bits), bits)
+        # In place: unsigned numpy arithmetic wraps mod 2^32 (2^64), a multiple of 2^k, so one
+        # reduction mod 2^k at the end gives the same ring element as reducing at every step.
+        out += mask(self._seed, length, bits)
         for v in sorted(chosen - {self.index}):
             pair_mask = mask(self._pair_seeds[v], length, bits)
-            out = add_mod(out, pair_mask, bits) if v > self.index else sub_mod(out, pair_mask, bits)
+            if v > self.index:
+                out += pair_mask
+            else:
+                out -= pair_mask
+        out &= ring_mask(bits)
         self._masked_peers = chosen
         return out
 

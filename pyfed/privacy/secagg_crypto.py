@@ -103,11 +103,16 @@ def mask(seed: bytes, count: int, modulus_bits: int, nonce: bytes = MASK_NONCE) 
         raise SecAggError(f"a mask seed is {KEY_BYTES} bytes")
     if not isinstance(count, int) or count < 0:
         raise SecAggError("the mask length must be a non-negative int")
-    dtype = ring_dtype(modulus_bits)
-    width = np.dtype(dtype).itemsize
+    dtype = np.dtype(ring_dtype(modulus_bits))
     encryptor = Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor()
-    stream = encryptor.update(bytes(count * width))
-    values = np.frombuffer(stream, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
+    stream = encryptor.update(bytes(count * dtype.itemsize))
+    # A read-only view of the keystream, no copy, where the machine is little-endian and the
+    # ring fills the dtype (k = 32 or 64): masking is then a pass over the model less.
+    values = np.frombuffer(stream, dtype=dtype.newbyteorder("<"))
+    if values.dtype != dtype:
+        values = values.astype(dtype)
+    if modulus_bits in (32, 64):
+        return values
     return values & ring_mask(modulus_bits)
 
 

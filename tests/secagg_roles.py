@@ -4,9 +4,6 @@ The clients are deterministic: client i's "training" moves every weight of the g
 ``shift(i)`` and reports ``100 * i`` examples, so the expected FedAvg model is known exactly and
 a secure run can be compared with a plain one. ``--die-at-fit`` makes a client exit the moment
 its FIT arrives (after it sent keys and shares: the dropout SecAgg must recover from).
-``--record`` makes the server write every masked vector it receives to a file (a user's view of
-"what the server holds"), through the public ``on_round_begin``... no: through a session-level
-hook is not public, so the recorder is the ``SECAGG_MASKED`` bytes seen by a test proxy instead.
 
 The server prints ``RESULT {json}`` with the final weights and the history.
 """

@@ -135,7 +135,8 @@ class SecureRound:
 
         keyed = self._stage("secagg keys", set(self.plan), self._setup_message, self._accept_keys)
         self._require(keyed, threshold, "sent its keys")
-        peers = [[i, enc.hex(), mask.hex()] for i, (enc, mask) in sorted(self.protocol.peers().items())]
+        peers = [[i, enc.hex(), mask.hex()]
+                 for i, (enc, mask) in sorted(self.protocol.peers().items())]
         shared = self._stage("secagg shares", keyed,
                              lambda name: messages.SecAggPeers(round=server_round, peers=peers),
                              self._accept_shares)

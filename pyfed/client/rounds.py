@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import ConnectionClosed, NetworkError, ProtocolError, RemoteError, ServerStopped
 from ..models import FitOutcome
+from ..privacy.client_clipping import clip_update
 from ..safe_text import printable
 from ..tracking.logs import RunLogger
 from ..wire import compression, messages
@@ -40,8 +41,10 @@ class ClientRounds:
                 config = {**defaults, **training_config(message.config, what),
                           "round": message.round}
                 config.pop("compression", None)
+                clip_norm = config.pop("dp_clip_norm", None)  # not the model's business
                 weights = self._incoming_weights(message)
                 check_weights(weights, self._spec, what)
+                received = None if clip_norm is None else [np.array(w) for w in weights]
                 if self.codec != "none":  # the base of this round's deltas, both ways
                     self._reference = [np.array(w) for w in weights]
                 self.adapter.set_weights(weights)
@@ -51,6 +54,8 @@ class ClientRounds:
                 extra = {"callbacks": self.fit_callbacks} if self.fit_callbacks else {}
                 outcome: FitOutcome = self.adapter.fit(self.data, self.target, config, **extra)
                 update = self.adapter.get_weights()
+                if received is not None:  # differential privacy: clip the change to C
+                    update, _ = clip_update(update, received, clip_norm)
                 if self.codec != "none":
                     update, _ = self._feedback.encode(self.codec, update, self._reference)
                 self._reply(channel, messages.FitResult(

@@ -205,7 +205,8 @@ class DifferentialPrivacy(Strategy):
         return result
 
     def add(self, result) -> None:
-        result = self.screen(result)  # free when the server screened it already
+        if result.delta_norm is None or not math.isfinite(result.delta_norm):
+            result = self.screen(result)  # not screened by the server (called directly)
         clip = self._round_clip
         bound = clip * (1 - CLIENT_CLIP_TOLERANCE) if self.clipping == "client" else clip
         self._sum.add(result.weights, result.delta_norm, clip, bound)

@@ -6,7 +6,8 @@ after), and the L2 norm of every update it received before clipping (a Different
 subclass that notes what ``screen`` measured). It prints ``RESULT {json}`` at the end.
 
 Clients: ``softmax`` (SoftmaxRegression on its digits share), ``hostile`` (the same, then adds
-1000 to every weight), ``echo`` (a NumpyModel returning the global model unchanged). Each prints
+1000 to every weight), ``echo`` (a NumpyModel returning the global model unchanged), ``quitter`` (an echo client
+whose process exits while training in round 2). Each prints
 ``CLIENT {json}`` with the rounds it trained and the reason its FINISH gave.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 import numpy as np
@@ -90,6 +92,8 @@ def client(args) -> None:
     data = target = None
     if args.kind == "echo":
         model = NumpyModel(numpy_weights(parse_shapes(args.shapes)))
+    elif args.kind == "quitter":
+        model = _quitter_class()(numpy_weights(parse_shapes(args.shapes)))
     else:
         xs, ys, _, _ = digits_split(args.clients)
         data, target = xs[args.index - 1], ys[args.index - 1]
@@ -115,6 +119,21 @@ def _hostile_class():
     return HostileSoftmax
 
 
+def _quitter_class():
+    from pyfed.models import NumpyModel
+
+    class Quitter(NumpyModel):
+        """An echo client whose process dies while training in round 2."""
+
+        def fit(self, data, target, config):
+            if int(config.get("round", 1)) == 2:
+                print("QUITTING in round 2", flush=True)
+                os._exit(3)
+            return super().fit(data, target, config)
+
+    return Quitter
+
+
 def Hostile(*args):  # noqa: N802  (a class made on first use: roles import no model early)
     return _hostile_class()(*args)
 
@@ -128,7 +147,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--index", type=int, default=1)
-    parser.add_argument("--kind", choices=["softmax", "hostile", "echo"], default="softmax")
+    parser.add_argument("--kind", choices=["softmax", "hostile", "echo", "quitter"], default="softmax")
     parser.add_argument("--model", choices=["softmax", "numpy"], default="softmax")
     parser.add_argument("--shapes", default="3x4,4")
     parser.add_argument("--inner", default="FedAvg")

@@ -29,8 +29,10 @@ def dp_accounting_epsilon(q: float, z: float, rounds: int, delta: float = DELTA)
 
 def run_dp(tmp_path: Path, kinds: list[str], dp: dict, *, inner: dict | None = None,
            rounds: int = 3, model: str = "softmax", shapes: str = "3x4,4",
-           run_name: str = "dp", resume: bool = False, label: str = "run") -> dict:
-    """One run; ``kinds[i]`` is client i+1's role (softmax, hostile, echo)."""
+           run_name: str = "dp", resume: bool = False, label: str = "run",
+           failing: tuple[int, ...] = ()) -> dict:
+    """One run; ``kinds[i]`` is client i+1's role (softmax, hostile, echo, quitter); the
+    clients numbered in ``failing`` are expected to exit with an error."""
     port = free_port()
     logdir = tmp_path / "logs"
     moves = tmp_path / f"{label}-moves.jsonl"
@@ -45,11 +47,12 @@ def run_dp(tmp_path: Path, kinds: list[str], dp: dict, *, inner: dict | None = N
             group.start(f"client_{index}", [sys.executable, DP_ROLES, "client", *common,
                                             "--index", index, "--kind", kind])
         codes = group.wait_all(timeout=180)
-        assert all(code == 0 for code in codes.values()), group.dump()
+        assert all((code != 0) == (name in {f"client_{i}" for i in failing})
+                   for name, code in codes.items()), group.dump()
         result = tagged(group.output("server"), "RESULT")
         result["output"] = group.output("server")
         result["clients"] = [tagged(group.output(f"client_{i}"), "CLIENT")
-                             for i in range(1, len(kinds) + 1)]
+                             for i in range(1, len(kinds) + 1) if i not in failing]
     result["moves"] = ([json.loads(line) for line in moves.read_text().splitlines()]
                        if moves.exists() else [])
     return result
@@ -185,3 +188,19 @@ def test_client_side_clipping_end_to_end(tmp_path):
     assert all(m["norm"] <= clip * (1 + 1e-4) for m in result["moves"]), result["moves"]
     assert all(c["rounds"] == 3 for c in result["clients"])
     assert np.isfinite(result["history"]["history"]["test_accuracy"][-1])
+
+
+def test_a_round_short_of_a_sampled_client_is_resampled_and_counted_once(tmp_path):
+    # q = 1: round 2 samples all three, and client_3 dies while training. The round fails, is
+    # run again with a new sample of the two left, and only applied rounds reach the ledger.
+    result = run_dp(tmp_path, ["echo", "echo", "quitter"],
+                    {"noise_multiplier": 1.0, "clipping_norm": 1.0}, rounds=3, model="numpy",
+                    failing=(3,))
+    history = result["history"]["history"]
+    assert result["history"]["rounds"] == [1, 2, 3]
+    assert history["participants"] == [3, 2, 2]
+    assert "running round 2 again with the same global model" in result["output"]
+    assert history["epsilon"] == pytest.approx(
+        [dp_accounting_epsilon(1.0, 1.0, r) for r in (1, 2, 3)], rel=1e-9)
+    # N fell from 3 to 2 between the attempts: the noise follows the N of the applied sample
+    assert history["dp_noise_std"] == pytest.approx([1 / 3, 1 / 2, 1 / 2])

@@ -66,8 +66,9 @@ class DifferentialPrivacy(Strategy):
         max_epsilon: stop cleanly before a round that would take epsilon beyond it.
 
     Client-reported fit metrics (loss, accuracy) are aggregated as the wrapped strategy does and
-    are NOT covered by the guarantee; ``fit_metrics_aggregation_fn=lambda pairs: {}`` on the
-    wrapped strategy drops them. Non-float tensors (step counters) keep the server's values.
+    are NOT covered by the guarantee, nor is federated evaluation (``fraction_evaluate``);
+    ``fit_metrics_aggregation_fn=lambda pairs: {}`` and ``fraction_evaluate=0`` on the wrapped
+    strategy leave them out. Non-float tensors (step counters) keep the server's values.
     The noise comes from numpy's generator seeded from the OS (never from ``seed``, never
     checkpointed: its state would let a reader subtract the noise). A wrapped strategy's ``seed``
     fixes the Poisson samples, so whoever knows it knows who took part in each round.

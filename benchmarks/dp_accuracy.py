@@ -20,7 +20,16 @@ Settings (``q = fraction_fit = 0.25``: 5 clients a round in expectation):
 The table gives the test accuracy (mean over the seeds, [min-max]) and the epsilon reached.
 The noise on the mean delta has std ``z C / (q N) = z C / 5`` per coordinate: with only 20
 clients, privacy is expensive (DP-FedAvg is meant for thousands of clients per round, where
-q N is large and the same epsilon costs far less accuracy).
+q N is large and the same epsilon costs far less accuracy). Measured (30 rounds, C = 0.5,
+seeds 0-2, on 2 shared cores; about 2 minutes):
+
+| setting | noise multiplier z | epsilon (delta 1e-5) | test accuracy |
+|---|---|---|---|
+| no DP | - | - | 0.937 [0.933-0.942] |
+| clip only | 0.000 | inf | 0.920 [0.908-0.936] |
+| eps = 8 | 1.209 | 8 | 0.690 [0.664-0.733] |
+| eps = 3 | 2.375 | 3 | 0.347 [0.294-0.394] |
+| eps = 1 | 5.840 | 1 | 0.144 [0.081-0.214] |
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ MAX_ITERATIONS = 10**6
 # and the built-in adapters never read it. A None value means "not set" and is dropped.
 _WHOLE = {"epochs": (1, MAX_EPOCHS), "batch_size": (1, MAX_BATCH_SIZE),
           "max_iter": (1, MAX_ITERATIONS)}
-_POSITIVE = ("lr",)
+# dp_clip_norm: DifferentialPrivacy(clipping="client")'s C; the client clips its update to it.
+_POSITIVE = ("lr", "dp_clip_norm")
 _NON_NEGATIVE = ("proximal_mu",)
 # Chosen by the client, never by the server: the round comes from the message's own field,
 # and Keras' verbosity is how this machine's terminal looks.

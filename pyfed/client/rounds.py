@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import (ConnectionClosed, NetworkError, ProtocolError, PyFedError, RemoteError,
                       ServerStopped)
 from ..models import FitOutcome
+from ..privacy.client_clipping import clip_update
 from ..safe_text import printable
 from ..tracking.logs import RunLogger
 from ..wire import compression, messages
@@ -44,8 +45,13 @@ class ClientRounds:
                 config.pop("compression", None)
                 config.pop("secagg", None)  # the secure round's, not the adapter's
                 secure = secure_request(message.config, what)
+                clip_norm = config.pop("dp_clip_norm", None)  # not the model's business
                 weights = self._incoming_weights(message)
                 check_weights(weights, self._spec, what)
+                # A change to clip is measured from the weights received, copied: an adapter
+                # may train in place on the arrays it was given.
+                clipping = clip_norm is not None or (secure or {}).get("vector") == "clipped_delta"
+                received = [np.array(w) for w in weights] if clipping else weights
                 if self.codec != "none":  # the base of this round's deltas, both ways
                     self._reference = [np.array(w) for w in weights]
                 self.adapter.set_weights(weights)
@@ -57,17 +63,19 @@ class ClientRounds:
                 update = self.adapter.get_weights()
                 if secure is not None:  # SecureAggregation: only a masked vector leaves
                     reply = self._secure_step(self.secure_round.masked, message, secure, update,
-                                              weights, outcome)
+                                              received, outcome)
                     self._reply(channel, reply)
-                    if isinstance(reply, messages.SecAggMasked):  # not a refusal: it trained
-                        self.rounds_trained += 1
-                    continue
-                if self.codec != "none":
-                    update, _ = self._feedback.encode(self.codec, update, self._reference)
-                self._reply(channel, messages.FitResult(
-                    round=message.round, weights=tuple(update),
-                    num_examples=int(outcome.num_examples), metrics=outcome.metrics,
-                    history=outcome.history, first_epoch=outcome.first_epoch))
+                    if not isinstance(reply, messages.SecAggMasked):
+                        continue  # refused: it did not contribute
+                else:
+                    if clip_norm is not None:  # differential privacy: clip the change to C
+                        update, _ = clip_update(update, received, clip_norm)
+                    if self.codec != "none":
+                        update, _ = self._feedback.encode(self.codec, update, self._reference)
+                    self._reply(channel, messages.FitResult(
+                        round=message.round, weights=tuple(update),
+                        num_examples=int(outcome.num_examples), metrics=outcome.metrics,
+                        history=outcome.history, first_epoch=outcome.first_epoch))
                 self.rounds_trained += 1
                 if tb is not None and outcome.history:
                     tb.client_history(self.name, outcome.history, outcome.first_epoch)

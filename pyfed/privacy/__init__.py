@@ -7,7 +7,9 @@ dp-accounting (which pulls in scipy and mpmath) nor ``cryptography``; only the n
 
 __all__ = ["PrivacyLedger", "epsilon", "clip_delta", "gaussian_noise_std",
            "adaptive_noise_multiplier", "noised_clipped_fraction", "update_clipping_norm",
-           "default_count_stddev", "validate_dp_config", "delta_norm", "SecureAggregation"]
+           "default_count_stddev", "validate_dp_config", "delta_norm",
+           "noised_unclipped_fraction", "DifferentialPrivacy", "clip_update", "clipped_delta",
+           "SecureAggregation"]
 
 # name -> module defining it
 _LAZY = {"PrivacyLedger": ".accountant", "epsilon": ".accountant",
@@ -15,6 +17,8 @@ _LAZY = {"PrivacyLedger": ".accountant", "epsilon": ".accountant",
          "adaptive_noise_multiplier": ".dp_math", "noised_clipped_fraction": ".dp_math",
          "update_clipping_norm": ".dp_math", "default_count_stddev": ".dp_math",
          "validate_dp_config": ".dp_math", "delta_norm": ".dp_math",
+         "noised_unclipped_fraction": ".dp_math", "DifferentialPrivacy": ".dp",
+         "clip_update": ".client_clipping", "clipped_delta": ".client_clipping",
          "SecureAggregation": ".secure_aggregation"}
 
 

@@ -7,10 +7,11 @@
 - Adaptive clipping (Andrew et al. 2021, "Differentially Private Learning with Adaptive
   Clipping", Algorithm 1 and Theorem 1): C follows the target quantile gamma of the update norms
   by the geometric step ``C <- C * exp(-lr * (b_noised - gamma))`` where ``b_noised`` is the
-  noised fraction of unclipped updates, ``(sum_i 1[||d_i|| <= C] + N(0, sigma_b^2)) / m``. The
-  count is a second Gaussian query on the same clients, so the delta's noise multiplier is
-  lowered to ``z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)``; the pair then costs exactly what one
-  query of multiplier z would (Theorem 1), and the accountant keeps using z. The paper suggests
+  noised fraction of unclipped updates, ``(sum_i (1[||d_i|| <= C] - 1/2) + N(0, sigma_b^2))
+  / m + 1/2`` (each bit centred, so one client moves the sum by 1/2). The count is a second
+  Gaussian query on the same clients, so the delta's noise multiplier is raised to
+  ``z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)``; the pair then costs exactly what one query of
+  multiplier z would (Theorem 1), and the accountant keeps using z. The paper suggests
   ``sigma_b = m / 20``.
 """
 
@@ -128,17 +129,37 @@ def adaptive_noise_multiplier(noise_multiplier: float, count_stddev: float) -> f
 
 def noised_clipped_fraction(norms: Sequence[float], clipping_norm: float, count_stddev: float,
                             expected_clients: float, rng: np.random.Generator) -> float:
-    """``(sum_i 1[norm_i <= C] + N(0, sigma_b^2)) / m``: the private estimate of the fraction
-    of updates left unclipped, with the fixed denominator m = q*N (expected clients)."""
+    """The private estimate of the fraction of updates left unclipped (``norm <= C``), with
+    the fixed denominator m = q*N (expected clients); see :func:`noised_unclipped_fraction`."""
     validate_dp_config(clipping_norm=clipping_norm)
+    norms = np.asarray(norms, dtype=np.float64)
+    unclipped = int(np.sum(norms <= clipping_norm))
+    return noised_unclipped_fraction(unclipped, int(norms.size), count_stddev, expected_clients,
+                                     rng)
+
+
+def noised_unclipped_fraction(unclipped: float, count: int, count_stddev: float,
+                              expected_clients: float, rng: np.random.Generator) -> float:
+    """``(sum_i (b_i - 1/2) + N(0, sigma_b^2)) / m + 1/2`` for ``unclipped = sum_i b_i`` over
+    ``count`` updates: the paper's estimate of the unclipped fraction.
+
+    Each bit is centred (``b_i - 1/2``) before it is summed, so adding or removing one client
+    moves the sum by 1/2: that sensitivity is what makes the count cost ``(2 sigma_b)^-2`` in
+    :func:`adaptive_noise_multiplier` (summing the raw bits would have sensitivity 1 and spend
+    four times as much). Its expectation is the unclipped fraction, since E[count] = m under
+    Poisson sampling."""
     if not _is_number(count_stddev) or count_stddev < 0:
         raise ConfigurationError(f"sigma_b must be >= 0, got {count_stddev!r}")
     if not _is_number(expected_clients) or expected_clients <= 0:
         raise ConfigurationError(f"expected clients per round must be > 0, "
                                  f"got {expected_clients!r}")
-    unclipped = float(np.sum(np.asarray(norms, dtype=np.float64) <= clipping_norm))
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ConfigurationError(f"the number of updates must be an int >= 0, got {count!r}")
+    if not _is_number(unclipped) or not 0 <= unclipped <= count:
+        raise ConfigurationError(f"the unclipped count must be in [0, {count}], "
+                                 f"got {unclipped!r}")
     noise = float(rng.normal(0.0, count_stddev)) if count_stddev > 0 else 0.0
-    return (unclipped + noise) / expected_clients
+    return (float(unclipped) - count / 2 + noise) / expected_clients + 0.5
 
 
 def update_clipping_norm(clipping_norm: float, clipped_fraction: float, target_quantile: float,

@@ -314,10 +314,11 @@ class FitCollector(Collector):
             self.failures[other] = "the round closed early: its aggregate is incomplete"
         self._cond.notify_all()
 
-    def require(self, min_fit_clients: int) -> None:
+    def require(self, min_fit_clients: int, allow_empty: bool = False) -> None:
+        """``allow_empty``: a round that asked nobody passes (a strategy's empty sample)."""
         if self.broken is not None:
             raise RoundError(f"round {self.server_round} failed: {self.broken}")
-        needed = min(min_fit_clients, len(self.expected)) or 1
+        needed = min(min_fit_clients, len(self.expected)) or (0 if allow_empty else 1)
         if len(self.answered) < needed:
             raise RoundError(
                 f"round {self.server_round} failed: {len(self.answered)} of {len(self.expected)} "

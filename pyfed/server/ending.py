@@ -20,12 +20,13 @@ logger = logging.getLogger("pyfed")
 def complete(server) -> None:
     """Save the final model and send it to the clients. A model that cannot be saved (a full
     disk) fails the run with one line naming the file, after the clients have it."""
+    reason = getattr(server, "finish_reason", "completed")  # or why the rounds stopped early
     try:
         save_final_model(server)
     except StorageError:
-        send_finish(server, "completed")
+        send_finish(server, reason)
         raise
-    send_finish(server, "completed")
+    send_finish(server, reason)
 
 
 def save_final_model(server) -> None:

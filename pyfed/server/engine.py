@@ -48,6 +48,11 @@ class SyncRounds:
     def run(self) -> None:
         server = self.server
         for server_round in range(server.first_round, server.rounds + 1):
+            reason = getattr(server.strategy, "stop_before_round", lambda _: None)(server_round)
+            if reason:  # a clean end: ending.complete sends the final model with this reason
+                server.finish_reason = reason
+                server.say(f"stopping before round {server_round}: {reason}")
+                return
             server.stage = f"during round {server_round}"
             self.run_with_retries(server_round)
 
@@ -99,7 +104,8 @@ class SyncRounds:
                 "participants": len(fit.answered), "round_seconds": seconds,
                 "bytes_in": fit.bytes_in + self.evaluation.bytes_in,
                 "bytes_out": fit.bytes_out + self.evaluation.bytes_out,
-                "clients": sorted(fit.answered)}
+                "clients": sorted(fit.answered),
+                **getattr(server.strategy, "round_logs", dict)()}  # e.g. epsilon
         # The callbacks (the checkpoint's write) run without the previous global weights held.
         parameters = new_parameters = None  # noqa: F841
         server.callbacks.on_round_end(server, server_round, logs)
@@ -112,11 +118,18 @@ class SyncRounds:
         for client, reason in sorted(fit.failures.items()):
             logger.warning("round %d: %s did not contribute: %s", server_round, client, reason)
         try:
-            fit.require(self.server.min_clients("min_fit_clients"))
+            fit.require(self.answers_needed(fit),
+                        allow_empty=getattr(self.server.strategy, "allows_empty_rounds", False))
         except RoundError:
             fit.close("the round failed")  # no late answer may fold into the retry's aggregate
             raise
         return fit
+
+    def answers_needed(self, fit: FitCollector) -> int:
+        """``min_fit_clients``, or every client asked when the strategy needs them all (DP)."""
+        if getattr(self.server.strategy, "requires_every_answer", False):
+            return len(fit.expected)
+        return self.server.min_clients("min_fit_clients")
 
     def _global_model(self, server_round: int):
         """The round's global weights, and with compression what goes on the wire."""

@@ -75,6 +75,12 @@ class Strategy(ABC):
     #: True: the server runs its asynchronous driver (global versions, every free client
     #: busy; see :mod:`pyfed.strategy.asynchronous`); False: synchronous rounds.
     asynchronous: bool = False
+    #: True: a round whose sample is empty still runs (``finish`` with no ``add``), as
+    #: DP-FedAvg's Poisson sampling needs; False: the round fails for lack of updates.
+    allows_empty_rounds: bool = False
+    #: True: a round needs every sampled client's answer (one missing fails it, and the
+    #: server's retry rule samples again); False: ``min_fit_clients`` answers at the deadline.
+    requires_every_answer: bool = False
 
     @abstractmethod
     def configure_fit(self, server_round: int, parameters: list[np.ndarray],
@@ -120,6 +126,16 @@ class Strategy(ABC):
     def evaluate(self, server_round: int, parameters: list[np.ndarray]) -> tuple[float, dict] | None:
         """Centralized (server-side) evaluation; none by default."""
         return None
+
+    def stop_before_round(self, server_round: int) -> str | None:
+        """Why the run must end cleanly before ``server_round`` (e.g. a privacy budget spent),
+        or None to run it. The server then sends the final model with this reason."""
+        return None
+
+    def round_logs(self) -> dict:
+        """Extra values for the round just finished (History, TensorBoard, progress line),
+        e.g. ``{"epsilon": 1.2}``; none by default."""
+        return {}
 
     def state_dict(self) -> dict:
         """What a checkpoint must keep to resume this strategy (see the module docstring)."""

@@ -30,6 +30,8 @@ class ProgressPrinter(ServerCallback):
         counted = counters(logs)
         extra = " · ".join(format_metrics(section, values)
                            for section, values in found.items() if section != "fit")
+        if logs.get("epsilon") is not None:  # differential privacy's budget spent so far
+            extra = " · ".join(filter(None, [extra, f"ε {logs['epsilon']:.2f}"]))
         if "staleness" in logs:  # an asynchronous version
             self._print(version_line(server_round, server.rounds, logs["staleness"],
                                      counted.get("seconds", 0.0), extra=extra))

@@ -3,7 +3,8 @@
 ``fit_loss`` is ``fit/loss``; the counters are ``round/…`` (``round_seconds`` is
 ``round/seconds``); ``clients`` (a list of names) is no scalar. An asynchronous version adds
 ``async_…`` (``async/staleness_mean``…) and ``client_updates`` (``async/client_updates/<name>``,
-each client's updates so far); its ``staleness`` list is no scalar.
+each client's updates so far); its ``staleness`` list is no scalar. Differential privacy adds
+``epsilon`` (``privacy/epsilon``) and ``dp_…`` (``privacy/clipping_norm``, ``privacy/noise_std``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 SECTIONS = ("fit", "test", "eval")
 COUNTERS = {"participants": "participants", "round_seconds": "seconds", "bytes_in": "bytes_in",
             "bytes_out": "bytes_out"}
+# Differential privacy's (pyfed.privacy.DifferentialPrivacy.round_logs): epsilon spent so far.
+PRIVACY = {"epsilon": "privacy/epsilon", "dp_clipping_norm": "privacy/clipping_norm",
+           "dp_noise_std": "privacy/noise_std"}
 
 
 def sections(logs: dict) -> dict[str, dict[str, float]]:
@@ -32,6 +36,7 @@ def scalars(logs: dict) -> dict[str, float]:
     values = {f"{section}/{name}": value
               for section, named in sections(logs).items() for name, value in named.items()}
     values.update({f"round/{name}": value for name, value in counters(logs).items()})
+    values.update({tag: logs[key] for key, tag in PRIVACY.items() if key in logs})
     values.update({f"async/{key[len('async_'):]}": value for key, value in logs.items()
                    if key.startswith("async_")})
     values.update({f"async/client_updates/{name}": count

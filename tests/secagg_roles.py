@@ -58,6 +58,10 @@ def make_strategy(args):
     from pyfed.strategy import FedAvg
 
     inner = FedAvg(min_fit_clients=args.min_fit, min_available_clients=args.clients)
+    if args.dp_options:  # DifferentialPrivacy(clipping="client") inside the secure sum
+        from pyfed.privacy import DifferentialPrivacy
+
+        inner = DifferentialPrivacy(inner, clipping="client", **json.loads(args.dp_options))
     if args.plain:
         return inner
     options = json.loads(args.secagg_options)
@@ -98,6 +102,7 @@ def main() -> None:
     parser.add_argument("--round-retries", type=int, default=0)
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--secagg-options", default="{}")
+    parser.add_argument("--dp-options", default=None, help="JSON: DifferentialPrivacy options")
     parser.add_argument("--index", type=int, default=1)
     parser.add_argument("--die-at-fit", action="store_true")
     args = parser.parse_args()

@@ -135,3 +135,54 @@ def test_threshold_defaults_to_two_thirds_and_never_below_two():
     assert [strategy.threshold(n) for n in (2, 3, 4, 10, 20)] == [2, 2, 3, 7, 14]
     assert SecureAggregation(reconstruction_threshold=0.5).threshold(10) == 5
     assert SecureAggregation(reconstruction_threshold=4).threshold(3) == 3
+
+
+def clipped(delta, clip_norm):
+    norm = np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in delta))
+    return [d * min(1.0, clip_norm / norm) for d in delta]
+
+
+def test_secure_aggregation_composes_with_client_side_dp_clipping(tmp_path):
+    """SecureAggregation(DifferentialPrivacy(FedAvg(), clipping="client")): each client clips
+    its change to C before masking, the server adds nothing it cannot see; with z = 0 and q = 1
+    the new model is the global plus the mean of the clipped changes, within quantization."""
+    import secagg_roles
+
+    clip_norm = 0.5
+    rc, output, dump = run_federation(
+        tmp_path, clients=3, extra=["--dp-options", json.dumps(
+            {"noise_multiplier": 0.0, "clipping_norm": clip_norm})])
+    assert rc == 0, dump
+    shapes = [(20, 10), (10,)]
+    start_weights = secagg_roles.initial_weights(shapes)
+    deltas = [clipped([s.astype(np.float64) for s in secagg_roles.shift(i, shapes)], clip_norm)
+              for i in (1, 2, 3)]
+    for k, (got, start_k) in enumerate(zip(final_weights(output), start_weights)):
+        expected = start_k + sum(d[k] for d in deltas) / 3
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    history = tagged(output, "RESULT")["history"]["history"]
+    assert history["dp_clipping_norm"] == [clip_norm]
+    assert history["participants"] == [3]
+
+
+def test_secure_dp_with_noise_and_adaptive_clipping_reports_epsilon(tmp_path):
+    """Noise and adaptive clipping under SecAgg: the clipped-count bit travels inside the
+    secure sum, the clipping norm moves, and epsilon is reported every round."""
+    rc, output, dump = run_federation(
+        tmp_path, clients=3, rounds=2, extra=["--dp-options", json.dumps(
+            {"noise_multiplier": 0.3, "adaptive_clipping": True, "initial_clipping_norm": 0.1,
+             "clipped_count_stddev": 1.0})])
+    assert rc == 0, dump
+    history = tagged(output, "RESULT")["history"]["history"]
+    epsilons = history["epsilon"]
+    assert len(epsilons) == 2 and 0 < epsilons[0] < epsilons[1], epsilons
+    norms = history["dp_clipping_norm"]
+    assert norms[0] == 0.1 and norms[1] != norms[0], norms  # every change is beyond 0.1: C grows
+
+
+def test_server_side_dp_clipping_is_refused_under_secure_aggregation():
+    from pyfed.privacy import DifferentialPrivacy, SecureAggregation
+    from pyfed.strategy import FedAvg
+
+    with pytest.raises(ConfigurationError, match="clipping='client'"):
+        SecureAggregation(DifferentialPrivacy(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0))

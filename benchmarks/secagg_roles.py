@@ -102,7 +102,7 @@ def secagg_client(argv: list[str]) -> None:
 
     model = Nudge(seeded_weights(SCALE_SHAPES), num_examples=examples(args.index))
     # The secure round's modules (cryptography) load on first use: load them before any run.
-    importlib.import_module("pyfed.privacy.secagg_protocol")
+    importlib.import_module("pyfed.privacy.secagg.protocol")
     print("BENCH warm", flush=True)
     for line in sys.stdin:  # "PORT MODE" per run; EOF ends the child
         port, mode = line.split()

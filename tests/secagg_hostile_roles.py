@@ -34,8 +34,8 @@ import secagg_roles
 from hostile_roles import emit, read_frame
 
 from pyfed.errors import PyFedError
-from pyfed.privacy import secure_vector
-from pyfed.privacy.secagg_protocol import ClientSecAgg
+from pyfed.privacy.secagg import vector as secure_vector
+from pyfed.privacy.secagg.protocol import ClientSecAgg
 from pyfed.wire import protocol
 from pyfed.wire.messages import (Finish, Fit, FitResult, Hello, MessageKind, SecAggKeys,
                                  SecAggMasked, SecAggPeers, SecAggReveal, SecAggSetup,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pyfed.errors import PyFedError
-from pyfed.privacy import secagg_crypto as sc
-from pyfed.privacy.quantize import dequantize_sum, error_bound, quantize
-from pyfed.privacy.shamir import ShareError, reconstruct, share
+from pyfed.privacy.secagg import crypto as sc
+from pyfed.privacy.secagg.quantize import dequantize_sum, error_bound, quantize
+from pyfed.privacy.secagg.shamir import ShareError, reconstruct, share
 
 CLIP, BITS, CLIENTS, LENGTH = 8.0, 32, 5, 4000
 

@@ -31,7 +31,7 @@ from test_faults import wait_exit, wait_for_output
 from test_hostile import assert_no_traceback, tagged_lines
 from test_secagg import expected_fedavg, final_weights
 
-from pyfed.privacy.quantize import error_bound
+from pyfed.privacy.secagg.quantize import error_bound
 
 ROLES = Path(__file__).with_name("secagg_hostile_roles.py")
 SHAPES = "20x10,10"

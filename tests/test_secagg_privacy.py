@@ -34,8 +34,8 @@ from test_secagg import expected_fedavg, final_weights
 
 import secagg_roles
 from pyfed.errors import InvalidValue
-from pyfed.privacy import secure_vector
-from pyfed.privacy.quantize import quantize
+from pyfed.privacy.secagg import vector as secure_vector
+from pyfed.privacy.secagg.quantize import quantize
 from pyfed.wire import protocol
 from pyfed.wire.messages import (MessageKind, SecAggKeys, SecAggMasked, SecAggPeers,
                                  SecAggReveal, SecAggSetup, SecAggShares, SecAggUnmask)

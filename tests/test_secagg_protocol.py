@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pyfed.errors import PyFedError
-from pyfed.privacy.quantize import error_bound, quantize
-from pyfed.privacy.secagg_protocol import (CIPHERTEXT_BYTES, SHARE_BYTES, ClientSecAgg,
+from pyfed.privacy.secagg.quantize import error_bound, quantize
+from pyfed.privacy.secagg.protocol import (CIPHERTEXT_BYTES, SHARE_BYTES, ClientSecAgg,
                                            SecAggError, ServerSecAgg)
 
 CLIP, LENGTH = 8.0, 2000

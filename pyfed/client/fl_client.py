@@ -293,7 +293,7 @@ class FL_Client(ClientHandshake, ClientRounds):  # noqa: N801  (PyFed 0.0.x's pu
         self._secure_round = None  # a new connection starts with no secure round in progress
         if welcome.config.get("secure_aggregation"):
             try:
-                importlib.import_module("pyfed.privacy.secagg_protocol")
+                importlib.import_module("pyfed.privacy.secagg.protocol")
             except ImportError as exc:
                 raise ConfigurationError(
                     f"{self.name}: the server runs secure aggregation, which needs the "

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import (ConnectionClosed, NetworkError, ProtocolError, PyFedError, RemoteError,
                       ServerStopped)
 from ..models import FitOutcome
-from ..privacy.client_clipping import clip_update
+from ..privacy.dp.client_clipping import clip_update
 from ..safe_text import printable
 from ..tracking.logs import RunLogger
 from ..wire import compression, messages

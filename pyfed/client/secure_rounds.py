@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import PyFedError
-from ..privacy import secure_vector
+from ..privacy.secagg import vector as secure_vector
 from ..safe_text import printable
 from ..wire import messages
 
@@ -61,7 +61,7 @@ class SecureParticipation:
                 "2 <= threshold <= participants")
         if not (0 < setup.clipping_range and 0 < setup.max_weight):
             raise SecureRoundRefused("SECAGG_SETUP's clipping_range and max_weight must be > 0")
-        from ..privacy.secagg_protocol import ClientSecAgg  # cryptography: only when used
+        from ..privacy.secagg.protocol import ClientSecAgg  # cryptography: only when used
         self.protocol = ClientSecAgg(setup.round, setup.index, setup.participants,
                                      setup.threshold, setup.modulus_bits, setup.clipping_range)
         self.round, self.setup = setup.round, setup
@@ -83,7 +83,7 @@ class SecureParticipation:
 
     def masked(self, fit: messages.Fit, request: dict, trained: list, reference: list,
                outcome) -> messages.SecAggMasked:
-        """The trained model's vector (pyfed.privacy.secure_vector), quantized and masked."""
+        """The trained model's vector (pyfed.privacy.secagg.vector), quantized and masked."""
         protocol = self._current(fit.round, "a secure FIT")
         setup = self.setup
         vector = secure_vector.encode(trained, reference, int(outcome.num_examples), request,

@@ -1,5 +1,5 @@
-"""Privacy of the updates (issue 14): differential privacy with an RDP accountant, and (later)
-secure aggregation.
+"""Privacy of the updates: differential privacy with an RDP accountant (:mod:`.dp`), and
+secure aggregation (:mod:`.secagg`), which hides each client's update from the server.
 
 The public names load on first use (PEP 562): ``import pyfed.privacy`` imports neither
 dp-accounting (which pulls in scipy and mpmath) nor ``cryptography``; only the names used do.
@@ -12,14 +12,14 @@ __all__ = ["PrivacyLedger", "epsilon", "clip_delta", "gaussian_noise_std",
            "SecureAggregation"]
 
 # name -> module defining it
-_LAZY = {"PrivacyLedger": ".accountant", "epsilon": ".accountant",
-         "clip_delta": ".dp_math", "gaussian_noise_std": ".dp_math",
-         "adaptive_noise_multiplier": ".dp_math", "noised_clipped_fraction": ".dp_math",
-         "update_clipping_norm": ".dp_math", "default_count_stddev": ".dp_math",
-         "validate_dp_config": ".dp_math", "delta_norm": ".dp_math",
-         "noised_unclipped_fraction": ".dp_math", "DifferentialPrivacy": ".dp",
-         "clip_update": ".client_clipping", "clipped_delta": ".client_clipping",
-         "SecureAggregation": ".secure_aggregation"}
+_LAZY = {"PrivacyLedger": ".dp.accountant", "epsilon": ".dp.accountant",
+         "clip_delta": ".dp.calibration", "gaussian_noise_std": ".dp.calibration",
+         "adaptive_noise_multiplier": ".dp.calibration", "noised_clipped_fraction": ".dp.calibration",
+         "update_clipping_norm": ".dp.calibration", "default_count_stddev": ".dp.calibration",
+         "validate_dp_config": ".dp.calibration", "delta_norm": ".dp.calibration",
+         "noised_unclipped_fraction": ".dp.calibration", "DifferentialPrivacy": ".dp.strategy",
+         "clip_update": ".dp.client_clipping", "clipped_delta": ".dp.client_clipping",
+         "SecureAggregation": ".secagg.strategy"}
 
 
 def __getattr__(name: str):

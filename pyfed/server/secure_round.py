@@ -9,7 +9,7 @@ stage's deadline, on the same sessions, jobs and collectors as FIT::
     4. SECAGG_UNMASK -> SECAGG_REVEAL   who survived and who dropped; their shares (U4)
 
 The server relays and sums; the arithmetic and its checks are
-:class:`~pyfed.privacy.secagg_protocol.ServerSecAgg`'s. A client whose reply is malformed is
+:class:`~pyfed.privacy.secagg.protocol.ServerSecAgg`'s. A client whose reply is malformed is
 excluded with the reason (it is told, as a rejected update is) and the round goes on without
 it; a stage left with fewer than the threshold fails the round, which the usual retry rule runs
 again, with fresh keys. What reaches the strategy is one sum, through ``add_secure_sum``.
@@ -26,7 +26,7 @@ import numpy as np
 
 from ..deadline import Deadline
 from ..errors import RoundError, UpdateRejected
-from ..privacy import secure_vector
+from ..privacy.secagg import vector as secure_vector
 from ..safe_text import printable
 from ..wire import messages
 from ..wire.layout import ArraySlot, Layout
@@ -127,7 +127,7 @@ class SecureRound:
         request = strategy.secure_sum_request(server_round)
         layout = secure_vector.VectorLayout(self.parameters, request)
         self.threshold = threshold = strategy.threshold(participants)
-        from ..privacy.secagg_protocol import ServerSecAgg  # cryptography: only when used
+        from ..privacy.secagg.protocol import ServerSecAgg  # cryptography: only when used
         self.protocol = ServerSecAgg(server_round, participants, threshold,
                                      strategy.modulus_bits, strategy.clipping_range,
                                      layout.length)

@@ -45,7 +45,7 @@ TRANSITIONS: dict[tuple[State, Role, MessageKind], State] = {
     (State.READY, Role.SERVER, K.EVALUATE): State.EVALUATING,
     (State.EVALUATING, Role.CLIENT, K.EVALUATE_RESULT): State.READY,
     (State.READY, Role.SERVER, K.FINISH): State.CLOSED,
-    # A secure round (pyfed.privacy.secure_round): three more request/reply pairs around FIT,
+    # A secure round (pyfed.server.secure_round): three more request/reply pairs around FIT,
     # whose reply is then a masked vector instead of weights.
     (State.READY, Role.SERVER, K.SECAGG_SETUP): State.SECAGG_KEYING,
     (State.SECAGG_KEYING, Role.CLIENT, K.SECAGG_KEYS): State.READY,

@@ -196,7 +196,7 @@ class NodeUpdate(Message):
 # Secure aggregation (Bonawitz et al. 2017): the server relays keys and encrypted shares and
 # sums masked vectors; it never holds one client's update. Keys, commitments, ciphertexts and
 # shares travel as hex strings in the header (each is under 200 bytes); the masked vector, as
-# large as the model, travels in the body. See pyfed.privacy.secure_round for the order.
+# large as the model, travels in the body. See pyfed.server.secure_round for the order.
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import hashlib
 
 import numpy as np
 
-from pyfed.privacy.quantize import dequantize_sum
-from pyfed.privacy.secagg_crypto import (SecAggError, mask, private_from_bytes, public_bytes,
+from pyfed.privacy.secagg.quantize import dequantize_sum
+from pyfed.privacy.secagg.crypto import (SecAggError, mask, private_from_bytes, public_bytes,
                                          ring_dtype, ring_mask, shared_key)
-from pyfed.privacy.secagg_shares import (CIPHERTEXT_BYTES, PAIRWISE_MASK_INFO, check_index,
+from pyfed.privacy.secagg.shares import (CIPHERTEXT_BYTES, PAIRWISE_MASK_INFO, check_index,
                                          check_key, check_round, check_share, quantize_range,
                                          recover_verified)
 

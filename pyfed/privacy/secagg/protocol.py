@@ -5,10 +5,10 @@ carries their outputs between processes. They live in two modules (one job each,
 under the size cap) and are re-exported here, the one import path the wiring uses.
 """
 
-from pyfed.privacy.secagg_client import ClientSecAgg
-from pyfed.privacy.secagg_crypto import DecryptionError, SecAggError
-from pyfed.privacy.secagg_server import ServerSecAgg
-from pyfed.privacy.secagg_shares import CIPHERTEXT_BYTES, SHARE_BYTES
+from pyfed.privacy.secagg.client import ClientSecAgg
+from pyfed.privacy.secagg.crypto import DecryptionError, SecAggError
+from pyfed.privacy.secagg.server import ServerSecAgg
+from pyfed.privacy.secagg.shares import CIPHERTEXT_BYTES, SHARE_BYTES
 
 __all__ = ["ClientSecAgg", "ServerSecAgg", "SecAggError", "DecryptionError",
            "CIPHERTEXT_BYTES", "SHARE_BYTES"]

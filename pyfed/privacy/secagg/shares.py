@@ -2,7 +2,7 @@
 client's Shamir shares travel in through the server, the round parameters' checks, and the
 verified reconstruction the server runs when it unmasks.
 
-Kept apart from :mod:`secagg_client` and :mod:`secagg_server` so the two cannot drift: a label
+Kept apart from :mod:`.client` and :mod:`.server` so the two cannot drift: a label
 or a byte layout that differed between them would only show up as a failed round.
 """
 
@@ -11,9 +11,9 @@ import math
 import secrets
 import struct
 
-from pyfed.privacy import shamir
-from pyfed.privacy.quantize import scale
-from pyfed.privacy.secagg_crypto import (AEAD_NONCE_BYTES, AEAD_TAG_BYTES, KEY_BYTES,
+from pyfed.privacy.secagg import shamir
+from pyfed.privacy.secagg.quantize import scale
+from pyfed.privacy.secagg.crypto import (AEAD_NONCE_BYTES, AEAD_TAG_BYTES, KEY_BYTES,
                                          SecAggError, open_, ring_dtype, seal)
 
 # HKDF "info" labels: one X25519 exchange per purpose and per key pair, but a distinct label

@@ -12,7 +12,7 @@ Shares are ``(index, value)`` with index in 1..n and value the 66-byte big-endia
 
 import secrets
 
-from pyfed.privacy.secagg_crypto import SecAggError
+from pyfed.privacy.secagg.crypto import SecAggError
 
 PRIME = (1 << 521) - 1
 SECRET_BYTES = 32

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigurationError
+from ...errors import ConfigurationError
 
 
 class ClippedSum:

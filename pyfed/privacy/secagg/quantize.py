@@ -24,7 +24,7 @@ chose c. Coordinates that are NaN are refused rather than silently encoded.
 import numpy as np
 
 from pyfed.errors import ConfigurationError
-from pyfed.privacy.secagg_crypto import SecAggError, ring_dtype, ring_mask
+from pyfed.privacy.secagg.crypto import SecAggError, ring_dtype, ring_mask
 
 
 def scale(clipping_range: float, modulus_bits: int, max_summands: int) -> float:

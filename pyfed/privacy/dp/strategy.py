@@ -27,13 +27,13 @@ import math
 
 import numpy as np
 
-from ..errors import ConfigurationError, RoundError, UpdateRejected
-from ..strategy.base import Strategy
-from ..strategy.weighted_sum import cast_to
-from . import dp_checks
+from ...errors import ConfigurationError, RoundError, UpdateRejected
+from ...strategy.base import Strategy
+from ...strategy.weighted_sum import cast_to
+from . import checks as dp_checks
 from .accountant import PrivacyLedger
 from .clipped_sum import ClippedSum
-from .dp_math import (adaptive_noise_multiplier, default_count_stddev, delta_norm,
+from .calibration import (adaptive_noise_multiplier, default_count_stddev, delta_norm,
                       noised_unclipped_fraction, update_clipping_norm, validate_dp_config)
 
 logger = logging.getLogger("pyfed")

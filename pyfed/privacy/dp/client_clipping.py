@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigurationError
-from .dp_math import clip_delta, delta_norm, validate_dp_config
+from ...errors import ConfigurationError
+from .calibration import clip_delta, delta_norm, validate_dp_config
 
 
 def clip_update(trained: Sequence[np.ndarray], reference: Sequence[np.ndarray],

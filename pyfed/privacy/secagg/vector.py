@@ -20,8 +20,8 @@ import math
 
 import numpy as np
 
-from ..errors import ProtocolError, RoundError
-from .dp_math import clip_delta
+from ...errors import ProtocolError, RoundError
+from ..dp.calibration import clip_delta
 
 VECTORS = ("weights", "clipped_delta")
 

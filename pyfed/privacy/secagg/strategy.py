@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ConfigurationError
-from ..strategy import FedAvg, Strategy
-from ..strategy import _checks
+from ...errors import ConfigurationError
+from ...strategy import FedAvg, Strategy
+from ...strategy import _checks
 
 # Flower's SecAggPlusWorkflow defaults: the clipping range of the weights, and the examples
 # count at which a client's weight in the sum reaches 1 (r = min(n / max_weight, 1)).

@@ -1,12 +1,12 @@
-"""What :class:`~pyfed.privacy.dp.DifferentialPrivacy` refuses to wrap, and its arguments'
+"""What :class:`~pyfed.privacy.dp.strategy.DifferentialPrivacy` refuses to wrap, and its arguments'
 checks. Every refusal is one ConfigurationError that says why and what to do instead."""
 
 from __future__ import annotations
 
 import math
 
-from ..errors import ConfigurationError
-from ..strategy import FedAvg
+from ...errors import ConfigurationError
+from ...strategy import FedAvg
 
 # Families whose aggregate is not a sum of the clipped updates: the Gaussian mechanism's
 # sensitivity argument (one client moves the sum by at most C) does not cover them.

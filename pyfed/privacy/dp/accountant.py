@@ -13,7 +13,7 @@ import logging
 import math
 
 from pyfed.errors import ConfigurationError
-from pyfed.privacy.dp_math import validate_dp_config
+from pyfed.privacy.dp.calibration import validate_dp_config
 
 
 def epsilon(q: float, noise_multiplier: float, rounds: int, target_delta: float) -> float:

@@ -20,11 +20,11 @@ import os
 
 import numpy as np
 
-from pyfed.privacy import shamir
-from pyfed.privacy.quantize import quantize
-from pyfed.privacy.secagg_crypto import (DecryptionError, SecAggError, generate_keypair, mask,
+from pyfed.privacy.secagg import shamir
+from pyfed.privacy.secagg.quantize import quantize
+from pyfed.privacy.secagg.crypto import (DecryptionError, SecAggError, generate_keypair, mask,
                                          private_bytes, ring_mask, shared_key)
-from pyfed.privacy.secagg_shares import (PAIRWISE_MASK_INFO, SHARE_ENCRYPTION_INFO, check_index,
+from pyfed.privacy.secagg.shares import (PAIRWISE_MASK_INFO, SHARE_ENCRYPTION_INFO, check_index,
                                          check_indices, check_key, check_round, open_shares,
                                          quantize_range, seal_shares)
 

@@ -5,20 +5,21 @@
     .venv/bin/python -m benchmarks.secagg_cost --workload echo --clients 10 --rounds 3 \
         --json secagg.json
 
-For each workload and client count N, N client processes (``benchmarks.secagg_roles``) stay up
-while server processes come and go: plain, secure, secure, plain, ... (``--repeats`` runs of
-each mode, in ABBA order so that a machine growing busier or quieter hits both alike). Each run
-is one warm-up round (connections, first allocations, the first secure round's imports, Keras'
-tracing) and ``--rounds`` measured rounds. There is no federated evaluation. A plain round is
-FIT out and one FIT_RESULT back per client; a secure round is four request/reply stages (keys,
-encrypted shares, FIT answered by a masked vector, reveal) and the server's unmasking.
+For each workload and client count N, one server process and N client processes
+(``benchmarks.secagg_roles``) stay up while the server runs one federation after another:
+plain, secure, secure, plain, ... (``--repeats`` runs of each mode, in ABBA order so that a
+machine growing busier or quieter hits both alike). Each run is one warm-up round (connections,
+first allocations, Keras' tracing after the run's compile) and ``--rounds`` measured rounds.
+There is no federated evaluation. A plain round is FIT out and one FIT_RESULT back per client;
+a secure round is four request/reply stages (keys, encrypted shares, FIT answered by a masked
+vector, reveal) and the server's unmasking.
 
 Two workloads (``--workload``, both by default). ``echo``: 102,538 float32 parameters (0.41 MB,
 the scale section's); the clients' "training" adds a constant to every weight, so training costs
 nothing and the protocol's cost shows: the worst case for the ratio. ``keras``: the usual Keras
 path on ``digits_model(hidden=1500)`` (112,510 parameters), each client fitting 1 epoch, batch
 32, on its share of scikit-learn's digits, as a user's round would; TensorFlow loads once per
-client process (a server process per run loads it too, before its port is announced).
+process, before any run.
 
 The round time is the server's History ``round_seconds`` (the round began -> the new global
 model set), the bytes are its ``bytes_in + bytes_out`` (every message of the round, both
@@ -69,6 +70,12 @@ def run_count(clients: int, rounds: int, repeats: int, workdir: Path, timeout: f
     members, runs = [], []
     try:
         watchdog.start()
+        # One server child too, serving the runs in turn: its imports (TensorFlow for keras)
+        # are paid once, alongside the clients'.
+        server = children.spawn("server", "secagg_server", "--workload", workload,
+                                "--clients", str(clients), "--rounds", str(rounds + 1),
+                                "--logdir", str(phase / "logs"), pipes=True)
+        members.append((server, ServerLines(children, server, "server")))
         for index in range(1, clients + 1):
             proc = children.spawn(f"client-{index}", "secagg_client", "--index", str(index),
                                   "--workload", workload, "--clients", str(clients),
@@ -76,15 +83,17 @@ def run_count(clients: int, rounds: int, repeats: int, workdir: Path, timeout: f
             members.append((proc, ServerLines(children, proc, f"client {index}")))
         for _, lines in members:
             lines.expect("warm", deadline)
+        started = time.monotonic()
         for repeat in range(repeats):
             for mode in (MODES if repeat % 2 == 0 else MODES[::-1]):
-                print(f"... secagg cost: {workload}, {clients} clients, {mode} "
-                      f"(run {repeat + 1}/{repeats})", file=sys.stderr, flush=True)
-                runs.append(run_once(children, members, phase, mode, clients, rounds, repeat,
-                                     deadline, workload))
+                print(f"... secagg cost: {workload}, {clients} clients, {mode} (run "
+                      f"{repeat + 1}/{repeats}), {time.monotonic() - started:.0f} s after start-up",
+                      file=sys.stderr, flush=True)
+                runs.append(run_once(members[0], members[1:], phase, mode, clients, rounds,
+                                     repeat, deadline, workload))
     finally:
         watchdog.cancel()
-        for proc, _ in members:  # EOF: each client child leaves its loop and exits
+        for proc, _ in members:  # EOF: each child leaves its loop and exits
             try:
                 proc.stdin.close()
             except OSError:
@@ -93,26 +102,21 @@ def run_count(clients: int, rounds: int, repeats: int, workdir: Path, timeout: f
     return runs
 
 
-def run_once(children, members, phase: Path, mode: str, clients: int, rounds: int,
+def run_once(server, members, phase: Path, mode: str, clients: int, rounds: int,
              repeat: int, deadline: float, workload: str = "echo") -> dict:
+    """One run: the server child starts a federation in ``mode`` ("MODE OUT" on its stdin),
+    the client children join it ("PORT MODE"); each says when it is done."""
     label = f"server-{mode}-{repeat}"
     out = phase / f"{label}.json"
-    server = children.spawn(label, "secagg_server", "--mode", mode, "--workload", workload,
-                            "--clients", str(clients),
-                            "--rounds", str(rounds + 1), "--logdir", str(phase / "logs"),
-                            "--out", str(out), pipes=True)
-    port = json.loads(ServerLines(children, server, label).expect("ready", deadline))["port"]
+    (server_proc, server_lines) = server
+    server_proc.stdin.write(f"{mode} {out}\n".encode())
+    server_proc.stdin.flush()
+    port = json.loads(server_lines.expect("ready", deadline))["port"]
     for proc, _ in members:
         proc.stdin.write(f"{port} {mode}\n".encode())
         proc.stdin.flush()
     trained = [json.loads(lines.expect("trained", deadline)) for _, lines in members]
-    try:
-        code = server.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except Exception:
-        raise TimeoutError(f"{label} (pid {server.pid}) still running at its deadline") from None
-    if code != 0:
-        raise RuntimeError(f"{label} (pid {server.pid}) exited with {code}:\n"
-                           f"{children.tail(label)}")
+    server_lines.expect("done", deadline)
     record = read_json(out)
     if record["participants"] != [clients] * (rounds + 1):
         raise RuntimeError(f"{label}: rounds had {record['participants']} participants, "
@@ -225,7 +229,7 @@ def report(result: dict, repeats: int) -> str:
     return "\n".join(text)
 
 
-def run(clients=(5, 10, 20), rounds: int = 8, repeats: int = 2, timeout: float = 300.0,
+def run(clients=(5, 10, 20), rounds: int = 8, repeats: int = 2, timeout: float = 600.0,
         workdir: Path | None = None, workload: str = "echo") -> dict:
     """Every client count in turn, one workload; the analysed result (see :func:`analyse`)."""
     with tempfile.TemporaryDirectory(prefix="pyfed-secagg-bench-") as scratch:
@@ -242,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(after 1 warm-up; default 8)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each mode per client "
                         "count, in ABBA order (default 2)")
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds allowed per client count (default 300)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds allowed per client count and workload (default 600)")
     parser.add_argument("--workload", choices=(*WORKLOADS, "both"), default="both",
                         help="echo: free training, the protocol's cost alone; keras: a Keras "
                         "MLP trained on digits; both (the default): echo, then keras")

@@ -1,10 +1,10 @@
 """The SecAgg cost benchmark's children (roles ``secagg_server`` and ``secagg_client``).
 
-A server child runs one federation, plain ``FedAvg`` or ``SecureAggregation(FedAvg())``, and
-writes its History's per-round time and bytes, its CPU per round and the final model to
-``--out``. A client child lives for a whole client count: it reads ``PORT MODE`` lines on its
-stdin, takes part in that server's run, and answers ``BENCH trained {...}``; so both modes meet
-the same (warmed) processes.
+Both live for a whole client count, so both modes meet the same (warmed) processes. The
+server child reads ``MODE OUT`` lines on its stdin, runs that federation, plain ``FedAvg`` or
+``SecureAggregation(FedAvg())``, writes its History's per-round time and bytes, its CPU per
+round and the final model to ``OUT``, and answers ``BENCH done``. A client child reads
+``PORT MODE`` lines, takes part in that server's run, and answers ``BENCH trained {...}``.
 
 Two workloads (``--workload``). ``echo``: a client's "training" moves every weight of the
 global model by a fixed small amount (``1e-3 * index``): free, so a round's time is the
@@ -75,28 +75,45 @@ def keras_model():
 
 
 def secagg_server(argv: list[str]) -> None:
+    """Reads "MODE OUT" lines on its stdin, runs that federation, answers ``BENCH done``;
+    EOF ends the child."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--workload", choices=WORKLOADS, default="echo")
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--logdir", required=True)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
     from pyfed.models import NumpyModel
+
+    # One Keras model for every run, set back to its first weights before each: a model built
+    # later would have other layer names ("dense_2"), so another spec than the clients' model.
+    model = keras_model() if args.workload == "keras" else None  # TensorFlow loads here
+    initial = None if model is None else model.get_weights()
+    for name in ("pyfed.server", "pyfed.privacy.secagg_protocol"):  # before any run
+        importlib.import_module(name)
+    print("BENCH warm", flush=True)
+    for line in sys.stdin:
+        mode, out = line.split()
+        if model is None:
+            serve_once(args, NumpyModel(seeded_weights(SCALE_SHAPES)), mode, out)
+        else:
+            model.set_weights(initial)
+            serve_once(args, model, mode, out)
+        print("BENCH done", flush=True)
+
+
+def serve_once(args, model, mode: str, out: str) -> None:
     from pyfed.server import FL_Server
     from pyfed.strategy import FedAvg
 
-    # No federated evaluation (the clients hold no data): a round is FIT and its aggregation.
+    # No federated evaluation: a round is FIT and its aggregation.
     strategy = FedAvg(fraction_evaluate=0.0, min_fit_clients=args.clients,
                       min_available_clients=args.clients)
-    if args.mode == "secure":
+    if mode == "secure":
         from pyfed.privacy import SecureAggregation
         strategy = SecureAggregation(strategy)
     cpu = RoundCpu()
-    model = (keras_model() if args.workload == "keras"
-             else NumpyModel(seeded_weights(SCALE_SHAPES)))
     server = FL_Server(model, args.clients, args.rounds,
                        port=0, logdir=args.logdir, verbose=0, wait_timeout=120,
                        round_timeout=120, round_retries=0, strategy=strategy, callbacks=[cpu])
@@ -105,17 +122,17 @@ def secagg_server(argv: list[str]) -> None:
     history = server.train().to_dict()["history"]
     final = np.concatenate([np.asarray(w, np.float64).ravel()
                             for w in server.adapter.get_weights()])
-    np.save(f"{args.out}.npy", final)
+    np.save(f"{out}.npy", final)
     test = {}
     if args.workload == "keras":
         _, _, test_x, test_y = digits_shares(args.clients)
         test = server.test(test_x, test_y, KERAS_TRAINING["loss"], KERAS_TRAINING["metrics"])
-    emit(args.out, {"mode": args.mode, "workload": args.workload, "strategy": repr(strategy),
-                    "parameters": final.size, "round_seconds": history["round_seconds"],
-                    "bytes_in": history["bytes_in"], "bytes_out": history["bytes_out"],
-                    "participants": history["participants"], "cpu_seconds": cpu.seconds,
-                    "test_accuracy": test.get("accuracy"),
-                    "tensorflow_imported": "tensorflow" in sys.modules})
+    emit(out, {"mode": mode, "workload": args.workload, "strategy": repr(strategy),
+               "parameters": final.size, "round_seconds": history["round_seconds"],
+               "bytes_in": history["bytes_in"], "bytes_out": history["bytes_out"],
+               "participants": history["participants"], "cpu_seconds": cpu.seconds,
+               "test_accuracy": test.get("accuracy"),
+               "tensorflow_imported": "tensorflow" in sys.modules})
 
 
 def secagg_client(argv: list[str]) -> None:
@@ -127,10 +144,13 @@ def secagg_client(argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     from pyfed.client import FL_Client
+    from pyfed.models.base import as_adapter
 
     if args.workload == "keras":  # TensorFlow loads here, once for every run
         xs, ys, _, _ = digits_shares(args.clients)
-        x, y, model = xs[args.index - 1], ys[args.index - 1], keras_model()
+        # One adapter for every run: compiled once, so Keras traces its training step once
+        # (in run 1's warm-up round), not again in every run (seconds per client).
+        x, y, model = xs[args.index - 1], ys[args.index - 1], as_adapter(keras_model())
         training = KERAS_TRAINING
     else:
         x, y, model, training = None, None, nudge_model(args.index), {}
@@ -140,8 +160,8 @@ def secagg_client(argv: list[str]) -> None:
     for line in sys.stdin:  # "PORT MODE" per run; EOF ends the child
         port, mode = line.split()
         cpu = time.process_time()
-        # A new FL_Client per run, as a new federation: the Keras model is compiled afresh
-        # (a new optimizer; its retracing falls in the run's warm-up round).
+        if args.workload == "keras":
+            fresh_optimizer(model.model)
         client = FL_Client(f"client_{args.index}", x, y, server_port=int(port),
                            model=model, verbose=0, logdir=args.logdir, connect_timeout=60)
         client.train(**training)
@@ -164,3 +184,12 @@ def nudge_model(index: int):
             return FitOutcome(num_examples=self.num_examples)
 
     return Nudge(seeded_weights(SCALE_SHAPES), num_examples=examples(index))
+
+
+def fresh_optimizer(model) -> None:
+    """Adam as a new federation's client starts it (zero moments, step 0; its learning rate
+    kept), without compiling again: the keras workload's runs start alike."""
+    optimizer = getattr(model, "optimizer", None)
+    for variable in (optimizer.variables if optimizer is not None else []):
+        if "learning_rate" not in variable.name:
+            variable.assign(np.zeros(variable.shape, variable.dtype))

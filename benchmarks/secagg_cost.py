@@ -211,7 +211,9 @@ def report(result: dict, repeats: int) -> str:
             "measured rounds; medians [min-max] over the measured rounds; real processes over "
             "127.0.0.1", "", table(result), ""]
     text.append(f"secure ({rows[0]['clients']} clients): {rows[0]['secure']['strategy']}")
-    text.append("CPU per round of one client (median), plain, secure (s): " + "; ".join(
+    text.append("CPU per round of one client (median of the runs' averages, warm-up included"
+                + ("; Keras traces once, in the first run: a plain one" if result["workload"]
+                   == "keras" else "") + "), plain, secure (s): " + "; ".join(
         f"{row['clients']} clients {row['plain']['client_cpu']:.3f}, "
         f"{row['secure']['client_cpu']:.3f}" for row in rows))
     text.append(f"(all clients share this machine's {os.cpu_count()} cores, so their CPU adds "

@@ -90,7 +90,7 @@ def secagg_server(argv: list[str]) -> None:
     # later would have other layer names ("dense_2"), so another spec than the clients' model.
     model = keras_model() if args.workload == "keras" else None  # TensorFlow loads here
     initial = None if model is None else model.get_weights()
-    for name in ("pyfed.server", "pyfed.privacy.secagg_protocol"):  # before any run
+    for name in ("pyfed.server", "pyfed.privacy.secagg.protocol"):  # before any run
         importlib.import_module(name)
     print("BENCH warm", flush=True)
     for line in sys.stdin:

@@ -58,7 +58,7 @@ def make_strategy(args):
     from pyfed.strategy import FedAvg
 
     inner = FedAvg(min_fit_clients=args.min_fit, min_available_clients=args.clients)
-    if args.dp_options:  # DifferentialPrivacy(clipping="client") inside the secure sum
+    if getattr(args, "dp_options", None):  # DifferentialPrivacy(clipping="client") inside
         from pyfed.privacy import DifferentialPrivacy
 
         inner = DifferentialPrivacy(inner, clipping="client", **json.loads(args.dp_options))

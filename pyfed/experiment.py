@@ -54,6 +54,12 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
     ``{"validation_split": 0.1}``), ``fit_callbacks`` (Keras callbacks for every client's
     ``fit``; each client process gets its own copy), ``logdir``, ``run_name``, ``verbose``,
     ``timeout``.
+
+    ``backend="ray"`` runs the clients as Ray actors (:mod:`pyfed.sim.ray_backend`; needs
+    ``pip install 'pyfed[ray]'``): ``ray_address`` (None starts a local Ray; ``"auto"``,
+    ``"host:port"`` or ``$RAY_ADDRESS`` joins a cluster), ``client_resources`` (each actor's,
+    default ``{"num_cpus": 1, "num_gpus": 0}``), ``clients_per_actor`` (virtual clients taking
+    turns on one actor's model). After ``run``, ``placement`` maps each client to its Ray node id.
     """
 
     def __init__(self, num_clients: int, clients_data, clients_target, server_data, server_target,
@@ -63,7 +69,17 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                  timeout: float | None = None, seed: int | None = None,
                  strategy=None, partition: str | None = None,
                  partition_options: dict | None = None, server_options: dict | None = None,
-                 client_options: dict | None = None, fit_callbacks: list | None = None):
+                 client_options: dict | None = None, fit_callbacks: list | None = None,
+                 backend: str = "local", ray_address: str | None = None,
+                 client_resources: dict | None = None, clients_per_actor: int = 1):
+        from .sim.ray_backend import check_backend_options  # imports no Ray
+
+        self.client_resources = check_backend_options(backend, ray_address, client_resources,
+                                                      clients_per_actor)
+        self.backend = backend
+        self.ray_address = ray_address
+        self.clients_per_actor = clients_per_actor
+        self.placement: dict[str, str] = {}
         if partition is not None:
             # Pool the clients' data and re-split it by the scheme; the server's test set stays.
             from .data.datasets import partition_data
@@ -131,6 +147,13 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                                "launch_tensorboard": self.launch_tensorboard,
                                "strategy": self.strategy, **self.server_options,
                                "hparams": hparams}}
+        if self.backend == "ray":
+            from .sim.ray_backend import run_on_ray
+
+            train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
+                     "optimizer": optimizer, "metrics": list(metrics) if metrics else None}
+            done, failed = run_on_ray(self, server_payload, train)
+            return self._finish(done, failed, model, adapter, loss, optimizer, lr, metrics)
         children: list[_Party] = []
         reports = None
         try:
@@ -155,12 +178,17 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
             _end(children)
             if reports is not None:
                 reports.close()
+        failed = [f"{c.name} (exit code {c.exitcode})" for c in children[1:] if c.exitcode != 0]
+        return self._finish(done, failed, model, adapter, loss, optimizer, lr, metrics)
 
+    def _finish(self, done: dict, failed: list[str], model, adapter, loss, optimizer, lr,
+                metrics):
+        """The server's final weights into the user's model, the history, the test: the same
+        for every backend."""
         with np.load(done["weights"], allow_pickle=False) as archive:
             adapter.set_weights([archive[f"arr_{i}"] for i in range(len(archive.files))])
         self.model = model
         self.history = History.from_dict(done["history"])
-        failed = [f"{c.name} (exit code {c.exitcode})" for c in children[1:] if c.exitcode != 0]
         if failed:
             # The server may finish without a crashed client, but an experiment that silently
             # lost a party is not the experiment that was asked for: say so, loudly.

@@ -30,7 +30,7 @@ want="$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c 'import pyfed' 2>/dev/null; then
     echo "installing PyFed and its dependencies into .venv (first time: a few minutes) ..."
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[test]"
+    .venv/bin/python -m pip install -q -e ".[test,ray]"
     echo "$want" > "$stamp"
 fi
 # TensorFlow's C++ start-up chatter hides the output people came for.

@@ -56,7 +56,9 @@ def check_fit_callbacks(callbacks, adapter, who: str) -> list:
     """``callbacks`` as a list, if ``adapter`` has somewhere to put them: only a Keras model's
     ``fit`` takes Keras callbacks. ``who`` starts the error (e.g. the client's name)."""
     callbacks = list(callbacks or [])
-    if callbacks and not isinstance(adapter, KerasAdapter):
+    # An adapter wrapping a Keras model (a Ray actor's virtual client) says so.
+    if callbacks and not (isinstance(adapter, KerasAdapter)
+                          or getattr(adapter, "takes_fit_callbacks", False)):
         raise ConfigurationError(
             f"{who}fit_callbacks are Keras callbacks, passed to a Keras model's fit; this "
             f"model is a {type(adapter).__name__}, which takes none")

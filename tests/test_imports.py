@@ -19,7 +19,7 @@ import pyfed
 from pyfed.errors import PyFedError
 
 HEAVY = ("pyfed.server", "pyfed.server.gateway", "pyfed.wire.transport", "pyfed.client", "pyfed.experiment",
-         "cloudpickle", "tensorflow", "keras")
+         "cloudpickle", "tensorflow", "keras", "ray")
 
 
 def loaded_after(statement: str) -> list[str]:
@@ -63,3 +63,34 @@ def test_every_exception_pyfed_defines_is_a_pyfed_error():
     assert len(found) >= 15, found  # the hierarchy, and the ones defined beside their use
     outside = [f"{c.__module__}.{c.__qualname__}" for c in found if not issubclass(c, PyFedError)]
     assert not outside, outside
+
+
+def test_a_local_experiment_never_imports_ray():
+    loaded = loaded_after("import numpy as np\nfrom pyfed.experiment import FL_Experiment\n"
+                          "FL_Experiment(1, [np.zeros((2, 2))], [np.zeros(2)], None, None)")
+    assert "pyfed.experiment" in loaded and "ray" not in loaded
+
+
+# Ray hidden from the interpreter, as on a machine without the extra installed.
+WITHOUT_RAY = """
+import sys
+class NoRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoRay())
+import numpy as np
+from pyfed.errors import ConfigurationError
+from pyfed.experiment import FL_Experiment
+try:
+    FL_Experiment(1, [np.zeros((2, 2))], [np.zeros(2)], None, None, backend="ray")
+except ConfigurationError as exc:
+    print(f"ERROR {exc}")
+"""
+
+
+def test_the_ray_backend_without_ray_names_the_extra_in_one_line():
+    result = subprocess.run([sys.executable, "-c", WITHOUT_RAY], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip() == "ERROR backend='ray' needs Ray: pip install 'pyfed[ray]'", \
+        result.stdout + result.stderr

@@ -268,3 +268,31 @@ def test_the_ray_options_are_checked_when_the_experiment_is_made(options, messag
     x, y = np.zeros((4, 64), np.float32), np.zeros(4, int)
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         FL_Experiment(1, [x], [y], None, None, **options)
+
+
+def test_keras_virtual_clients_keep_their_own_optimizer_state():
+    from pyfed.models.keras_adapter import check_fit_callbacks
+    from pyfed.sim.ray_actor import SharedModel, TakingTurns
+
+    x, y = data.load_digits()
+    x, y = x[:200], y[:200]
+    model = data.digits_model()
+    shared = SharedModel("keras")
+    first, second = TakingTurns(shared, seed=1), TakingTurns(shared, seed=2)
+    for client in (first, second):
+        client.initialize_like({"kind": "keras", "json": model.to_json()})
+        client.compile(loss="sparse_categorical_crossentropy", optimizer="adam", lr=0.005,
+                       metrics=["accuracy"])
+        client.set_weights(model.get_weights())
+    assert check_fit_callbacks([object()], first, "") != []  # Keras callbacks are welcome
+    config = {"epochs": 1, "batch_size": 32, "round": 1, "verbose": 0}
+
+    def steps() -> int:  # Adam's step counter, as the shared optimizer holds it now
+        return int(shared.optimizer_variables()[0].numpy())
+
+    first.fit(x, y, config)
+    assert steps() == 7  # 200 examples in batches of 32
+    second.fit(x, y, config)
+    assert steps() == 7  # the second client started from a fresh optimizer, not the first's
+    first.fit(x, y, {**config, "round": 2})
+    assert steps() == 14  # and the first one continued from its own

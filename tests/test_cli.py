@@ -92,6 +92,8 @@ def test_expected_errors_exit_2_without_traceback(tmp_path):
                        "MNIST file mnist.npz does not exist"),
         "half_test": ([*PYFED, "server", "--model", "pyfed.data:digits_model", "--clients", "1",
                        "--rounds", "1", "--test-data", "y.npy"], "--test-data and --test-target"),
+        "ray_flag_locally": ([*PYFED, "experiment", "--ray-address", "auto"],
+                             "--ray-address only apply with --backend ray"),
     }
     with Processes(tmp_path / "procs") as procs:
         for name, (argv, _) in cases.items():

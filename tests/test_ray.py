@@ -9,6 +9,7 @@ shut down (every raylet reaped) at the end.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -74,6 +75,25 @@ def test_keras_clients_on_a_local_ray_started_by_the_experiment(tmp_path):
     final = scalars(experiment.run_dir / "server" / "final")
     assert final["test/accuracy"] == [(4, pytest.approx(experiment.test_results["accuracy"]))]
     assert not ray.is_initialized()  # the Ray it started, it stopped
+
+
+def test_the_experiment_command_runs_on_ray(tmp_path):
+    """``pyfed experiment --backend ray``: the CLI's run, clients as actors on a local Ray the
+    command starts and stops; the same report as the local backend."""
+    from cliprocs import PYTHON, Processes, child_env, free_port
+
+    command = [PYTHON, "-m", "pyfed", "experiment", "--backend", "ray", "--client-cpus", "0.5",
+               "--clients", "2", "--rounds", "2", "--epochs", "1", "--port", free_port(),
+               "--logdir", "logs", "--run-name", "ray"]
+    with Processes(tmp_path / "procs") as procs:
+        procs.start("experiment", command, cwd=tmp_path,
+                    env=child_env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"))
+        assert procs.wait("experiment", 240) == 0, procs.dump()
+        out = procs.out("experiment")
+    assert re.search(r"^round 2/2 · 2 clients · fit loss", out, re.M), out
+    accuracy = float(re.search(r"^final test accuracy: ([\d.]+)", out, re.M).group(1))
+    assert 0.5 < accuracy <= 1.0, out
+    assert list((tmp_path / "logs" / "ray" / "server").glob("events.out.tfevents.*"))
 
 
 # -- Ray's multi-node test cluster: a head and two workers, each a real raylet ---------------

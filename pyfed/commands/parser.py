@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--metrics", default=",".join(defaults.METRICS),
                        help="comma-separated Keras metric names")
 
-    p = add("experiment", "Run a whole federated experiment here: a server and N clients as "
-                          "separate processes on 127.0.0.1.", cmd_experiment)
+    p = add("experiment", "Run a whole federated experiment: a server and N clients as "
+                          "separate processes on 127.0.0.1, or (--backend ray) as actors on a "
+                          "Ray cluster.", cmd_experiment)
     p.add_argument("--dataset", choices=["digits", "mnist"], default="digits",
                    help="digits ships with scikit-learn; mnist needs --mnist-path or a network")
     p.add_argument("--mnist-path", help="local MNIST .npz with arrays x and y")
@@ -86,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the clients' data by SCHEME: " + ", ".join(PARTITION_SCHEMES)
                         + " (default: PyFed's equal IID split)")
     partition_options(p, "--partition")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: every client a process on this machine; ray: clients as Ray "
+                        "actors on a Ray cluster (needs pip install 'pyfed[ray]')")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="with --backend ray: 'auto', or host:port of a running cluster (default: "
+                        "$RAY_ADDRESS, else a local Ray started for the run)")
+    p.add_argument("--clients-per-actor", type=positive_int, default=1,
+                   help="with --backend ray: virtual clients per actor, taking turns on its model")
+    p.add_argument("--client-cpus", type=positive_float, default=1.0,
+                   help="with --backend ray: CPUs each actor reserves")
+    p.add_argument("--client-gpus", type=float, default=0.0,
+                   help="with --backend ray: GPUs each actor reserves")
 
     p = add("server", "Run a federated server that waits for --clients clients.", cmd_server)
     p.add_argument("--model", default=defaults.MODEL,

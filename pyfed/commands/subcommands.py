@@ -27,6 +27,7 @@ def cmd_experiment(args) -> int:
     from ..data.datasets import load_dataset
     from ..experiment import FL_Experiment
 
+    backend = backend_options(args)  # before any work: a wrong flag is said at once
     model_ref = args.model or DEFAULT_MODELS[args.dataset]
     lr = args.lr
     x, y = load_dataset(args.dataset, args.mnist_path)
@@ -54,7 +55,7 @@ def cmd_experiment(args) -> int:
     experiment = FL_Experiment(args.clients, clients_data, clients_target, server_data,
                                server_target, args.port, logdir=args.logdir,
                                run_name=args.run_name, launch_tensorboard=args.launch_tensorboard,
-                               seed=args.seed, server_options={"hparams": split})
+                               seed=args.seed, server_options={"hparams": split}, **backend)
     started = time.monotonic()
     experiment.run(model=model, rounds=args.rounds, epochs=args.epochs,
                    batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,
@@ -66,6 +67,23 @@ def cmd_experiment(args) -> int:
     else:
         print(f"finished in {elapsed}", flush=True)
     return EXIT_OK  # FL_Experiment already said where the logs are
+
+
+def backend_options(args) -> dict:
+    """FL_Experiment's backend arguments from ``--backend`` and the Ray options, which only
+    ``--backend ray`` may use (a Ray option with the local backend is a mistake to name)."""
+    if args.backend != "ray":
+        given = [flag for flag, value, default in (
+            ("--ray-address", args.ray_address, None), ("--clients-per-actor",
+                                                        args.clients_per_actor, 1),
+            ("--client-cpus", args.client_cpus, 1.0), ("--client-gpus", args.client_gpus, 0.0))
+            if value != default]
+        if given:
+            raise ConfigurationError(f"{', '.join(given)} only apply with --backend ray")
+        return {}
+    return {"backend": "ray", "ray_address": args.ray_address,
+            "clients_per_actor": args.clients_per_actor,
+            "client_resources": {"num_cpus": args.client_cpus, "num_gpus": args.client_gpus}}
 
 
 def cmd_server(args) -> int:

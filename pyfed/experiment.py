@@ -1,9 +1,9 @@
 """FL_Experiment: a whole federated run on one machine, every party a real process.
 
 The parent starts one server process and one process per client, each a fresh interpreter (as
-on separate machines) running ``python -m pyfed.sim.child`` (on Linux the clients are forked
-from one fork server that imported their modules once: :mod:`pyfed.sim.forked` says why and
-what it risks): never the user's script, so
+on separate machines) running ``python -m pyfed.sim.child`` (on Linux they are forked from one
+fork server that imported their modules once: :mod:`pyfed.sim.forked` says why and what it
+risks): never the user's script, so
 a script without an ``if __name__ == "__main__":`` guard runs its top-level code once, as
 written. What a child needs (the model's JSON and weights, data, and a user's
 loss/optimizer/metric objects, which may be custom functions defined in ``__main__``) goes to
@@ -133,14 +133,14 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                                "launch_tensorboard": self.launch_tensorboard,
                                "strategy": self.strategy, **self.server_options,
                                "hparams": hparams}}
-        from .sim.forked import ClientLauncher
+        from .sim.forked import PartyLauncher
 
         children: list[_Party] = []
         reports = launcher = None
         try:
-            # First: a fork server imports the clients' modules while the server imports its own.
-            launcher = ClientLauncher(server_payload["model"].get("kind"), _Party.start_client)
-            server, reports = _Party.start_server(server_payload)
+            launcher = PartyLauncher(server_payload["model"].get("kind"), _Party.start_server,
+                                     _Party.start_client, _Reports)
+            server, reports = launcher.start_server(server_payload)
             children.append(server)
             listening = self._next_report(reports, children, "start listening")
             self.run_dir = Path(listening["run_dir"])
@@ -159,7 +159,7 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                 child.wait(timeout=30)
         finally:
             if launcher is not None:
-                launcher.close()  # ends and reaps the forked clients, reporting their exit codes
+                launcher.close()  # ends and reaps the forked parties, reporting their exit codes
             _end(children)
             if reports is not None:
                 reports.close()

@@ -1,36 +1,38 @@
-"""How FL_Experiment's local backend starts its clients: forked from one warm process, or spawned.
+"""How FL_Experiment's local backend starts its parties: forked from one warm process, or spawned.
 
-Where the time to the first round went (digits, ``digits_model``, a 2-core machine): a Keras
-party spends 5-7 s of CPU importing TensorFlow, everything else it does before round 1 (payload,
-model build and compile, connect, handshake) takes well under a second. The clients were
-already started side by side, but only after the server child had imported TensorFlow and was
-listening, and ten imports side by side on two cores take ten times as long: ~13.5 s to round 1
-with one client, ~52 s with ten.
+Where the time to the first round went (digits, ``digits_model``, this 2-core machine): a Keras
+party spends 5-7 s of CPU importing TensorFlow; everything else it does before round 1 (its
+payload, model build and compile, connect, handshake) takes well under a second. The clients
+were started side by side, but only once the server child had imported TensorFlow and was
+listening, and ten imports side by side on two cores take ten times one: ~13 s until one client
+was ready to train, ~50 s for ten.
 
-So on Linux the experiment starts a fork server (:mod:`pyfed.sim.forkserver`) at the same time
-as the server child. It imports ``pyfed``'s client and the model's library (Keras,
-scikit-learn) once, while the server imports its own, and forks each client on request once
-the server listens. The clients start warm, in parallel, and share the imported modules'
-memory pages until they write to them.
+So on Linux the experiment starts a fork server (:mod:`pyfed.sim.forkserver`), which imports
+``pyfed``'s server and client and the model's library (Keras, scikit-learn) once, then forks the
+server and, once it listens, every client. One TensorFlow import for the whole experiment: the
+parties start warm and in parallel, and share the imported modules' memory pages until they
+write to them.
 
 What it risks, and what guards against it:
 
 - A library that keeps state a fork breaks (threads, locks, CUDA). The fork server runs no
   TensorFlow op, so TensorFlow has no thread pool, eager context or CUDA context yet; PyFed's
-  quiet import defers its device probe to each client for this reason. The only threads are
+  quiet import defers its device probe to each party for this reason. The only threads are
   OpenBLAS's, whose fork handlers make it safe (as numpy with multiprocessing's fork relies on).
   A user's own modules are imported after the fork, by unpickling, never before it.
-- State a fork would share: numpy's global random state is reseeded in each client; Python's
-  ``random`` reseeds itself on fork; a ``seed`` set for the experiment is applied per client,
-  after the fork, exactly as in a spawned client.
-- Processes: the fork server is the clients' parent and their only reaper; it reports each
-  client's PID and exit code here and signals a client only while it has not reaped it (so a PID
+- State a fork would share: numpy's global random state is reseeded in each party; Python's
+  ``random`` reseeds itself on fork; a ``seed`` set for the experiment is applied per party,
+  after the fork, exactly as in a spawned one.
+- Processes: the fork server is the parties' parent and their only reaper; it reports each
+  party's PID and exit code here and signals a party only while it has not reaped it (so a PID
   is never reused under a signal). Closing it terminates, kills if need be, and reaps every
-  client within bounded waits; if it dies anyway, Linux kills its clients
-  (``PR_SET_PDEATHSIG``). A crashed client is reported with its exit code, as before.
+  party within bounded waits; if it dies anyway, Linux kills its parties
+  (``PR_SET_PDEATHSIG``). A crashed party is reported with its exit code, as before.
+- One more process per experiment, holding the imported modules (~0.6 GB RSS with Keras, most
+  of it shared with the parties) until the experiment ends.
 - Platforms: fork is the default on Linux only (macOS's system libraries are not fork-safe;
   Python itself moved macOS to "spawn"). ``PYFED_START_METHOD=spawn`` brings back the old
-  start (one fresh interpreter per client after the server listens) anywhere, e.g. if a library
+  start (fresh interpreters; the clients once the server listens) anywhere, e.g. if a library
   misbehaves after fork; ``PYFED_START_METHOD=fork`` asks for the fork server.
 """
 
@@ -52,15 +54,16 @@ from ..errors import ConfigurationError
 
 START_METHOD_VARIABLE = "PYFED_START_METHOD"
 FORK, SPAWN = "fork", "spawn"
-# What every forked client needs, and what its model's kind adds (imported once, before forks).
-CLIENT_MODULES = ["cloudpickle", "numpy", "pyfed.client.fl_client", "pyfed.sim.child"]
+# What every forked party needs, and what its model's kind adds (imported once, before forks).
+PARTY_MODULES = ["cloudpickle", "numpy", "pyfed.client.fl_client", "pyfed.server.fl_server",
+                 "pyfed.sim.child"]
 MODEL_MODULES = {
     "keras": ["keras", "pyfed.models.keras_adapter", "tensorboard.compat.proto.event_pb2",
               "tensorboard.compat.proto.summary_pb2",
               "tensorboard.summary.writer.record_writer"],
     "sklearn": ["sklearn", "pyfed.models.sklearn_adapter"],
 }
-# How long closing waits for the fork server, beyond its own grace for the clients (5 + 5 s).
+# How long closing waits for the fork server, beyond its own grace for the parties (5 + 5 s).
 CLOSE_SECONDS = 20.0
 
 
@@ -77,20 +80,35 @@ def start_method() -> str:
     return chosen
 
 
-class ClientLauncher:
-    """Starts the clients by the chosen method. ``spawn(name, spec)`` starts one the old way."""
+class PartyLauncher:
+    """Starts the server and the clients by the chosen method. ``spawn_server(spec)`` and
+    ``spawn_client(name, spec)`` start them the old way; ``reports(fd)`` reads the server's."""
 
-    def __init__(self, model_kind: str | None, spawn: Callable):
-        self._spawn = spawn
+    def __init__(self, model_kind: str | None, spawn_server: Callable, spawn_client: Callable,
+                 reports: Callable):
+        self._spawn_server, self._spawn_client, self._reports = spawn_server, spawn_client, reports
         self.method = start_method()
         self.forks = None
         if self.method == FORK:
-            self.forks = ForkServer(CLIENT_MODULES + MODEL_MODULES.get(model_kind, []))
+            self.forks = ForkServer(PARTY_MODULES + MODEL_MODULES.get(model_kind, []))
+
+    def start_server(self, spec: dict):
+        """``(party, reports)``: the server and its JSON-line reports."""
+        if self.forks is None:
+            return self._spawn_server(spec)
+        read_end, write_end = os.pipe()
+        try:
+            party = self.forks.start("server", spec, report_fd=write_end)
+        except BaseException:
+            os.close(read_end)
+            os.close(write_end)
+            raise
+        return party, self._reports(read_end)
 
     def start_client(self, name: str, spec: dict):
         if self.forks is None:
-            return self._spawn(name, spec)
-        return self.forks.start_client(name, spec)
+            return self._spawn_client(name, spec)
+        return self.forks.start(name, spec)
 
     def close(self) -> None:
         if self.forks is not None:
@@ -98,7 +116,7 @@ class ClientLauncher:
 
 
 class ForkedParty:
-    """A forked client, as the experiment sees a spawned one: name, pid, exit code, signals."""
+    """A forked party, as the experiment sees a spawned one: name, pid, exit code, signals."""
 
     def __init__(self, name: str, server: "ForkServer"):
         self.name = name
@@ -133,7 +151,7 @@ class ForkServer:
     def __init__(self, preload: list[str]):
         ours, theirs = socket.socketpair()
         try:
-            sys.stdout.flush()  # its clients write to the same terminal: keep the lines in order
+            sys.stdout.flush()  # its parties write to the same terminal: keep the lines in order
             sys.stderr.flush()
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pyfed.sim.forkserver", str(theirs.fileno())],
@@ -157,12 +175,15 @@ class ForkServer:
         sys_path = [p for p in sys.path if isinstance(p, str)]
         self._post({"sys_path": sys_path, "preload": preload})
 
-    def start_client(self, name: str, spec: dict) -> ForkedParty:
+    def start(self, name: str, spec: dict, report_fd: int | None = None) -> ForkedParty:
+        """Ask for one party. ``report_fd`` (the server's report pipe) goes with the request and
+        is closed here once sent: the forked server alone holds it then, so its death is EOF."""
         party = ForkedParty(f"pyfed-{name}", self)
         payload = cloudpickle.dumps(spec)
         with self.changed:
             self._asked[name] = party
-        self._post({"fork": name, "size": len(payload)}, payload)
+        self._post({"fork": name, "size": len(payload), "report_fd": report_fd is not None},
+                   payload, report_fd)
         return party
 
     def signal(self, party: ForkedParty, signum: int) -> None:
@@ -173,14 +194,14 @@ class ForkServer:
         self._post({"signal": party.pid, "signum": int(signum)})
 
     def close(self) -> None:
-        """Stop the fork server: it terminates, kills if need be, and reaps every client, and
+        """Stop the fork server: it terminates, kills if need be, and reaps every party, and
         reports their exit codes before it exits. Bounded; killed if it does not exit."""
         if self.process.poll() is None:
             self.process.terminate()
         try:
             self.process.wait(timeout=CLOSE_SECONDS)
         except subprocess.TimeoutExpired:
-            self.process.kill()  # its clients die with it (PR_SET_PDEATHSIG)
+            self.process.kill()  # its parties die with it (PR_SET_PDEATHSIG)
             self.process.wait(timeout=10)
         self._outbox.put(None)
         self._reader.join(timeout=10)
@@ -188,15 +209,24 @@ class ForkServer:
         self._socket.close()
         self._settle_unreported()
 
-    def _post(self, header: dict, payload: bytes = b"") -> None:
-        self._outbox.put(json.dumps(header).encode() + b"\n" + payload)
+    def _post(self, header: dict, payload: bytes = b"", fd: int | None = None) -> None:
+        self._outbox.put((json.dumps(header).encode() + b"\n" + payload, fd))
 
     def _send_requests(self) -> None:
+        gone = False
         while (message := self._outbox.get()) is not None:
+            data, fd = message
             try:
-                self._socket.sendall(message)
+                if not gone and fd is not None:  # the descriptor rides on the first bytes
+                    sent = socket.send_fds(self._socket, [data[:1]], [fd])
+                    data = data[sent:]
+                if not gone:
+                    self._socket.sendall(data)
             except OSError:  # the fork server is gone; its exit tells why
-                return
+                gone = True
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
     def _read_events(self) -> None:
         buffer = b""
@@ -224,7 +254,7 @@ class ForkServer:
             self.changed.notify_all()
 
     def _settle_unreported(self) -> None:
-        """The fork server has ended: a client it never reported as exited died with it
+        """The fork server has ended: a party it never reported as exited died with it
         (SIGKILL), and one it never forked never started (exit code 1)."""
         with self.changed:
             for party in self._forked.values():

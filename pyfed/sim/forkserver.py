@@ -1,34 +1,36 @@
 """FL_Experiment's fork server: ``python -m pyfed.sim.forkserver FD``, one per experiment.
 
-Why: a Keras client spends 5-7 s of CPU importing TensorFlow before it does anything. Ten
-clients started side by side on a 2-core machine queue for ~50 s of imports. This process pays
-the import once, then forks one process per client on request, so every client starts warm.
+Why: a Keras party spends 5-7 s of CPU importing TensorFlow before it does anything. A server
+and ten clients started side by side on a 2-core machine queue for ~50 s of imports. This
+process pays the import once, then forks the server and one process per client on request, so
+every party starts warm.
 
-What it imports before forking: modules only (``pyfed``'s client, ``keras`` or scikit-learn as
-the model needs, cloudpickle). It never runs a TensorFlow op, so no TensorFlow thread pool, eager
-context or CUDA context exists yet to be broken by the fork. The only threads here are
-OpenBLAS's, which its fork handlers take care of. TensorFlow's device probe (which PyFed's quiet
-import runs and which initializes CUDA on a GPU machine) is deferred to the forked clients
-(:func:`pyfed.tf_quiet.defer_device_probe`).
+What it imports before forking: modules only (``pyfed``'s server and client, ``keras`` or
+scikit-learn as the model needs, cloudpickle). It never runs a TensorFlow op, so no TensorFlow
+thread pool, eager context or CUDA context exists yet to be broken by the fork. The only threads
+here are OpenBLAS's, which its fork handlers take care of. TensorFlow's device probe (which
+PyFed's quiet import runs and which initializes CUDA on a GPU machine) is deferred to the forked
+parties (:func:`pyfed.tf_quiet.defer_device_probe`).
 
-Each forked client is a real, separate process with its own connection to the server, like a
-spawned one: it never runs the user's script; its payload (cloudpickle, with the user's
-``__main__`` functions by value) is unpickled after the fork; it reseeds numpy's global random
-state (a fork would share it) and restores the default SIGINT and SIGTERM handling; it closes
-this server's descriptors; and it asks the kernel to kill it if this server dies
-(``PR_SET_PDEATHSIG``), so it can never outlive the experiment. It ends through the normal
-interpreter exit, as ``python -m pyfed.sim.child client`` would.
+Each forked party is a real, separate process (the clients with their own connections to the
+server), like a spawned one: it never runs the user's script; its payload (cloudpickle, with
+the user's ``__main__`` functions by value) is unpickled after the fork; it reseeds numpy's
+global random state (a fork would share it) and restores the default SIGINT and SIGTERM
+handling; it closes this process's descriptors; and it asks the kernel to kill it if this
+process dies (``PR_SET_PDEATHSIG``), so it can never outlive the experiment. It ends through the
+normal interpreter exit, as ``python -m pyfed.sim.child`` would. The server's report pipe comes
+with its request (SCM_RIGHTS); this process closes its copy once the server is forked.
 
-This process is the clients' parent, so it alone reaps them (no PID of a client can be reused
+This process is the parties' parent, so it alone reaps them (no PID of a party can be reused
 while the experiment may still signal it): it reports every fork and every exit code to the
-experiment, and signals a client only on the experiment's request and only while it has not
-reaped it. SIGTERM, or the end of its control socket, ends it: it terminates its live clients,
+experiment, and signals a party only on the experiment's request and only while it has not
+reaped it. SIGTERM, or the end of its control socket, ends it: it terminates its live parties,
 kills those still running after a few seconds, reaps them all and exits. It ignores SIGINT: on
-Ctrl-C the experiment (and the terminal, for the clients) decides.
+Ctrl-C the experiment (and the terminal, for the parties) decides.
 
 The control socket (an AF_UNIX socketpair with the experiment, never a network socket) carries,
 towards this process, JSON lines, each fork request followed by its payload bytes:
-``{"sys_path": [...], "preload": [...]}``, ``{"fork": name, "size": n}``,
+``{"sys_path": [...], "preload": [...]}``, ``{"fork": name, "size": n, "report_fd": bool}``,
 ``{"signal": pid, "signum": n}``; back, JSON lines: ``{"event": "ready"}``,
 ``{"event": "forked", "name", "pid"}``, ``{"event": "exited", "pid", "code"}``.
 Risks are in ``pyfed/sim/forked.py``'s docstring; ``PYFED_START_METHOD=spawn`` turns this off.
@@ -46,7 +48,7 @@ import socket
 import sys
 import time
 
-# After SIGTERM (or the experiment gone), how long clients get before SIGKILL, and the bound on
+# After SIGTERM (or the experiment gone), how long parties get before SIGKILL, and the bound on
 # reaping them after that.
 TERMINATE_GRACE_SECONDS = 5.0
 REAP_SECONDS = 5.0
@@ -57,8 +59,9 @@ class ForkServer:
     def __init__(self, control: socket.socket):
         self.control = control
         self.buffer = bytearray()
-        self.children: dict[int, str] = {}  # live (not yet reaped) pid -> client name
+        self.children: dict[int, str] = {}  # live (not yet reaped) pid -> party name
         self.stopping = False
+        self.received_fds: list[int] = []  # passed with a request (SCM_RIGHTS), in order
         self.pid = os.getpid()
         self.wakeup_read, self.wakeup_write = os.pipe()
 
@@ -80,7 +83,7 @@ class ForkServer:
         for name in request[0]["preload"]:
             importlib.import_module(name)
         gc.collect()
-        gc.freeze()  # the clients' collectors leave these objects (and their shared pages) alone
+        gc.freeze()  # the parties' collectors leave these objects (and their shared pages) alone
         for os_fd in (self.wakeup_read, self.wakeup_write):
             os.set_blocking(os_fd, False)
         signal.set_wakeup_fd(self.wakeup_write, warn_on_full_buffer=False)
@@ -91,18 +94,22 @@ class ForkServer:
     def _on_sigterm(self, *_) -> None:
         self.stopping = True
 
-    def serve(self) -> tuple[str, bytes] | None:
-        """Fork clients until told to stop. Returns ``(name, payload)`` in a forked client,
-        ``None`` in this server once every client is reaped."""
+    def serve(self) -> tuple[str, bytes, int | None] | None:
+        """Fork parties until told to stop. Returns ``(name, payload, report_fd)`` in a forked
+        party, ``None`` in this fork server once every party is reaped."""
         while not self.stopping:
             while (request := self._complete_request()) is not None:
                 header, payload = request
                 if "fork" in header:
+                    # The server's report pipe came with its request; the server alone keeps it.
+                    report_fd = self.received_fds.pop(0) if header.get("report_fd") else None
                     sys.stdout.flush()  # nothing buffered here may be written twice
                     sys.stderr.flush()
                     pid = os.fork()
                     if pid == 0:
-                        return str(header["fork"]), payload
+                        return str(header["fork"]), payload, report_fd
+                    if report_fd is not None:
+                        os.close(report_fd)
                     self.children[pid] = str(header["fork"])
                     self.send(event="forked", name=header["fork"], pid=pid)
                 elif header.get("signal") in self.children:  # never a pid already reaped
@@ -118,7 +125,8 @@ class ForkServer:
         return None
 
     def _receive(self) -> bool:
-        chunk = self.control.recv(1 << 20)
+        chunk, fds, _, _ = socket.recv_fds(self.control, 1 << 20, 4)
+        self.received_fds.extend(fds)
         self.buffer += chunk
         return bool(chunk)
 
@@ -147,7 +155,7 @@ class ForkServer:
             self.send(event="exited", pid=pid, code=os.waitstatus_to_exitcode(status))
 
     def stop(self) -> None:
-        """Terminate the live clients, kill what is left after the grace period; reap all."""
+        """Terminate the live parties, kill what is left after the grace period; reap all."""
         self._reap()
         for pid in list(self.children):
             _signal(pid, signal.SIGTERM)
@@ -160,15 +168,15 @@ class ForkServer:
                 for pid in list(self.children):
                     _signal(pid, signum)
 
-    def become_client(self) -> None:
-        """In a forked client: drop everything of this server's, as a fresh process would."""
+    def become_party(self) -> None:
+        """In a forked party: drop everything of the fork server's, as a fresh process would."""
         signal.set_wakeup_fd(-1)
         for signum, handler in ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
                                 (signal.SIGINT, signal.default_int_handler)):
             signal.signal(signum, handler)
         self.control.close()
-        os.close(self.wakeup_read)
-        os.close(self.wakeup_write)
+        for fd in (self.wakeup_read, self.wakeup_write, *self.received_fds):
+            os.close(fd)
         self.children.clear()
         _die_with(self.pid)
         import numpy as np
@@ -215,15 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     forked = server.serve()
     if forked is None:
         return 0
-    # A client from here on. No try/finally of the server's lies between the fork and here.
-    name, payload = forked
-    server.become_client()
+    # A party from here on. No try/finally of the fork server's lies between the fork and here.
+    _, payload, report_fd = forked
+    server.become_party()
     from . import child
 
     try:
         import cloudpickle
 
-        return child.run_client(cloudpickle.loads(payload))
+        spec = cloudpickle.loads(payload)
+        if report_fd is not None:  # the experiment's server
+            return child.run_server(spec, child.Reporter(report_fd))
+        return child.run_client(spec)
     except KeyboardInterrupt:  # Ctrl-C reaches every party; the experiment says what happened
         return 130
 

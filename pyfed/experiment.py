@@ -1,7 +1,9 @@
 """FL_Experiment: a whole federated run on one machine, every party a real process.
 
 The parent starts one server process and one process per client, each a fresh interpreter (as
-on separate machines) running ``python -m pyfed.sim.child``: never the user's script, so
+on separate machines) running ``python -m pyfed.sim.child`` (on Linux they are forked from one
+fork server that imported their modules once: :mod:`pyfed.sim.forked` says why and what it
+risks): never the user's script, so
 a script without an ``if __name__ == "__main__":`` guard runs its top-level code once, as
 written. What a child needs (the model's JSON and weights, data, and a user's
 loss/optimizer/metric objects, which may be custom functions defined in ``__main__``) goes to
@@ -147,24 +149,26 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
                                "launch_tensorboard": self.launch_tensorboard,
                                "strategy": self.strategy, **self.server_options,
                                "hparams": hparams}}
+        train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
+                 "optimizer": optimizer, "metrics": list(metrics) if metrics else None}
         if self.backend == "ray":
             from .sim.ray_backend import run_on_ray
 
-            train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
-                     "optimizer": optimizer, "metrics": list(metrics) if metrics else None}
             done, failed = run_on_ray(self, server_payload, train)
             return self._finish(done, failed, model, adapter, loss, optimizer, lr, metrics)
+        from .sim.forked import PartyLauncher
+
         children: list[_Party] = []
-        reports = None
+        reports = launcher = None
         try:
-            server, reports = _Party.start_server(server_payload)
+            launcher = PartyLauncher(server_payload["model"].get("kind"), _Party.start_server,
+                                     _Party.start_client, _Reports)
+            server, reports = launcher.start_server(server_payload)
             children.append(server)
             listening = self._next_report(reports, children, "start listening")
             self.run_dir = Path(listening["run_dir"])
-            train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss,
-                     "optimizer": optimizer, "metrics": list(metrics) if metrics else None}
             for index in range(self.num_clients):
-                children.append(_Party.start_client(f"client_{index + 1}", {
+                children.append(launcher.start_client(f"client_{index + 1}", {
                     "name": f"client_{index + 1}", "data": self.clients_data[index],
                     "target": self.clients_target[index], "host": self.host,
                     "port": listening["port"], "train": train,
@@ -175,6 +179,8 @@ class FL_Experiment:  # noqa: N801  (PyFed 0.0.x's public name)
             for child in children:
                 child.wait(timeout=30)
         finally:
+            if launcher is not None:
+                launcher.close()  # ends and reaps the forked parties, reporting their exit codes
             _end(children)
             if reports is not None:
                 reports.close()
@@ -297,6 +303,15 @@ class _Party:
         except subprocess.TimeoutExpired:
             return None
 
+    def terminate(self) -> None:
+        self.process.terminate()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def close(self) -> None:
+        self._feeder.join(timeout=10)
+
 
 class _Reports:
     """The server child's JSON lines, read with a timeout; EOF means the server exited."""
@@ -333,9 +348,9 @@ def _end(children: list[_Party]) -> None:
     """Stop every child we started that is still running, and reap them all, by PID."""
     for child in children:
         if child.exitcode is None:
-            child.process.terminate()
+            child.terminate()
     for child in children:
         if child.wait(timeout=10) is None:
-            child.process.kill()
+            child.kill()
             child.wait(timeout=10)
-        child._feeder.join(timeout=10)
+        child.close()

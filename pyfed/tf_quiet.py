@@ -21,6 +21,10 @@ a user's level is not mistaken for PyFed's.
 
 This module imports nothing heavy: ``pyfed/__init__`` installs it before anything can import
 TensorFlow. If TensorFlow is already imported, it is too late and nothing is done.
+
+A fork server (:mod:`pyfed.sim.forkserver`) imports TensorFlow for the processes it forks later:
+it calls :func:`defer_device_probe` first, because the probe initializes CUDA where there is a
+GPU and CUDA does not survive a fork; each forked process then calls :func:`probe_devices`.
 """
 
 from __future__ import annotations
@@ -66,6 +70,26 @@ def current_level() -> int:
         return int(os.environ.get(LEVEL_VARIABLE, "0"))
     except ValueError:  # TensorFlow reads an unparsable level as 0
         return 0
+
+
+_probe_on_import = True
+
+
+def defer_device_probe() -> None:
+    """The quiet import will not probe the devices; call :func:`probe_devices` later."""
+    global _probe_on_import
+    _probe_on_import = False
+
+
+def probe_devices() -> None:
+    """The device probe a deferred import skipped, as quiet as it would have been."""
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is None:
+        return
+    if current_level() < 1:  # nothing is hidden: TensorFlow probes on first use, as usual
+        return
+    with captured_start_up_noise(), contextlib.suppress(Exception):
+        tensorflow.config.list_physical_devices()
 
 
 def install() -> None:
@@ -141,8 +165,9 @@ class _QuietLoader(importlib.abc.Loader):
             self._loader.exec_module(module)
             # The first device probe prints CUDA's error; list_physical_devices does not fix
             # the devices, so set_visible_devices and memory growth still work afterwards.
-            with contextlib.suppress(Exception):
-                module.config.list_physical_devices()
+            if _probe_on_import:
+                with contextlib.suppress(Exception):
+                    module.config.list_physical_devices()
         # From now on the module looks exactly as if imported normally.
         module.__loader__ = self._loader
         if getattr(module, "__spec__", None) is not None:

@@ -17,7 +17,8 @@ from benchmarks import experiment_startup  # noqa: E402
 
 def test_startup_benchmark_reports_every_backend_and_client_count(tmp_path, capsys):
     out = tmp_path / "startup.json"
-    assert experiment_startup.main(["--clients", "1", "2", "--rounds", "1", "--repeats", "1",
+    assert experiment_startup.main(["--backends", "local-spawn", "local", "--clients", "1", "2",
+                                    "--rounds", "1", "--repeats", "1",
                                     "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [(row["backend"], row["clients"]) for row in result["rows"]] == [

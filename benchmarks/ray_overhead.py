@@ -48,10 +48,12 @@ Measured with the defaults (2 shared cores, other jobs running; 2 min 25 s in al
 | 100 | 0.095 [0.067-0.113] | 0.091 [0.069-0.146] | 0.96x | 66 MB, 66 MB |
 | 1,000 | 2.126 [1.780-3.462] | 2.454 [1.214-3.523] | 1.15x | 101 MB, 101 MB |
 
-So hosting virtual clients in Ray actors costs about what hosting them as threads of plain
-processes does: the round is the server's (a thousand sessions, each a FIT and an EVALUATE), and
-the spread between runs on a busy machine is as large as the difference. Ray's own cost is in
-the start-up (Ray's workers and the actors), not the rounds.
+A second full run gave 1.35x at 100 clients (0.095 against 0.128 s) and 1.25x at 1,000 (1.980
+against 2.485 s). So a round with virtual clients in Ray actors costs up to about a third more
+than with the same clients as threads of plain processes, and the spread between runs on a busy
+machine is as large as that: most of a round is the server's (a thousand sessions, each a FIT
+and an EVALUATE). Ray's own cost is mostly in the start-up (its workers and the actors: the
+1,000-client runs took 26-43 s on Ray against 24-29 s locally, start to end).
 
 Every process is bounded by ``--timeout`` per run (the local children by a watchdog that kills
 them by PID; the Ray run by the experiment's timeout, whose ``finally`` kills its actors and

@@ -66,6 +66,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -77,6 +78,7 @@ import numpy as np
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 from pyfed.callbacks import ServerCallback  # noqa: E402
+from pyfed.sim.ray_backend import restore_handlers  # noqa: E402
 
 from .fleet import client_problems, run_thread_clients  # noqa: E402
 from .model import same_weights, seeded_weights  # noqa: E402
@@ -181,6 +183,9 @@ class LocalRay:
         self.ray = ray
         self.started = not ray.is_initialized()
         if self.started:
+            # ray.init leaves its own SIGTERM/SIGINT handlers behind: restored on exit.
+            self.handlers = {signum: signal.getsignal(signum)
+                             for signum in (signal.SIGTERM, signal.SIGINT)}
             ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                      _node_ip_address="127.0.0.1", logging_level="WARNING")
         return self
@@ -188,6 +193,7 @@ class LocalRay:
     def __exit__(self, *exc) -> None:
         if self.started:
             self.ray.shutdown()  # stops the raylet and every worker process it started
+            restore_handlers(self.handlers)
 
 
 def measure(clients=(100, 1000), actors: int = 4, warmup: int = 1, rounds: int = 8,

@@ -51,6 +51,7 @@ def wait_for(condition, seconds: float, what: str):
 
 def test_keras_clients_on_a_local_ray_started_by_the_experiment(tmp_path):
     assert not ray.is_initialized()
+    sigterm = signal.getsignal(signal.SIGTERM)
     clients_x, clients_y, test_x, test_y = digits_parts(4)
     # Ray counts this machine's 2 CPUs: 4 actors fit at half a CPU each.
     experiment = FL_Experiment(4, clients_x, clients_y, test_x, test_y, port=0,
@@ -75,6 +76,7 @@ def test_keras_clients_on_a_local_ray_started_by_the_experiment(tmp_path):
     final = scalars(experiment.run_dir / "server" / "final")
     assert final["test/accuracy"] == [(4, pytest.approx(experiment.test_results["accuracy"]))]
     assert not ray.is_initialized()  # the Ray it started, it stopped
+    assert signal.getsignal(signal.SIGTERM) is sigterm  # and Ray's SIGTERM handler is gone
 
 
 def test_the_experiment_command_runs_on_ray(tmp_path):
@@ -100,6 +102,7 @@ def test_the_experiment_command_runs_on_ray(tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster():
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     from ray.cluster_utils import Cluster
 
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
@@ -114,6 +117,9 @@ def cluster():
     finally:
         ray.shutdown()
         nodes.shutdown()  # kills and reaps every node's processes
+        # ray.init left its SIGTERM handler in this process: the next test module's are ours.
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def test_clients_spread_over_the_nodes_of_a_multi_node_cluster(cluster, tmp_path):

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..deadline import Deadline
@@ -130,6 +132,10 @@ class RayConnection:
         if ray.is_initialized():  # the user's own connection: use it, and leave it to them
             self.joined = True
             return
+        # ray.init installs its own SIGTERM (and SIGINT) handlers in this, the user's, process
+        # and ray.shutdown leaves them: put the user's back when we disconnect.
+        self._handlers = {signum: signal.getsignal(signum)
+                          for signum in (signal.SIGTERM, signal.SIGINT)}
         if address is None:
             # A new local instance, on loopback: nothing outside this machine needs to reach it.
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -142,6 +148,15 @@ class RayConnection:
     def close(self) -> None:
         if self.connected:  # our own instance stops; a cluster we joined keeps running
             self.ray.shutdown()
+            restore_handlers(self._handlers)
+
+
+def restore_handlers(handlers: dict) -> None:
+    """Put signal handlers back (only the main thread may; elsewhere there is nothing ours)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in handlers.items():
+            if handler is not None:  # None: installed outside Python, not ours to restore
+                signal.signal(signum, handler)
 
 
 def run_on_ray(experiment, server_payload: dict, train: dict) -> tuple[dict, list[str]]:

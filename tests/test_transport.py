@@ -706,8 +706,11 @@ def test_a_peer_stalling_mid_body_loses_its_buffer(tcp_pair):
         # 256 KiB of the 1 MiB body, then silence (the connection stays open).
         with in_thread(_begin_upload, client_sock, frame, 1 << 18,
                        close_on_error=(server_sock, client_sock)):
+            # A slow minimum rate keeps the whole-frame deadline far away: only the stall
+            # timer may fire (at 1e9 B/s the two were 1 ms apart, and a busy machine let the
+            # whole-frame one win).
             with pytest.raises(NetworkError, match=r"stalled: nothing for 0\.4 s after 262144"):
-                channel.receive(allocate=allocate, pace=UploadPace(min_rate=1e9,
+                channel.receive(allocate=allocate, pace=UploadPace(min_rate=1.0,
                                                                    stall_timeout=0.4))
     assert allocate.calls == [1 << 20]  # it had a buffer, and the receive gave up on it
 

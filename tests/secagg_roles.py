@@ -58,7 +58,7 @@ def make_strategy(args):
     from pyfed.strategy import FedAvg
 
     inner = FedAvg(min_fit_clients=args.min_fit, min_available_clients=args.clients)
-    if getattr(args, "dp_options", None):  # DifferentialPrivacy(clipping="client") inside
+    if args.dp_options:  # DifferentialPrivacy(clipping="client") inside the secure sum
         from pyfed.privacy import DifferentialPrivacy
 
         inner = DifferentialPrivacy(inner, clipping="client", **json.loads(args.dp_options))
@@ -89,11 +89,15 @@ def client(args) -> None:
     print("CLIENT " + json.dumps({"name": c.name, "rounds": c.rounds_trained}), flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["server", "client"])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--logdir", required=True)
+def federation_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The options of a secure federation's server and clients, shared with the hostile roles
+    (tests/secagg_hostile_roles.py), so an option added here reaches both."""
+    if required:
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--logdir", required=True)
+    else:
+        parser.add_argument("--port", type=int, default=0)
+        parser.add_argument("--logdir", default=".")
     parser.add_argument("--shapes", default="20x10,10")
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1)
@@ -104,6 +108,12 @@ def main() -> None:
     parser.add_argument("--secagg-options", default="{}")
     parser.add_argument("--dp-options", default=None, help="JSON: DifferentialPrivacy options")
     parser.add_argument("--index", type=int, default=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["server", "client"])
+    federation_arguments(parser)
     parser.add_argument("--die-at-fit", action="store_true")
     args = parser.parse_args()
     {"server": server, "client": client}[args.role](args)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from .records import mean_range
 
 CLIENTS = 20
 Q = 0.25
@@ -143,13 +144,6 @@ def run(setting: str, z: float | None, clip: float, rounds: int, seed: int,
             "seconds": time.monotonic() - started}
 
 
-def _summary(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} [{min(values):.3f}-{max(values):.3f}]"
-
-
 def table(runs: list[dict]) -> str:
     lines = ["| setting | noise multiplier z | epsilon (delta 1e-5) | test accuracy |",
              "|---|---|---|---|"]
@@ -159,7 +153,7 @@ def table(runs: list[dict]) -> str:
         epsilon = mine[0]["epsilon"]
         lines.append(f"| {setting} | {'-' if z is None else f'{z:.3f}'} | "
                      f"{'-' if epsilon is None else f'{epsilon:.3g}'} | "
-                     f"{_summary([r['accuracy'] for r in mine])} |")
+                     f"{mean_range([r['accuracy'] for r in mine])} |")
     return "\n".join(lines)
 
 

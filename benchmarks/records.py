@@ -26,3 +26,11 @@ def summary(values: list[float]) -> dict:
 
 def fmt_range(s: dict) -> str:
     return f"{s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}]"
+
+
+def mean_range(values: list[float]) -> str:
+    """``mean [min-max]`` to 3 decimals (just the mean for one value): a table cell."""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{min(values):.3f}-{max(values):.3f}]"

@@ -57,9 +57,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
+
+from .records import mean_range
 
 SCENARIOS = {
     "slow_node": {"nodes": 2, "split": "iid", "mode": "async", "epochs": [30, 1],
@@ -88,20 +89,13 @@ def run(staleness: str, seed: int = 0, scenario: str = "slow_node", workdir=None
             "seconds": time.monotonic() - started}
 
 
-def _summary(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} [{min(values):.3f}-{max(values):.3f}]"
-
-
 def table(runs: list[dict]) -> str:
     count = len(runs[0]["nodes"])
     header = " | ".join(f"node_{i + 1} {what}" for i in range(count) for what in ("acc", "loss"))
     lines = [f"| staleness | {header} |", "|---" * (1 + 2 * count) + "|"]
     for kind in dict.fromkeys(r["staleness"] for r in runs):
         mine = [r for r in runs if r["staleness"] == kind]
-        cells = [_summary([r["nodes"][i][what] for r in mine])
+        cells = [mean_range([r["nodes"][i][what] for r in mine])
                  for i in range(count) for what in ("accuracy", "loss")]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
